@@ -1,0 +1,7 @@
+//! CPU reference of every op: plain Rust, f32 accumulation in the same order as the kernels
+//! where the order matters, the oracle of every kernel test. Same module names as kernels/.
+pub mod attn_score;
+pub mod cla_head;
+pub mod prune;
+pub mod token_cache;
+pub mod topk;

@@ -1,0 +1,51 @@
+//! Reference cross-layer token cache (contract in `crate::ops::token_cache`).
+use crate::ops::token_cache::{check_copy, check_take, TakeArgs};
+use crate::{Element, Result};
+
+/// Writes [GAP (if `a.gap`), x[n - num_clr .. n)] into `cache` at `a.slot` for every sample.
+pub fn cache_take<T: Element>(x: &[T], cache: &mut [T], a: &TakeArgs) -> Result<()> {
+    check_take(x.len(), cache.len(), a)?;
+    let d = a.d;
+    for b in 0..a.batch {
+        let xb = &x[b * a.x_cap * d..];
+        let cb = &mut cache[b * a.cache_cap * d..];
+        let mut s = a.slot;
+        if a.gap {
+            let cnt = (a.pool.end - a.pool.start) as f32;
+            for ch in 0..d {
+                let mut acc = 0f32;
+                for t in a.pool.clone() {
+                    acc += xb[t * d + ch].to_f32();
+                }
+                cb[s * d + ch] = T::from_f32(acc / cnt);
+            }
+            s += 1;
+        }
+        for j in 0..a.num_clr {
+            let src = (a.n - a.num_clr + j) * d;
+            cb[(s + j) * d..][..d].copy_from_slice(&xb[src..][..d]);
+        }
+    }
+    Ok(())
+}
+
+/// dst[b, dst_off + t] = src[b, src_off + t] for t < count (whole tokens of width d).
+#[allow(clippy::too_many_arguments)]
+pub fn tokens_copy<T: Element>(
+    src: &[T],
+    src_cap: usize,
+    src_off: usize,
+    dst: &mut [T],
+    dst_cap: usize,
+    dst_off: usize,
+    batch: usize,
+    count: usize,
+    d: usize,
+) -> Result<()> {
+    check_copy(src.len(), src_cap, src_off, dst.len(), dst_cap, dst_off, batch, count, d)?;
+    for b in 0..batch {
+        let s = &src[(b * src_cap + src_off) * d..][..count * d];
+        dst[(b * dst_cap + dst_off) * d..][..count * d].copy_from_slice(s);
+    }
+    Ok(())
+}

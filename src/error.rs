@@ -1,0 +1,105 @@
+//! The one error type of the crate. Every public function returns it instead of panicking.
+use thiserror::Error;
+
+/// Everything that can go wrong at a public boundary, with the argument or resource it names.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A tensor or buffer has the wrong size or shape.
+    #[error("shape mismatch for `{arg}`: expected {expected}, got {got}")]
+    Shape {
+        arg: &'static str,
+        expected: String,
+        got: String,
+    },
+    /// A scalar argument is outside its valid range.
+    #[error("invalid `{arg}` = {value}: {why}")]
+    InvalidArgument {
+        arg: &'static str,
+        value: String,
+        why: String,
+    },
+    /// A tensor has the wrong element type.
+    #[error("dtype mismatch for `{arg}`: expected {expected}, got {got}")]
+    DType {
+        arg: String,
+        expected: String,
+        got: String,
+    },
+    /// A launch would exceed a device or kernel limit.
+    #[error("{what} = {value} exceeds the limit {limit}")]
+    LaunchLimit {
+        what: &'static str,
+        value: u64,
+        limit: u64,
+    },
+    /// A size computation overflowed.
+    #[error("size overflow computing {what}")]
+    Overflow { what: &'static str },
+    /// A CUDA library (driver, cuBLAS) could not be loaded.
+    #[error("CUDA library `{lib}` not available: {detail}")]
+    LibraryMissing { lib: &'static str, detail: String },
+    /// A kernel failed under the host execution shim (e.g. a barrier reached by part of a block).
+    #[error("kernel `{kernel}` on the host shim: {message}")]
+    HostShim { kernel: String, message: String },
+    /// A kernel name that is not in the kernel table.
+    #[error("unknown kernel `{0}`")]
+    UnknownKernel(String),
+    /// An error from the CUDA driver or cuBLAS.
+    #[error("CUDA: {0}")]
+    Cuda(String),
+    /// A model configuration that cannot be planned (for example an empty GAP range).
+    #[error("plan: {0}")]
+    Plan(String),
+    /// A weight or tensor file that is missing, corrupt, or holds the wrong tensors.
+    #[error("weights: {0}")]
+    Weights(String),
+    /// I/O.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Shorthand for `Result<T, clca::Error>`.
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(feature = "cuda")]
+impl From<cudarc::driver::DriverError> for Error {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        Error::Cuda(e.to_string())
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl From<cudarc::cublas::result::CublasError> for Error {
+    fn from(e: cudarc::cublas::result::CublasError) -> Self {
+        Error::Cuda(format!("cuBLAS: {e}"))
+    }
+}
+
+/// `Error::Shape` for a buffer length.
+pub(crate) fn check_len(arg: &'static str, got: usize, expected: usize) -> Result<()> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(Error::Shape {
+            arg,
+            expected: format!("{expected} elements"),
+            got: format!("{got} elements"),
+        })
+    }
+}
+
+/// Checked product of sizes.
+pub(crate) fn mul(what: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or(Error::Overflow { what })
+}
+
+/// A size as u32 for a kernel argument, or a typed error.
+pub(crate) fn to_u32(what: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::LaunchLimit {
+        what,
+        value: v as u64,
+        limit: u32::MAX as u64,
+    })
+}

@@ -1,0 +1,47 @@
+//! # clca — token-reduced ViT kernels with Cross-Layer Cache Aggregation
+//!
+//! Hand-written CUDA kernels, each with a Rust CPU reference under one contract, for running
+//! Vision Transformers with token reduction and Cross-Layer Cache Aggregation (Rios et al.,
+//! ICASSP 2025; the authors' code is arkel23/CLCA).
+//!
+//! ## Support matrix
+//!
+//! | op family | ops | f32 | f16 | bf16 | CPU reference | host shim | CUDA |
+//! |---|---|---|---|---|---|---|---|
+//! | [`ops::attn_score`] | CLS-attention scores from probs / fused from q·K; fused score→top-k | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
+//! | [`ops::topk`] | per-row top-k + complement | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
+//! | [`ops::prune`] | Top-K prune, EViT prune, fused prune | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
+//! | [`ops::token_cache`] | take carriers (GAP + clr), recover | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
+//! | [`ops::cla_head`] | CLA head (folded BN + grouped conv + GELU; linear variant), linear | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
+//!
+//! Storage is f32, f16 or bf16; every kernel accumulates in f32. Scores are always f32,
+//! indices u32.
+//!
+//! ## Contracts
+//! - **Selection** ([`ops::topk`]): k largest in descending order, ties by lower index;
+//!   complement ascending; −0 == +0; NaN ranks above +inf and NaNs tie; deterministic.
+//! - **Pruning** ([`ops::prune`]): [cls, kept in selection order (, fused)] (SPEC §4.2).
+//! - **Cache** ([`ops::token_cache`]): GAP first, then the last C tokens; recovered at the tail.
+//! - **Planning** ([`plan`]): every sequence length and buffer size is known before data moves.
+//!
+//! ## Backends
+//! [`cpu`] is the reference (the test oracle). Kernels run through a [`Device`]:
+//! [`HostShim`] runs the CUDA sources on the CPU (always available; used by the tests on
+//! every CI run) and, with the `cuda` feature, `cuda::CudaDevice` runs them on a GPU.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod cpu;
+pub mod device;
+pub mod dtype;
+pub mod error;
+pub mod kernels;
+pub mod ops;
+pub mod plan;
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+pub use device::{Buffer, Device, HostBuf, HostShim};
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use half::{bf16, f16};

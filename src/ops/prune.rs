@@ -1,0 +1,154 @@
+//! Top-K and EViT token pruning (SPEC §4.2) and the fused score → top-k → gather path.
+//!
+//! # Contract
+//! `x` [batch, n, c]; token 0 is cls. `idx` [batch, k] and `compl` [batch, n−1−k] index the
+//! non-cls tokens (token `1 + i`), as produced by [`crate::ops::topk`] over the scores.
+//! - Top-K: `out` [batch, 1 + k, c] = [cls, x[1+idx[0]], …, x[1+idx[k−1]]] (descending score);
+//! - EViT: `out` [batch, 2 + k, c] = Top-K plus the fused token
+//!   `Σ_{t ∈ compl} scores[t]·x[1+t]` last, summed in f32 in ascending t, weights not
+//!   renormalized. `scores` [batch, n−1] f32.
+//!
+//! [`prune`] runs the headline path: scores and selection in one launch (one block per sample,
+//! the radix select needs the whole row), then the gather (+ fuse) over the whole GPU in a
+//! second: two launches, whatever the batch.
+use super::attn_score::{select, ScoreSource, Selection};
+use super::check_buf;
+use crate::kernels::{Arg, Launch};
+use crate::{error, Buffer, Device, Element, Error, Result};
+
+/// Which pruning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PruneMode {
+    /// [cls, kept].
+    TopK,
+    /// [cls, kept, fused].
+    EVit,
+}
+
+impl PruneMode {
+    /// Output tokens for k kept.
+    pub fn out_tokens(self, k: usize) -> usize {
+        match self {
+            PruneMode::TopK => 1 + k,
+            PruneMode::EVit => 2 + k,
+        }
+    }
+}
+
+pub(crate) fn check_topk_prune(x_len: usize, idx_len: usize, batch: usize, n: usize, c: usize, k: usize) -> Result<()> {
+    if n < 1 || k > n.saturating_sub(1) {
+        return Err(Error::InvalidArgument { arg: "k", value: k.to_string(), why: format!("k must be <= n-1 = {}", n.saturating_sub(1)) });
+    }
+    error::to_u32("n", n)?;
+    error::to_u32("c", c)?;
+    error::to_u32("batch", batch)?;
+    error::check_len("x", x_len, error::mul("batch*n*c", &[batch, n, c])?)?;
+    error::check_len("idx", idx_len, error::mul("batch*k", &[batch, k])?)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_evit(x_len: usize, idx_len: usize, compl_len: usize, scores_len: usize, batch: usize, n: usize, c: usize, k: usize) -> Result<()> {
+    check_topk_prune(x_len, idx_len, batch, n, c, k)?;
+    error::check_len("compl", compl_len, error::mul("batch*(n-1-k)", &[batch, n - 1 - k])?)?;
+    error::check_len("scores", scores_len, error::mul("batch*(n-1)", &[batch, n - 1])?)
+}
+
+/// Every index must be < `bound` (host-side data only; device indices come from the kernels).
+pub(crate) fn check_indices(arg: &'static str, idx: &[u32], bound: usize) -> Result<()> {
+    match idx.iter().find(|&&i| i as usize >= bound) {
+        None => Ok(()),
+        Some(i) => Err(Error::InvalidArgument { arg, value: i.to_string(), why: format!("index out of range 0..{bound}") }),
+    }
+}
+
+const GATHER_THREADS: u32 = 256;
+
+fn gather_launch(dtype: crate::DType, mode: PruneMode, x: u64, batch: usize, n: usize, c: usize, idx: u64, k: usize, compl: u64, scores: u64, out: u64) -> Result<Launch> {
+    let by = error::to_u32("batch", batch)?;
+    match mode {
+        PruneMode::TopK => Launch::new(
+            "prune",
+            "topk_prune",
+            dtype,
+            [error::to_u32("k", k + 1)?, by, 1],
+            [GATHER_THREADS, 1, 1],
+            vec![Arg::Ptr(x), Arg::U32(by), Arg::U32(n as u32), Arg::U32(c as u32), Arg::Ptr(idx), Arg::U32(k as u32), Arg::Ptr(out)],
+        ),
+        PruneMode::EVit => Launch::new(
+            "prune",
+            "evit_prune",
+            dtype,
+            [error::to_u32("k", k + 1 + c.div_ceil(GATHER_THREADS as usize))?, by, 1],
+            [GATHER_THREADS, 1, 1],
+            vec![
+                Arg::Ptr(x),
+                Arg::U32(by),
+                Arg::U32(n as u32),
+                Arg::U32(c as u32),
+                Arg::Ptr(idx),
+                Arg::U32(k as u32),
+                Arg::Ptr(compl),
+                Arg::Ptr(scores),
+                Arg::Ptr(out),
+            ],
+        ),
+    }
+}
+
+/// Top-K prune: `out` [batch, 1 + k, c].
+#[allow(clippy::too_many_arguments)]
+pub fn topk_prune<D: Device, T: Element>(dev: &D, x: &D::Buf<T>, batch: usize, n: usize, c: usize, idx: &D::Buf<u32>, k: usize, out: &mut D::Buf<T>) -> Result<()> {
+    check_topk_prune(x.len(), idx.len(), batch, n, c, k)?;
+    check_buf("out", out, error::mul("batch*(1+k)*c", &[batch, 1 + k, c])?)?;
+    if batch == 0 || c == 0 {
+        return Ok(());
+    }
+    let l = gather_launch(T::DTYPE, PruneMode::TopK, x.addr(), batch, n, c, idx.addr(), k, 0, 0, out.addr_mut())?;
+    // SAFETY: x [batch,n,c], idx [batch,k], out [batch,1+k,c] checked; indices >= n-1 are
+    // skipped by the kernel, so no access leaves x.
+    unsafe { dev.launch(&l) }
+}
+
+/// EViT prune: `out` [batch, 2 + k, c].
+#[allow(clippy::too_many_arguments)]
+pub fn evit_prune<D: Device, T: Element>(
+    dev: &D,
+    x: &D::Buf<T>,
+    batch: usize,
+    n: usize,
+    c: usize,
+    idx: &D::Buf<u32>,
+    k: usize,
+    compl: &D::Buf<u32>,
+    scores: &D::Buf<f32>,
+    out: &mut D::Buf<T>,
+) -> Result<()> {
+    check_evit(x.len(), idx.len(), compl.len(), scores.len(), batch, n, c, k)?;
+    check_buf("out", out, error::mul("batch*(2+k)*c", &[batch, 2 + k, c])?)?;
+    if batch == 0 || c == 0 {
+        return Ok(());
+    }
+    let l = gather_launch(T::DTYPE, PruneMode::EVit, x.addr(), batch, n, c, idx.addr(), k, compl.addr(), scores.addr(), out.addr_mut())?;
+    // SAFETY: all extents checked above; out-of-range indices are skipped by the kernel.
+    unsafe { dev.launch(&l) }
+}
+
+/// The fused pruning layer: scores → top-k (one launch) → gather (+ fuse) (one launch).
+/// `sel` is the preallocated selection workspace ([`Selection::new`]); `out` is
+/// [batch, mode.out_tokens(k), c].
+pub fn prune<D: Device, T: Element>(
+    dev: &D,
+    src: &ScoreSource<'_, D, T>,
+    x: &D::Buf<T>,
+    c: usize,
+    mode: PruneMode,
+    sel: &mut Selection<D>,
+    out: &mut D::Buf<T>,
+) -> Result<()> {
+    select(dev, src, sel)?;
+    let (batch, n, k) = (sel.batch, sel.n, sel.k);
+    match mode {
+        PruneMode::TopK => topk_prune(dev, x, batch, n, c, &sel.idx, k, out),
+        PruneMode::EVit => evit_prune(dev, x, batch, n, c, &sel.idx, k, &sel.compl, &sel.scores, out),
+    }
+}
