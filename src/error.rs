@@ -68,13 +68,6 @@ impl From<cudarc::driver::DriverError> for Error {
     }
 }
 
-#[cfg(feature = "cuda")]
-impl From<cudarc::cublas::result::CublasError> for Error {
-    fn from(e: cudarc::cublas::result::CublasError) -> Self {
-        Error::Cuda(format!("cuBLAS: {e}"))
-    }
-}
-
 /// `Error::Shape` for a buffer length.
 pub(crate) fn check_len(arg: &'static str, got: usize, expected: usize) -> Result<()> {
     if got == expected {
