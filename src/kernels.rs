@@ -57,7 +57,9 @@ pub const MAX_GRID_YZ: u32 = 65_535;
 pub const ROW_GRID_CAP: u32 = 1 << 16;
 
 impl Launch {
-    pub(crate) fn new(
+    /// A launch of `{op}_{dtype}` from `module`, checked against the kernel table and the
+    /// grid/block limits. Running it is `unsafe` ([`crate::Device::launch`]).
+    pub fn new(
         module: &'static str,
         op: &str,
         dtype: crate::DType,
