@@ -37,6 +37,7 @@ pub mod error;
 pub mod kernels;
 pub mod ops;
 pub mod plan;
+pub mod vit;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -2,6 +2,7 @@
 //! where the order matters, the oracle of every kernel test. Same module names as kernels/.
 pub mod attn_score;
 pub mod cla_head;
+pub mod dense;
 pub mod prune;
 pub mod token_cache;
 pub mod topk;

@@ -1,0 +1,344 @@
+//! The CPU forward (f32): patch embed → blocks (reduce inside, per the plan) → cache → CLS taps
+//! → CLA head or final norm + head, in the order of SPEC §1.2 and §2.3. Every activation
+//! buffer is sized from the plan once per (model, batch) in [`CpuWorkspace`].
+use super::weights::{HeadWeights, VitWeights};
+use super::{Trace, Vit};
+use crate::cpu::dense::{gelu, layer_norm, linear, softmax};
+use crate::plan::Reduction;
+use crate::{Error, Result};
+use rayon::prelude::*;
+
+/// Buffers of one forward at a given batch.
+pub struct CpuWorkspace {
+    batch: usize,
+    x: Vec<f32>,
+    x2: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    mlp: Vec<f32>,
+    patches: Vec<f32>,
+    cls_probs: Vec<f32>,
+    scores: Vec<f32>,
+    cache: Vec<f32>,
+    taps: Vec<f32>,
+    slots: Vec<AttnScratch>,
+}
+
+struct AttnScratch {
+    q: Vec<f32>,
+    a: Vec<f32>,
+}
+
+/// A raw pointer that may cross threads; users write disjoint regions (see each SAFETY note).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used for writes to disjoint regions by different tasks.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl CpuWorkspace {
+    /// Sizes every buffer from the plan.
+    pub fn new(m: &Vit, batch: usize) -> Result<Self> {
+        let c = &m.cfg;
+        let l = m.plan.max_len;
+        let d = c.embed_dim;
+        let mul = |what, dims: &[usize]| crate::error::mul(what, dims);
+        let hd = c.head_dim();
+        let nslots = (batch * c.num_heads).clamp(1, rayon::current_num_threads().max(1));
+        Ok(CpuWorkspace {
+            batch,
+            x: vec![0.0; mul("x", &[batch, l, d])?],
+            x2: vec![0.0; mul("x", &[batch, l, d])?],
+            h: vec![0.0; mul("x", &[batch, l, d])?],
+            qkv: vec![0.0; mul("qkv", &[batch, l, 3 * d])?],
+            attn: vec![0.0; mul("attn", &[batch, l, d])?],
+            mlp: vec![0.0; mul("mlp", &[batch, l, c.mlp_hidden])?],
+            patches: vec![0.0; mul("patches", &[batch, c.num_patches(), c.in_chans * c.patch_size * c.patch_size])?],
+            cls_probs: vec![0.0; mul("probs", &[batch, c.num_heads, l])?],
+            scores: vec![0.0; mul("scores", &[batch, l])?],
+            cache: vec![0.0; mul("cache", &[batch, m.plan.cache_cap.max(1), d])?],
+            taps: vec![0.0; mul("taps", &[batch, d, m.plan.taps.max(1)])?],
+            slots: (0..nslots).map(|_| AttnScratch { q: vec![0.0; l * hd], a: vec![0.0; l * l] }).collect(),
+        })
+    }
+}
+
+/// Runs the forward on `images` [batch, 3, H, W] (normalized), returning logits [batch, K] and,
+/// when `trace` is set, the per-block tensors under the golden files' names.
+pub fn forward(m: &Vit, ws: &mut CpuWorkspace, images: &[f32], trace: Option<&mut Trace>) -> Result<Vec<f32>> {
+    let c = &m.cfg;
+    let w = &m.weights;
+    let b = ws.batch;
+    let (d, img, ps, ch) = (c.embed_dim, c.img_size, c.patch_size, c.in_chans);
+    crate::error::check_len("images", images.len(), crate::error::mul("images", &[b, ch, img, img])?)?;
+    let mut trace = trace;
+    let p = c.num_patches();
+    let gw = img / ps;
+    let kpatch = ch * ps * ps;
+
+    // 1. Patch embed: im2col in (c, ky, kx) order, then one GEMM.
+    for bi in 0..b {
+        for t in 0..p {
+            let (row, col) = (t / gw, t % gw);
+            let dst = &mut ws.patches[(bi * p + t) * kpatch..][..kpatch];
+            for cc in 0..ch {
+                for ky in 0..ps {
+                    let src = ((bi * ch + cc) * img + row * ps + ky) * img + col * ps;
+                    dst[(cc * ps + ky) * ps..][..ps].copy_from_slice(&images[src..src + ps]);
+                }
+            }
+        }
+    }
+    let n0 = 1 + p + c.num_clr;
+    // Patch tokens go to rows 1..1+P of each sample.
+    for bi in 0..b {
+        let out = &mut ws.x[(bi * n0 + 1) * d..];
+        linear(&ws.patches[bi * p * kpatch..], p, kpatch, &w.patch_w, d, w.patch_b.as_deref(), out, d);
+    }
+    // 2. Tokens and positions.
+    for bi in 0..b {
+        let xs = &mut ws.x[bi * n0 * d..(bi + 1) * n0 * d];
+        xs[..d].copy_from_slice(&w.cls_token);
+        for j in 0..c.num_clr {
+            xs[(1 + p + j) * d..][..d].copy_from_slice(&w.clr[j * d..][..d]);
+        }
+        if c.no_embed_class {
+            for (v, pe) in xs[d..(1 + p) * d].iter_mut().zip(&w.pos_embed) {
+                *v += pe;
+            }
+        } else {
+            for (v, pe) in xs.iter_mut().zip(&w.pos_embed) {
+                *v += pe;
+            }
+        }
+    }
+    let mut n = n0;
+    // 3. norm_pre (CLIP).
+    if let Some((g, be)) = &w.norm_pre {
+        layer_norm(&ws.x[..b * n * d], d, g, be, c.ln_eps, &mut ws.h[..b * n * d]);
+        ws.x[..b * n * d].copy_from_slice(&ws.h[..b * n * d]);
+    }
+
+    // 4. Blocks.
+    let mut tap = 0;
+    let f = m.plan.taps.max(1);
+    for (i, bp) in m.plan.blocks.iter().enumerate() {
+        debug_assert_eq!(n, bp.len_in);
+        let bw = &w.blocks[i];
+        if let Some(t) = trace.as_deref_mut() {
+            t.push_f32(&format!("block_in.{i}"), &[b, n, d], &ws.x[..b * n * d]);
+        }
+        let rows = b * n;
+        layer_norm(&ws.x[..rows * d], d, &bw.norm1.0, &bw.norm1.1, c.ln_eps, &mut ws.h[..rows * d]);
+        linear(&ws.h, rows, d, &bw.qkv_w, 3 * d, bw.qkv_b.as_deref(), &mut ws.qkv, 3 * d);
+        attention(m, ws, n);
+        linear(&ws.attn, rows, d, &bw.proj_w, d, Some(&bw.proj_b), &mut ws.h, d);
+        residual(&mut ws.x[..rows * d], &ws.h[..rows * d], bw.ls1.as_deref(), d);
+
+        if let Some(k) = bp.keep {
+            // Scores: mean over heads of the cls-query probabilities, keys 1..n-1.
+            let hh = c.num_heads;
+            for bi in 0..b {
+                for t in 1..n {
+                    let mut acc = 0f32;
+                    for h in 0..hh {
+                        acc += ws.cls_probs[(bi * hh + h) * n + t];
+                    }
+                    ws.scores[bi * (n - 1) + t - 1] = acc / hh as f32;
+                }
+            }
+            let scores = &ws.scores[..b * (n - 1)];
+            let (idx, compl) = crate::cpu::topk::topk_select(scores, b, n - 1, k)?;
+            let evit = c.reduction == Reduction::EVit;
+            let out_n = if evit { k + 2 } else { k + 1 };
+            prune_into(&ws.x[..rows * d], b, n, d, &idx, k, evit.then_some((&compl[..], scores)), &mut ws.x2[..b * out_n * d]);
+            if let Some(t) = trace.as_deref_mut() {
+                t.push_f32(&format!("cls_attn.{i}"), &[b, n - 1], scores);
+                // The authors' trace appends -1 (the fused token's slot) for Top-K too.
+                let mut keep: Vec<i64> = Vec::with_capacity(b * (k + 1));
+                for bi in 0..b {
+                    keep.extend(idx[bi * k..(bi + 1) * k].iter().map(|&v| v as i64));
+                    keep.push(-1);
+                }
+                t.push_i64(&format!("keep_idx.{i}"), &[b, k + 1], keep);
+                if evit {
+                    t.push_i64(&format!("compl_idx.{i}"), &[b, n - 1 - k], compl.iter().map(|&v| v as i64).collect());
+                }
+            }
+            std::mem::swap(&mut ws.x, &mut ws.x2);
+            n = out_n;
+        }
+        debug_assert_eq!(n, bp.len_out);
+        let rows = b * n;
+        layer_norm(&ws.x[..rows * d], d, &bw.norm2.0, &bw.norm2.1, c.ln_eps, &mut ws.h[..rows * d]);
+        let hm = c.mlp_hidden;
+        linear(&ws.h, rows, d, &bw.fc1_w, hm, Some(&bw.fc1_b), &mut ws.mlp, hm);
+        ws.mlp[..rows * hm].par_chunks_mut(4096).for_each(|ch| ch.iter_mut().for_each(|v| *v = gelu(*v)));
+        linear(&ws.mlp, rows, hm, &bw.fc2_w, d, Some(&bw.fc2_b), &mut ws.h, d);
+        residual(&mut ws.x[..rows * d], &ws.h[..rows * d], bw.ls2.as_deref(), d);
+        if let Some(t) = trace.as_deref_mut() {
+            t.push_f32(&format!("block_out.{i}"), &[b, n, d], &ws.x[..rows * d]);
+        }
+
+        // Cache: recover, then take carriers (SPEC §2.3 steps 3-4).
+        if bp.recovered > 0 {
+            let r = bp.recovered;
+            let cap = m.plan.cache_cap.max(1);
+            let nn = n + r;
+            for bi in 0..b {
+                ws.x2[bi * nn * d..(bi * nn + n) * d].copy_from_slice(&ws.x[bi * n * d..(bi + 1) * n * d]);
+                ws.x2[(bi * nn + n) * d..(bi + 1) * nn * d].copy_from_slice(&ws.cache[bi * cap * d..(bi * cap + r) * d]);
+            }
+            std::mem::swap(&mut ws.x, &mut ws.x2);
+            n = nn;
+        }
+        debug_assert_eq!(n, bp.len_after);
+        if let (Some((pool, slot)), Some(o)) = (&bp.carriers, &c.clc) {
+            let a = crate::ops::token_cache::TakeArgs {
+                batch: b,
+                x_cap: n,
+                n,
+                d,
+                pool: pool.clone(),
+                gap: o.include_gap,
+                num_clr: c.num_clr,
+                cache_cap: m.plan.cache_cap.max(1),
+                slot: *slot,
+            };
+            crate::cpu::token_cache::cache_take(&ws.x[..b * n * d], &mut ws.cache, &a)?;
+        }
+        if bp.cls_tap {
+            for bi in 0..b {
+                for cc in 0..d {
+                    ws.taps[(bi * d + cc) * f + tap] = ws.x[bi * n * d + cc];
+                }
+            }
+            tap += 1;
+        }
+    }
+
+    // 5. Head.
+    let logits = match &w.head {
+        HeadWeights::Linear { norm, w: hw, b: hb } => {
+            let mut cls = vec![0f32; b * d];
+            for bi in 0..b {
+                layer_norm(&ws.x[bi * n * d..][..d], d, &norm.0, &norm.1, c.ln_eps, &mut cls[bi * d..(bi + 1) * d]);
+            }
+            if let Some(t) = trace.as_deref_mut() {
+                t.push_f32("head_in", &[b, d], &cls);
+            }
+            let k = c.num_classes;
+            let mut out = vec![0f32; b * k];
+            linear(&cls, b, d, hw, k, Some(hb), &mut out, k);
+            out
+        }
+        HeadWeights::Cla(head) => {
+            if tap != head.input_dims().1 {
+                return Err(Error::Plan(format!("the CLA head expects {} CLS taps, the plan gives {tap}", head.input_dims().1)));
+            }
+            let z = &ws.taps[..b * d * f];
+            if let Some(t) = trace.as_deref_mut() {
+                t.push_f32("inter_cls", &[b, d, f], z);
+            }
+            head.forward_cpu(z, b)?
+        }
+    };
+    if let Some(t) = trace {
+        t.push_f32("logits", &[b, c.num_classes], &logits);
+    }
+    Ok(logits)
+}
+
+/// x += ls ⊙ y (or x += y).
+fn residual(x: &mut [f32], y: &[f32], ls: Option<&[f32]>, d: usize) {
+    match ls {
+        Some(g) => x.chunks_exact_mut(d).zip(y.chunks_exact(d)).for_each(|(xr, yr)| {
+            for c in 0..d {
+                xr[c] += g[c] * yr[c];
+            }
+        }),
+        None => x.iter_mut().zip(y).for_each(|(a, v)| *a += v),
+    }
+}
+
+/// [cls, kept (, fused)] per sample from compact x [b, n, d] into compact out.
+#[allow(clippy::too_many_arguments)]
+fn prune_into(x: &[f32], b: usize, n: usize, d: usize, idx: &[u32], k: usize, fuse: Option<(&[u32], &[f32])>, out: &mut [f32]) {
+    let on = if fuse.is_some() { k + 2 } else { k + 1 };
+    for bi in 0..b {
+        let xs = &x[bi * n * d..(bi + 1) * n * d];
+        let os = &mut out[bi * on * d..(bi + 1) * on * d];
+        os[..d].copy_from_slice(&xs[..d]);
+        for j in 0..k {
+            let t = 1 + idx[bi * k + j] as usize;
+            os[(1 + j) * d..(2 + j) * d].copy_from_slice(&xs[t * d..(t + 1) * d]);
+        }
+        if let Some((compl, scores)) = fuse {
+            let m = n - 1 - k;
+            let fused = &mut os[(1 + k) * d..(2 + k) * d];
+            fused.iter_mut().for_each(|v| *v = 0.0);
+            for j in 0..m {
+                let t = compl[bi * m + j] as usize;
+                let s = scores[bi * (n - 1) + t];
+                for (fv, xv) in fused.iter_mut().zip(&xs[(t + 1) * d..(t + 2) * d]) {
+                    *fv += s * xv;
+                }
+            }
+        }
+    }
+}
+
+/// Multi-head attention over ws.qkv [b·n, 3D] into ws.attn [b·n, D]; keeps every head's
+/// cls-query probabilities in ws.cls_probs [b, H, n]. (q·scale)·kᵀ, softmax, ·v, per (b, h).
+fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize) {
+    let c = &m.cfg;
+    let (b, hh, d) = (ws.batch, c.num_heads, c.embed_dim);
+    let hd = d / hh;
+    let scale = (hd as f64).powf(-0.5) as f32;
+    let pairs = b * hh;
+    let nslots = ws.slots.len();
+    let per = pairs.div_ceil(nslots);
+    let qkv = &ws.qkv;
+    let attn = SendPtr(ws.attn.as_mut_ptr());
+    let probs = SendPtr(ws.cls_probs.as_mut_ptr());
+    ws.slots.par_iter_mut().enumerate().for_each(|(s, scratch)| {
+        let (attn, probs) = (attn, probs);
+        for pair in s * per..((s + 1) * per).min(pairs) {
+            let (bi, h) = (pair / hh, pair % hh);
+            let base = bi * n * 3 * d;
+            for t in 0..n {
+                for j in 0..hd {
+                    scratch.q[t * hd + j] = qkv[base + t * 3 * d + h * hd + j] * scale;
+                }
+            }
+            let a = &mut scratch.a[..n * n];
+            // SAFETY: q is n×hd (row stride hd); kᵀ reads k rows of qkv (column stride 3D);
+            // a is n×n. All inside their buffers (n ≤ max_len).
+            unsafe {
+                gemm::gemm(n, n, hd, a.as_mut_ptr(), 1, n as isize, false, scratch.q.as_ptr(), 1, hd as isize, qkv.as_ptr().add(base + d + h * hd), (3 * d) as isize, 1, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+            }
+            for row in a.chunks_exact_mut(n) {
+                softmax(row);
+            }
+            // SAFETY: task (bi, h) alone writes probs[bi, h, 0..n] and the hd columns of head h
+            // in rows bi·n .. (bi+1)·n of attn; v is read with row stride 3D.
+            unsafe {
+                std::ptr::copy_nonoverlapping(a.as_ptr(), probs.0.add((bi * hh + h) * n), n);
+                gemm::gemm(n, hd, n, attn.0.add(bi * n * d + h * hd), 1, d as isize, false, a.as_ptr(), 1, n as isize, qkv.as_ptr().add(base + 2 * d + h * hd), 1, (3 * d) as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+            }
+        }
+    });
+}
+
+impl Vit {
+    /// Convenience: a workspace and one forward on the CPU.
+    pub fn forward_cpu(&self, images: &[f32], batch: usize, trace: Option<&mut Trace>) -> Result<Vec<f32>> {
+        let mut ws = CpuWorkspace::new(self, batch)?;
+        forward(self, &mut ws, images, trace)
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_weights_send(_: &VitWeights) {}

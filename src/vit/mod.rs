@@ -1,0 +1,83 @@
+//! The ViT forward with token reduction, the cross-layer cache and the CLA head (SPEC §1–§3).
+//!
+//! [`Vit`] = a [`VitConfig`] + its [`SeqPlan`] (every length fixed before data moves) + its
+//! checked [`VitWeights`]. [`cpu`] runs it in f32 on the CPU.
+pub mod config;
+pub mod cpu;
+pub mod weights;
+
+pub use config::{HeadKind, TrainFlags, VitConfig};
+pub use weights::{TensorMap, VitWeights};
+
+use crate::plan::SeqPlan;
+use crate::{Error, Result};
+use std::path::Path;
+
+/// A planned model with its weights.
+#[derive(Clone, Debug)]
+pub struct Vit {
+    pub cfg: VitConfig,
+    pub plan: SeqPlan,
+    pub weights: VitWeights,
+}
+
+impl Vit {
+    /// Plans `cfg` and checks `weights` against it.
+    pub fn new(cfg: VitConfig, weights: TensorMap) -> Result<Self> {
+        let plan = cfg.plan()?;
+        if matches!(cfg.head, HeadKind::Cla { .. }) && plan.taps == 0 {
+            return Err(Error::Plan("the CLA head needs at least one CLS tap".into()));
+        }
+        let weights = VitWeights::from_map(&cfg, plan.taps, weights)?;
+        Ok(Vit { cfg, plan, weights })
+    }
+
+    /// Loads a safetensors checkpoint in the authors' names.
+    pub fn load(cfg: VitConfig, path: &Path) -> Result<Self> {
+        Self::new(cfg, TensorMap::load(path)?)
+    }
+}
+
+/// A recorded tensor of a forward.
+#[derive(Clone, Debug)]
+pub enum TraceData {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+/// Per-block tensors of a forward, under the names of the golden files (`block_in.i`,
+/// `block_out.i`, `cls_attn.i`, `keep_idx.i`, `compl_idx.i`, `inter_cls`, `head_in`, `logits`).
+#[derive(Clone, Debug, Default)]
+pub struct Trace {
+    pub tensors: Vec<(String, Vec<usize>, TraceData)>,
+}
+
+impl Trace {
+    pub(crate) fn push_f32(&mut self, name: &str, shape: &[usize], v: &[f32]) {
+        self.tensors.push((name.to_string(), shape.to_vec(), TraceData::F32(v.to_vec())));
+    }
+    pub(crate) fn push_i64(&mut self, name: &str, shape: &[usize], v: Vec<i64>) {
+        self.tensors.push((name.to_string(), shape.to_vec(), TraceData::I64(v)));
+    }
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> Option<(&[usize], &TraceData)> {
+        self.tensors.iter().find(|t| t.0 == name).map(|t| (&t.1[..], &t.2))
+    }
+    /// Writes every tensor to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(n, s, d)| match d {
+                TraceData::F32(v) => (n.clone(), s.clone(), safetensors::Dtype::F32, bytemuck::cast_slice(v).to_vec()),
+                TraceData::I64(v) => (n.clone(), s.clone(), safetensors::Dtype::I64, bytemuck::cast_slice(v).to_vec()),
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+            .iter()
+            .map(|(n, s, dt, b)| safetensors::tensor::TensorView::new(*dt, s.clone(), b).map(|v| (n.clone(), v)))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Weights(format!("trace: {e}")))?;
+        safetensors::serialize_to_file(views, &None, path).map_err(|e| Error::Weights(format!("{}: {e}", path.display())))
+    }
+}
