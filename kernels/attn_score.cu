@@ -9,8 +9,7 @@ namespace clca {
 // (torch's mean). Thread-strided over t; `out` is one f32 row of n-1.
 template <class T>
 __device__ __forceinline__ void scores_from_probs_row(const T* __restrict__ probs, u32 heads, u32 n,
-                                                      float* __restrict__ out) {
-  const i64 head_stride = (i64)n * n;
+                                                      i64 head_stride, float* __restrict__ out) {
   for (u32 t = 1 + threadIdx.x; t < n; t += blockDim.x) {
     float acc = 0.0f;
     for (u32 h = 0; h < heads; ++h) acc += to_f32(probs[h * head_stride + t]);
@@ -87,7 +86,7 @@ __device__ void scores_from_qk_row(const T* __restrict__ q, const T* __restrict_
       float* __restrict__ scores, unsigned* __restrict__ idx, unsigned* __restrict__ compl_idx) { \
     for (unsigned b = blockIdx.x; b < batch; b += gridDim.x) {                                    \
       float* s = scores + (long long)b * (n - 1);                                                 \
-      clca::scores_from_probs_row<T>(probs + (long long)b * heads * n * n, heads, n, s);          \
+      clca::scores_from_probs_row<T>(probs + (long long)b * heads * n * n, heads, n, (long long)n * n, s);          \
       __syncthreads();                                                                            \
       clca::topk_row<float>(s, n - 1, k, idx + (long long)b * k,                                  \
                             compl_idx + (long long)b * (n - 1 - k));                              \
@@ -109,3 +108,17 @@ __device__ void scores_from_qk_row(const T* __restrict__ q, const T* __restrict_
   }                                                                                               \
   CLCA_HOST_ENTRY(select_from_qk_##sfx)
 CLCA_FOR_EACH_FLOAT(ATTN_SCORE_ENTRIES)
+
+// The forward's selection: cls-query probabilities [B, H, n] (f32, written by the attention
+// kernel) -> scores -> top-k, one block per sample. f32 only.
+extern "C" __global__ void __launch_bounds__(CLCA_TOPK_THREADS) select_from_cls_rows_f32(
+    const float* __restrict__ cls_probs, unsigned batch, unsigned heads, unsigned n, unsigned k,
+    float* __restrict__ scores, unsigned* __restrict__ idx, unsigned* __restrict__ compl_idx) {
+  for (unsigned b = blockIdx.x; b < batch; b += gridDim.x) {
+    float* s = scores + (long long)b * (n - 1);
+    clca::scores_from_probs_row<float>(cls_probs + (long long)b * heads * n, heads, n, n, s);
+    __syncthreads();
+    clca::topk_row<float>(s, n - 1, k, idx + (long long)b * k, compl_idx + (long long)b * (n - 1 - k));
+  }
+}
+CLCA_HOST_ENTRY(select_from_cls_rows_f32)

@@ -42,6 +42,71 @@ pub trait Device {
     unsafe fn launch(&self, launch: &Launch) -> Result<()>;
     /// Wait for queued work.
     fn synchronize(&self) -> Result<()>;
+
+    /// `y` [m, n] = `x` [m, k] · `w` [n, k]ᵀ in `dtype` with f32 accumulation (nn.Linear
+    /// layout, no bias). The default launches our tiled `linear_*` kernel; the CUDA device uses
+    /// cuBLAS when it is available.
+    ///
+    /// # Safety
+    /// `x`, `w` and `y` must be addresses of this device holding m·k, n·k and m·n elements of
+    /// `dtype`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_nt(
+        &self,
+        dtype: crate::DType,
+        x: u64,
+        m: usize,
+        k: usize,
+        w: u64,
+        n: usize,
+        y: u64,
+    ) -> Result<()> {
+        gemm_nt_kernel(self, dtype, x, m, k, w, n, y)
+    }
+}
+
+/// The `linear_*` kernel as a GEMM (see [`Device::gemm_nt`]).
+///
+/// # Safety
+/// As [`Device::gemm_nt`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_nt_kernel<D: Device + ?Sized>(
+    dev: &D,
+    dtype: crate::DType,
+    x: u64,
+    m: usize,
+    k: usize,
+    w: u64,
+    n: usize,
+    y: u64,
+) -> Result<()> {
+    use crate::error::to_u32;
+    use crate::kernels::Arg;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let l = Launch::new(
+        "cla_head",
+        "linear",
+        dtype,
+        [
+            to_u32("n", n.div_ceil(16))?,
+            to_u32("m", m.div_ceil(16))?,
+            1,
+        ],
+        [16, 16, 1],
+        vec![
+            Arg::Ptr(x),
+            Arg::U32(to_u32("m", m)?),
+            Arg::U32(to_u32("k", k)?),
+            Arg::Ptr(w),
+            Arg::Ptr(0),
+            Arg::U32(to_u32("n", n)?),
+            Arg::Ptr(y),
+        ],
+    )?;
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { dev.launch(&l) }
 }
 
 /// A host buffer for the shim.
@@ -92,8 +157,10 @@ impl Device for HostShim {
         let f = crate::kernels::host_launcher(&launch.kernel)
             .ok_or_else(|| Error::UnknownKernel(launch.kernel.clone()))?;
         let mut slots: Vec<[u8; 8]> = launch.args.iter().map(|a| a.bytes()).collect();
-        let mut ptrs: Vec<*mut std::ffi::c_void> =
-            slots.iter_mut().map(|s| s.as_mut_ptr() as *mut std::ffi::c_void).collect();
+        let mut ptrs: Vec<*mut std::ffi::c_void> = slots
+            .iter_mut()
+            .map(|s| s.as_mut_ptr() as *mut std::ffi::c_void)
+            .collect();
         let cfg: LaunchCfg = launch.cfg;
         // SAFETY: the caller guarantees the pointer arguments (see the trait); `ptrs` points at
         // `slots`, which outlive the call, one slot per parameter of the kernel in order.
@@ -103,7 +170,10 @@ impl Device for HostShim {
         } else {
             // SAFETY: the shim returns a NUL-terminated thread-local string.
             let msg = unsafe { std::ffi::CStr::from_ptr(clca_host_last_error()) };
-            Err(Error::HostShim { kernel: launch.kernel.clone(), message: msg.to_string_lossy().into_owned() })
+            Err(Error::HostShim {
+                kernel: launch.kernel.clone(),
+                message: msg.to_string_lossy().into_owned(),
+            })
         }
     }
     fn synchronize(&self) -> Result<()> {

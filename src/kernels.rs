@@ -72,17 +72,54 @@ impl Launch {
             return Err(crate::Error::UnknownKernel(kernel));
         }
         if grid[0] == 0 || grid[0] > MAX_GRID_X {
-            return Err(crate::Error::LaunchLimit { what: "grid.x", value: grid[0] as u64, limit: MAX_GRID_X as u64 });
+            return Err(crate::Error::LaunchLimit {
+                what: "grid.x",
+                value: grid[0] as u64,
+                limit: MAX_GRID_X as u64,
+            });
         }
         for (what, g) in [("grid.y", grid[1]), ("grid.z", grid[2])] {
             if g == 0 || g > MAX_GRID_YZ {
-                return Err(crate::Error::LaunchLimit { what, value: g as u64, limit: MAX_GRID_YZ as u64 });
+                return Err(crate::Error::LaunchLimit {
+                    what,
+                    value: g as u64,
+                    limit: MAX_GRID_YZ as u64,
+                });
             }
         }
         let threads = block.iter().map(|&b| b as u64).product::<u64>();
         if threads == 0 || threads > 1024 {
-            return Err(crate::Error::LaunchLimit { what: "threads per block", value: threads, limit: 1024 });
+            return Err(crate::Error::LaunchLimit {
+                what: "threads per block",
+                value: threads,
+                limit: 1024,
+            });
         }
-        Ok(Launch { module, kernel, cfg: LaunchCfg { grid, block, smem: 0 }, args })
+        Ok(Launch {
+            module,
+            kernel,
+            cfg: LaunchCfg {
+                grid,
+                block,
+                smem: 0,
+            },
+            args,
+        })
+    }
+
+    /// Sets the dynamic shared memory, within the default 48 KiB per block.
+    pub fn with_smem(mut self, bytes: usize) -> crate::Result<Self> {
+        if bytes > MAX_DYN_SMEM as usize {
+            return Err(crate::Error::LaunchLimit {
+                what: "dynamic shared memory bytes",
+                value: bytes as u64,
+                limit: MAX_DYN_SMEM as u64,
+            });
+        }
+        self.cfg.smem = bytes as u32;
+        Ok(self)
     }
 }
+
+/// Dynamic shared memory every CUDA device grants without an opt-in.
+pub const MAX_DYN_SMEM: u32 = 48 * 1024;

@@ -31,7 +31,12 @@ pub struct ClcOptions {
 impl Default for ClcOptions {
     /// The `train.py` defaults (`store_false` flags not passed).
     fn default() -> Self {
-        ClcOptions { include_gap: true, recover_at_last: true, pool_cls: false, pool_clr: false }
+        ClcOptions {
+            include_gap: true,
+            recover_at_last: true,
+            pool_cls: false,
+            pool_clr: false,
+        }
     }
 }
 
@@ -86,7 +91,11 @@ pub struct PlanSpec<'a> {
 }
 
 fn bad(arg: &'static str, value: impl ToString, why: impl Into<String>) -> Error {
-    Error::InvalidArgument { arg, value: value.to_string(), why: why.into() }
+    Error::InvalidArgument {
+        arg,
+        value: value.to_string(),
+        why: why.into(),
+    }
 }
 
 /// Plans a forward (SPEC §2.3's loop, with the lengths of §2.5).
@@ -99,15 +108,32 @@ pub fn plan(s: &PlanSpec<'_>) -> Result<SeqPlan> {
     }
     for w in s.locs.windows(2) {
         if w[1] <= w[0] {
-            return Err(bad("reduction_loc", format!("{:?}", s.locs), "must be strictly increasing (no duplicates)"));
+            return Err(bad(
+                "reduction_loc",
+                format!("{:?}", s.locs),
+                "must be strictly increasing (no duplicates)",
+            ));
         }
     }
     if let Some(&l) = s.locs.iter().find(|&&l| l >= s.depth) {
-        return Err(bad("reduction_loc", l, format!("layer >= depth {}", s.depth)));
+        return Err(bad(
+            "reduction_loc",
+            l,
+            format!("layer >= depth {}", s.depth),
+        ));
     }
     if s.reduction != Reduction::None {
-        if s.keep_rates.is_empty() || (s.keep_rates.len() != 1 && s.keep_rates.len() != s.locs.len()) {
-            return Err(bad("keep_rate", format!("{:?}", s.keep_rates), format!("give one value or one per reduction layer ({})", s.locs.len())));
+        if s.keep_rates.is_empty()
+            || (s.keep_rates.len() != 1 && s.keep_rates.len() != s.locs.len())
+        {
+            return Err(bad(
+                "keep_rate",
+                format!("{:?}", s.keep_rates),
+                format!(
+                    "give one value or one per reduction layer ({})",
+                    s.locs.len()
+                ),
+            ));
         }
         for &kr in s.keep_rates {
             crate::ops::check_keep_rate(kr)?;
@@ -118,7 +144,11 @@ pub fn plan(s: &PlanSpec<'_>) -> Result<SeqPlan> {
     let mut recovery: Vec<usize> = Vec::new();
     if let Some(o) = &s.clc {
         if !o.include_gap && c == 0 {
-            return Err(bad("clc", "gap off, num_clr 0", "the cache needs the GAP carrier or at least one clr token"));
+            return Err(bad(
+                "clc",
+                "gap off, num_clr 0",
+                "the cache needs the GAP carrier or at least one clr token",
+            ));
         }
         recovery.extend_from_slice(s.locs);
         if o.recover_at_last && s.depth >= 2 {
@@ -127,14 +157,28 @@ pub fn plan(s: &PlanSpec<'_>) -> Result<SeqPlan> {
         recovery.sort_unstable();
         recovery.dedup();
         match recovery.first() {
-            None => return Err(bad("reduction_loc", "[]", "the cache needs at least one recovery layer")),
-            Some(0) => return Err(bad("reduction_loc", 0, "the first recovery layer must be >= 1 (the authors' code fails on an empty cache)")),
+            None => {
+                return Err(bad(
+                    "reduction_loc",
+                    "[]",
+                    "the cache needs at least one recovery layer",
+                ))
+            }
+            Some(0) => return Err(bad(
+                "reduction_loc",
+                0,
+                "the first recovery layer must be >= 1 (the authors' code fails on an empty cache)",
+            )),
             _ => {}
         }
     }
     let last_rec = recovery.last().copied();
     let mut n = n0;
-    let mut pool_end = if c > 0 && !s.clc.map(|o| o.pool_clr).unwrap_or(false) { n0 - c } else { n0 };
+    let mut pool_end = if c > 0 && !s.clc.map(|o| o.pool_clr).unwrap_or(false) {
+        n0 - c
+    } else {
+        n0
+    };
     let mut cache = 0usize;
     let mut cache_cap = 0usize;
     let mut max_len = n0;
@@ -150,7 +194,11 @@ pub fn plan(s: &PlanSpec<'_>) -> Result<SeqPlan> {
                 // k == n-1 keeps everything: no pruning and no fused token (SPEC §4.2 item 6).
                 if k < n - 1 {
                     keep = Some(k);
-                    n = if s.reduction == Reduction::EVit { 2 + k } else { 1 + k };
+                    n = if s.reduction == Reduction::EVit {
+                        2 + k
+                    } else {
+                        1 + k
+                    };
                 }
             }
         }
@@ -172,7 +220,9 @@ pub fn plan(s: &PlanSpec<'_>) -> Result<SeqPlan> {
                     )));
                 }
                 if c > n {
-                    return Err(Error::Plan(format!("block {i}: {c} clr carriers but only {n} tokens")));
+                    return Err(Error::Plan(format!(
+                        "block {i}: {c} clr carriers but only {n} tokens"
+                    )));
                 }
                 carriers = Some((lo..pool_end, cache));
                 cache += o.include_gap as usize + c;
@@ -182,7 +232,21 @@ pub fn plan(s: &PlanSpec<'_>) -> Result<SeqPlan> {
         let cls_tap = s.locs.contains(&i) || i + 1 == s.depth;
         taps += cls_tap as usize;
         max_len = max_len.max(n);
-        blocks.push(BlockPlan { len_in, keep, len_out, recovered, len_after: n, carriers, cls_tap });
+        blocks.push(BlockPlan {
+            len_in,
+            keep,
+            len_out,
+            recovered,
+            len_after: n,
+            carriers,
+            cls_tap,
+        });
     }
-    Ok(SeqPlan { blocks, max_len, cache_cap, taps, recovery })
+    Ok(SeqPlan {
+        blocks,
+        max_len,
+        cache_cap,
+        taps,
+        recovery,
+    })
 }

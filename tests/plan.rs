@@ -1,3 +1,4 @@
+#![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 //! Planned lengths against SPEC §2.4–§2.5 (the authors' traces at 448 px) and bad plans.
 use clca::plan::{plan, ClcOptions, PlanSpec, Reduction};
 
@@ -20,11 +21,26 @@ fn outs(p: &clca::plan::SeqPlan) -> Vec<usize> {
 
 #[test]
 fn spec_2_5_lengths_at_448() {
-    assert_eq!(outs(&spec(Reduction::EVit, true, 0.1)), [786, 786, 786, 81, 87, 87, 11, 17, 17, 4, 10, 12]);
-    assert_eq!(outs(&spec(Reduction::TopK, true, 0.1)), [786, 786, 786, 80, 86, 86, 10, 16, 16, 3, 9, 11]);
-    assert_eq!(outs(&spec(Reduction::EVit, false, 0.1)), [785, 785, 785, 81, 81, 81, 10, 10, 10, 3, 3, 3]);
-    assert_eq!(outs(&spec(Reduction::TopK, false, 0.1)), [785, 785, 785, 80, 80, 80, 9, 9, 9, 2, 2, 2]);
-    assert_eq!(outs(&spec(Reduction::None, true, 1.0)), [786, 786, 786, 786, 792, 792, 792, 798, 798, 798, 804, 806]);
+    assert_eq!(
+        outs(&spec(Reduction::EVit, true, 0.1)),
+        [786, 786, 786, 81, 87, 87, 11, 17, 17, 4, 10, 12]
+    );
+    assert_eq!(
+        outs(&spec(Reduction::TopK, true, 0.1)),
+        [786, 786, 786, 80, 86, 86, 10, 16, 16, 3, 9, 11]
+    );
+    assert_eq!(
+        outs(&spec(Reduction::EVit, false, 0.1)),
+        [785, 785, 785, 81, 81, 81, 10, 10, 10, 3, 3, 3]
+    );
+    assert_eq!(
+        outs(&spec(Reduction::TopK, false, 0.1)),
+        [785, 785, 785, 80, 80, 80, 9, 9, 9, 2, 2, 2]
+    );
+    assert_eq!(
+        outs(&spec(Reduction::None, true, 1.0)),
+        [786, 786, 786, 786, 792, 792, 792, 798, 798, 798, 804, 806]
+    );
     assert_eq!(outs(&spec(Reduction::None, false, 1.0)), [785; 12]);
 }
 
@@ -38,43 +54,138 @@ fn spec_2_4_worked_example() {
     let rec: Vec<usize> = p.blocks.iter().map(|b| b.recovered).collect();
     assert_eq!(rec, [0, 0, 0, 6, 0, 0, 6, 0, 0, 6, 2, 0]);
     assert_eq!(p.recovery, [3, 6, 9, 10]);
-    let pools: Vec<Option<std::ops::Range<usize>>> = p.blocks.iter().map(|b| b.carriers.as_ref().map(|c| c.0.clone())).collect();
+    let pools: Vec<Option<std::ops::Range<usize>>> = p
+        .blocks
+        .iter()
+        .map(|b| b.carriers.as_ref().map(|c| c.0.clone()))
+        .collect();
     assert_eq!(pools[0], Some(1..785), "GAP over the 784 patches");
     assert_eq!(pools[3], Some(1..81), "79 kept + fused");
     assert_eq!(pools[5], Some(1..81));
     assert_eq!(pools[6], Some(1..11));
     assert_eq!(pools[9], Some(1..4));
     assert_eq!(pools[10], None, "carriers of block 10 are never taken");
-    let slots: Vec<Option<usize>> = p.blocks.iter().map(|b| b.carriers.as_ref().map(|c| c.1)).collect();
+    let slots: Vec<Option<usize>> = p
+        .blocks
+        .iter()
+        .map(|b| b.carriers.as_ref().map(|c| c.1))
+        .collect();
     assert_eq!(&slots[..3], &[Some(0), Some(2), Some(4)]);
     assert_eq!(p.cache_cap, 6);
     assert_eq!(p.max_len, 786);
     assert_eq!(p.taps, 4);
-    let taps: Vec<usize> = p.blocks.iter().enumerate().filter(|(_, b)| b.cls_tap).map(|(i, _)| i).collect();
+    let taps: Vec<usize> = p
+        .blocks
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.cls_tap)
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(taps, [3, 6, 9, 11]);
 }
 
 #[test]
 fn keep_rate_one_and_per_layer_rates() {
     let p = spec(Reduction::EVit, true, 1.0);
-    assert!(p.blocks.iter().all(|b| b.keep.is_none()), "kr 1 keeps everything, no fused token");
-    let p = plan(&PlanSpec { patches: 784, num_clr: 0, depth: 12, reduction: Reduction::TopK, locs: &[3, 6, 9], keep_rates: &[0.5, 0.5, 0.25], clc: None }).expect("plan");
-    assert_eq!(outs(&p)[11], 1 + (0.25f64 * (1 + ((0.5f64 * 392.0).ceil() as usize) - 1) as f64).ceil() as usize);
+    assert!(
+        p.blocks.iter().all(|b| b.keep.is_none()),
+        "kr 1 keeps everything, no fused token"
+    );
+    let p = plan(&PlanSpec {
+        patches: 784,
+        num_clr: 0,
+        depth: 12,
+        reduction: Reduction::TopK,
+        locs: &[3, 6, 9],
+        keep_rates: &[0.5, 0.5, 0.25],
+        clc: None,
+    })
+    .expect("plan");
+    assert_eq!(
+        outs(&p)[11],
+        1 + (0.25f64 * (1 + ((0.5f64 * 392.0).ceil() as usize) - 1) as f64).ceil() as usize
+    );
 }
 
 #[test]
 fn bad_plans_are_errors() {
-    let base = PlanSpec { patches: 784, num_clr: 1, depth: 12, reduction: Reduction::EVit, locs: &[3, 6, 9], keep_rates: &[0.1], clc: Some(ClcOptions::default()) };
+    let base = PlanSpec {
+        patches: 784,
+        num_clr: 1,
+        depth: 12,
+        reduction: Reduction::EVit,
+        locs: &[3, 6, 9],
+        keep_rates: &[0.1],
+        clc: Some(ClcOptions::default()),
+    };
     let cases: Vec<(PlanSpec, &str)> = vec![
-        (PlanSpec { keep_rates: &[0.0], ..base.clone() }, "keep_rate"),
-        (PlanSpec { keep_rates: &[1.5], ..base.clone() }, "keep_rate"),
-        (PlanSpec { keep_rates: &[f64::NAN], ..base.clone() }, "keep_rate"),
-        (PlanSpec { keep_rates: &[0.1, 0.2], ..base.clone() }, "keep_rate"),
-        (PlanSpec { locs: &[3, 3, 9], ..base.clone() }, "reduction_loc"),
-        (PlanSpec { locs: &[3, 12], ..base.clone() }, "reduction_loc"),
-        (PlanSpec { locs: &[0, 6], ..base.clone() }, "reduction_loc"),
-        (PlanSpec { num_clr: 0, clc: Some(ClcOptions { include_gap: false, ..ClcOptions::default() }), ..base.clone() }, "clc"),
-        (PlanSpec { depth: 0, ..base.clone() }, "depth"),
+        (
+            PlanSpec {
+                keep_rates: &[0.0],
+                ..base.clone()
+            },
+            "keep_rate",
+        ),
+        (
+            PlanSpec {
+                keep_rates: &[1.5],
+                ..base.clone()
+            },
+            "keep_rate",
+        ),
+        (
+            PlanSpec {
+                keep_rates: &[f64::NAN],
+                ..base.clone()
+            },
+            "keep_rate",
+        ),
+        (
+            PlanSpec {
+                keep_rates: &[0.1, 0.2],
+                ..base.clone()
+            },
+            "keep_rate",
+        ),
+        (
+            PlanSpec {
+                locs: &[3, 3, 9],
+                ..base.clone()
+            },
+            "reduction_loc",
+        ),
+        (
+            PlanSpec {
+                locs: &[3, 12],
+                ..base.clone()
+            },
+            "reduction_loc",
+        ),
+        (
+            PlanSpec {
+                locs: &[0, 6],
+                ..base.clone()
+            },
+            "reduction_loc",
+        ),
+        (
+            PlanSpec {
+                num_clr: 0,
+                clc: Some(ClcOptions {
+                    include_gap: false,
+                    ..ClcOptions::default()
+                }),
+                ..base.clone()
+            },
+            "clc",
+        ),
+        (
+            PlanSpec {
+                depth: 0,
+                ..base.clone()
+            },
+            "depth",
+        ),
     ];
     for (s, arg) in cases {
         let e = plan(&s).expect_err(arg);

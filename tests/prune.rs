@@ -1,3 +1,4 @@
+#![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 //! Top-K / EViT pruning and the fused prune path against the CPU reference and an f64 oracle.
 mod common;
 use clca::ops::attn_score::{ScoreSource, Selection};
@@ -9,11 +10,19 @@ use proptest::prelude::*;
 fn run<D: Device, T: Element>(dev: &D, b: usize, n: usize, c: usize, k: usize, seed: u64) {
     let mut rng = TRng(seed);
     let x: Vec<T> = rng.normals(b * n * c);
-    let scores: Vec<f32> = random_probs(&mut rng, b, n - 1).iter().map(|&v| v as f32).collect();
+    let scores: Vec<f32> = random_probs(&mut rng, b, n - 1)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
     let (idx, compl) = cpu::topk::topk_select(&scores, b, n - 1, k).expect("ref");
 
     let want_t = cpu::prune::topk_prune(&x, b, n, c, &idx, k).expect("ref");
-    let (xb, ib, cb, sb) = (up(dev, &x), up(dev, &idx), up(dev, &compl), up(dev, &scores));
+    let (xb, ib, cb, sb) = (
+        up(dev, &x),
+        up(dev, &idx),
+        up(dev, &compl),
+        up(dev, &scores),
+    );
     let mut out = sentinel(dev, b * (1 + k) * c, T::from_f32(f32::NAN));
     topk_prune(dev, &xb, b, n, c, &ib, k, &mut out).expect("kernel");
     assert_eq!(down(dev, &out), want_t, "topk prune is an exact gather");
@@ -24,7 +33,12 @@ fn run<D: Device, T: Element>(dev: &D, b: usize, n: usize, c: usize, k: usize, s
     let mut oracle: Vec<f64> = want_e.iter().map(|v| v.to_f32() as f64).collect();
     for bi in 0..b {
         for ch in 0..c {
-            let s: f64 = (0..m).map(|j| { let t = compl[bi * m + j] as usize; scores[bi * (n - 1) + t] as f64 * x[(bi * n + 1 + t) * c + ch].to_f32() as f64 }).sum();
+            let s: f64 = (0..m)
+                .map(|j| {
+                    let t = compl[bi * m + j] as usize;
+                    scores[bi * (n - 1) + t] as f64 * x[(bi * n + 1 + t) * c + ch].to_f32() as f64
+                })
+                .sum();
             oracle[(bi * (2 + k) + 1 + k) * c + ch] = s;
         }
     }
@@ -50,10 +64,18 @@ proptest! {
 
 /// The fused path (scores → top-k → gather) equals the composition of the reference ops.
 fn fused<D: Device>(dev: &D) {
-    for &(b, n, c, h, k) in &[(2usize, 786usize, 64usize, 3usize, 79usize), (1, 87, 768, 12, 9), (3, 17, 33, 2, 2), (1, 2, 8, 1, 1)] {
+    for &(b, n, c, h, k) in &[
+        (2usize, 786usize, 64usize, 3usize, 79usize),
+        (1, 87, 768, 12, 9),
+        (3, 17, 33, 2, 2),
+        (1, 2, 8, 1, 1),
+    ] {
         let mut rng = TRng(n as u64);
         let x: Vec<f32> = rng.normals(b * n * c);
-        let probs: Vec<f32> = random_probs(&mut rng, b * h * n, n).iter().map(|&v| v as f32).collect();
+        let probs: Vec<f32> = random_probs(&mut rng, b * h * n, n)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
         let scores = cpu::attn_score::cls_attn_from_probs(&probs, b, h, n).expect("ref");
         let (idx, compl) = cpu::topk::topk_select(&scores, b, n - 1, k).expect("ref");
         let pb = up(dev, &probs);
@@ -61,11 +83,25 @@ fn fused<D: Device>(dev: &D) {
         let mut sel = Selection::new(dev, b, n, k).expect("sel");
         for mode in [PruneMode::TopK, PruneMode::EVit] {
             let mut out = sentinel(dev, b * mode.out_tokens(k) * c, f32::NAN);
-            prune(dev, &ScoreSource::Probs { probs: &pb, heads: h }, &xb, c, mode, &mut sel, &mut out).expect("fused prune");
+            prune(
+                dev,
+                &ScoreSource::Probs {
+                    probs: &pb,
+                    heads: h,
+                },
+                &xb,
+                c,
+                mode,
+                &mut sel,
+                &mut out,
+            )
+            .expect("fused prune");
             assert_eq!(down(dev, &sel.idx), idx);
             let want = match mode {
                 PruneMode::TopK => cpu::prune::topk_prune(&x, b, n, c, &idx, k).expect("ref"),
-                PruneMode::EVit => cpu::prune::evit_prune(&x, b, n, c, &idx, k, &compl, &scores).expect("ref"),
+                PruneMode::EVit => {
+                    cpu::prune::evit_prune(&x, b, n, c, &idx, k, &compl, &scores).expect("ref")
+                }
             };
             let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
             assert_close("fused prune", &down(dev, &out), &want, 1e-6, 1e-5);
@@ -86,7 +122,8 @@ fn bad_arguments_are_errors() {
     let mut out = dev.zeros::<f32>(2 * 6 * 4).expect("zeros");
     let e = topk_prune(&dev, &x, 2, 5, 4, &idx, 5, &mut out).expect_err("k = n");
     assert!(e.to_string().contains("`k`"), "{e}");
-    let e = cpu::prune::topk_prune(&[0f32; 5 * 4], 1, 5, 4, &[9, 0], 2).expect_err("index out of range");
+    let e = cpu::prune::topk_prune(&[0f32; 5 * 4], 1, 5, 4, &[9, 0], 2)
+        .expect_err("index out of range");
     assert!(e.to_string().contains("out of range"), "{e}");
     let mut out = dev.zeros::<f32>(3).expect("zeros");
     let idx = up(&dev, &[0u32; 2]);

@@ -1,3 +1,4 @@
+#![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 //! Token cache kernels vs the CPU reference, on random shapes and ranges.
 mod common;
 use clca::ops::token_cache::{cache_take, recover, tokens_copy, TakeArgs};
@@ -5,12 +6,33 @@ use clca::{bf16, cpu, f16, Device, Element};
 use common::*;
 use proptest::prelude::*;
 
-fn run<D: Device, T: Element>(dev: &D, b: usize, x_cap: usize, n: usize, d: usize, lo: usize, hi: usize, gap: bool, num_clr: usize, seed: u64) {
+fn run<D: Device, T: Element>(
+    dev: &D,
+    b: usize,
+    x_cap: usize,
+    n: usize,
+    d: usize,
+    lo: usize,
+    hi: usize,
+    gap: bool,
+    num_clr: usize,
+    seed: u64,
+) {
     let mut rng = TRng(seed);
     let x: Vec<T> = rng.normals(b * x_cap * d);
     let cache_cap = 3 + gap as usize + num_clr;
     let slot = 2;
-    let a = TakeArgs { batch: b, x_cap, n, d, pool: lo..hi, gap, num_clr, cache_cap, slot };
+    let a = TakeArgs {
+        batch: b,
+        x_cap,
+        n,
+        d,
+        pool: lo..hi,
+        gap,
+        num_clr,
+        cache_cap,
+        slot,
+    };
     let init: Vec<T> = rng.normals(b * cache_cap * d);
     let mut want = init.clone();
     cpu::token_cache::cache_take(&x, &mut want, &a).expect("ref");
@@ -18,7 +40,10 @@ fn run<D: Device, T: Element>(dev: &D, b: usize, x_cap: usize, n: usize, d: usiz
     if gap {
         for bi in 0..b {
             for ch in 0..d {
-                let m: f64 = (lo..hi).map(|t| x[(bi * x_cap + t) * d + ch].to_f32() as f64).sum::<f64>() / (hi - lo) as f64;
+                let m: f64 = (lo..hi)
+                    .map(|t| x[(bi * x_cap + t) * d + ch].to_f32() as f64)
+                    .sum::<f64>()
+                    / (hi - lo) as f64;
                 let g = want[(bi * cache_cap + slot) * d + ch].to_f32() as f64;
                 let (atol, rtol) = tol::<T>();
                 assert!(close(g, m, atol * 10.0, rtol), "cpu GAP {g} vs {m}");
@@ -35,7 +60,11 @@ fn run<D: Device, T: Element>(dev: &D, b: usize, x_cap: usize, n: usize, d: usiz
     // Slots outside [slot, slot + carriers) are untouched.
     for bi in 0..b {
         for s in (0..cache_cap).filter(|&s| s < slot || s >= slot + a.carriers()) {
-            assert_eq!(&got[(bi * cache_cap + s) * d..][..d], &init[(bi * cache_cap + s) * d..][..d], "slot {s} was written");
+            assert_eq!(
+                &got[(bi * cache_cap + s) * d..][..d],
+                &init[(bi * cache_cap + s) * d..][..d],
+                "slot {s} was written"
+            );
         }
     }
     // Recover the cache into the tail.
@@ -81,13 +110,31 @@ fn bad_arguments_are_errors() {
     let dev = clca::HostShim;
     let x = up(&dev, &[0f32; 10 * 4]);
     let mut c = dev.zeros::<f32>(3 * 4).expect("zeros");
-    let a = TakeArgs { batch: 1, x_cap: 10, n: 5, d: 4, pool: 1..1, gap: true, num_clr: 1, cache_cap: 3, slot: 0 };
+    let a = TakeArgs {
+        batch: 1,
+        x_cap: 10,
+        n: 5,
+        d: 4,
+        pool: 1..1,
+        gap: true,
+        num_clr: 1,
+        cache_cap: 3,
+        slot: 0,
+    };
     let e = cache_take(&dev, &x, &mut c, &a).expect_err("empty GAP");
     assert!(matches!(e, clca::Error::Plan(_)), "{e}");
-    let a = TakeArgs { pool: 1..5, slot: 2, ..a };
+    let a = TakeArgs {
+        pool: 1..5,
+        slot: 2,
+        ..a
+    };
     let e = cache_take(&dev, &x, &mut c, &a).expect_err("slot overflow");
     assert!(e.to_string().contains("cache_cap"), "{e}");
-    let a = TakeArgs { n: 11, slot: 0, ..a };
+    let a = TakeArgs {
+        n: 11,
+        slot: 0,
+        ..a
+    };
     assert!(cache_take(&dev, &x, &mut c, &a).is_err(), "n > x_cap");
     let mut y = dev.zeros::<f32>(10 * 4).expect("zeros");
     let e = tokens_copy(&dev, &x, 10, 8, &mut y, 10, 0, 1, 3, 4).expect_err("src overflow");

@@ -1,3 +1,4 @@
+#![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 //! Top-k selection kernel vs the CPU reference, on the host shim (and the GPU when present).
 mod common;
 use clca::{bf16, cpu, f16, ops, Device, Element};
@@ -12,8 +13,17 @@ fn run_case<D: Device, T: Element>(dev: &D, x: &[T], rows: usize, n: usize, k: u
     let mut idx = sentinel(dev, rows * k, SENTINEL);
     let mut compl = sentinel(dev, rows * (n - k), SENTINEL);
     ops::topk::topk_select(dev, &xb, rows, n, k, &mut idx, &mut compl).expect("kernel");
-    assert_eq!(down(dev, &idx), want_idx, "idx (rows {rows}, n {n}, k {k}, {})", dev.name());
-    assert_eq!(down(dev, &compl), want_compl, "compl (rows {rows}, n {n}, k {k})");
+    assert_eq!(
+        down(dev, &idx),
+        want_idx,
+        "idx (rows {rows}, n {n}, k {k}, {})",
+        dev.name()
+    );
+    assert_eq!(
+        down(dev, &compl),
+        want_compl,
+        "compl (rows {rows}, n {n}, k {k})"
+    );
 }
 
 /// Value generators: smooth, heavy ties, and IEEE specials.
@@ -50,7 +60,14 @@ fn sizes() -> impl Strategy<Value = usize> {
 
 fn case() -> impl Strategy<Value = (usize, usize, usize, u8, u64)> {
     (1usize..4, sizes(), 0u8..3, any::<u64>()).prop_flat_map(|(rows, n, mode, seed)| {
-        let ks = prop_oneof![Just(0usize), Just(1.min(n)), Just(n / 2), Just(n.saturating_sub(1)), Just(n), 0..=n];
+        let ks = prop_oneof![
+            Just(0usize),
+            Just(1.min(n)),
+            Just(n / 2),
+            Just(n.saturating_sub(1)),
+            Just(n),
+            0..=n
+        ];
         (Just(rows), Just(n), ks, Just(mode), Just(seed))
     })
 }
@@ -85,7 +102,18 @@ proptest! {
 
 fn contract_examples<D: Device>(dev: &D) {
     // NaN above +inf, ±0 tie (lower index first), ties by lower index.
-    let x = [0.5f32, 3.0, -1.0, 3.0, 2.0, f32::NAN, -0.0, 0.0, f32::INFINITY, f32::NAN];
+    let x = [
+        0.5f32,
+        3.0,
+        -1.0,
+        3.0,
+        2.0,
+        f32::NAN,
+        -0.0,
+        0.0,
+        f32::INFINITY,
+        f32::NAN,
+    ];
     run_case(dev, &x, 1, 10, 10);
     let (idx, compl) = cpu::topk::topk_select(&x, 1, 10, 4).expect("reference");
     assert_eq!(idx, vec![5, 9, 8, 1]);
@@ -106,7 +134,13 @@ fn contract() {
 /// Rows far longer than a block, and k above the shared-memory sort capacity (rank path).
 fn long_rows<D: Device>(dev: &D) {
     let mut rng = TRng(7);
-    for &(n, k, mode) in &[(5000usize, 79usize, 0u8), (3136, 2500, 1), (3000, 2049, 0), (2100, 2100, 2), (4096, 2048, 1)] {
+    for &(n, k, mode) in &[
+        (5000usize, 79usize, 0u8),
+        (3136, 2500, 1),
+        (3000, 2049, 0),
+        (2100, 2100, 2),
+        (4096, 2048, 1),
+    ] {
         let v = values(&mut rng, n, mode);
         run_case(dev, &v, 1, n, k);
     }
@@ -136,9 +170,11 @@ fn bad_arguments_are_errors() {
     assert!(e.to_string().contains("`k`"), "{e}");
     let mut idx = dev.zeros::<u32>(3).expect("zeros");
     let mut compl = dev.zeros::<u32>(7).expect("zeros");
-    let e = ops::topk::topk_select(&dev, &x, 2, 10, 3, &mut idx, &mut compl).expect_err("x too short");
+    let e =
+        ops::topk::topk_select(&dev, &x, 2, 10, 3, &mut idx, &mut compl).expect_err("x too short");
     assert!(matches!(e, clca::Error::Shape { arg: "x", .. }), "{e}");
     let mut idx = dev.zeros::<u32>(2).expect("zeros");
-    let e = ops::topk::topk_select(&dev, &x, 1, 10, 3, &mut idx, &mut compl).expect_err("idx too short");
+    let e = ops::topk::topk_select(&dev, &x, 1, 10, 3, &mut idx, &mut compl)
+        .expect_err("idx too short");
     assert!(matches!(e, clca::Error::Shape { arg: "idx", .. }), "{e}");
 }

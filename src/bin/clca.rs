@@ -42,7 +42,9 @@ const CLASSES: usize = 200;
 /// SPEC: EViT + CLCA sequence lengths out of blocks 0..11.
 const SPEC_LEN_OUT: [usize; DEPTH] = [786, 786, 786, 81, 87, 87, 11, 17, 17, 4, 10, 12];
 const MAX_BATCH: usize = 64;
-/// Timed repetitions per op on the GPU.
+/// Runs per op on the CPU (the best time is reported).
+const CPU_REPS: u32 = 3;
+/// Timed repetitions per op on the GPU (the mean is reported).
 #[cfg(feature = "cuda")]
 const GPU_REPS: u32 = 20;
 
@@ -68,7 +70,8 @@ struct Args {
     seed: u64,
 }
 
-const USAGE: &str = "usage: clca [--batch N] [--seed S]   (batch 1..=64, default 8; seed default 0)";
+const USAGE: &str =
+    "usage: clca [--batch N] [--seed S]   (batch 1..=64, default 8; seed default 0)";
 
 fn parse_args() -> Res<Args> {
     let mut a = Args { batch: 8, seed: 0 };
@@ -79,19 +82,28 @@ fn parse_args() -> Res<Args> {
             None => (flag.clone(), None),
         };
         let mut value = || -> Res<String> {
-            inline.clone().or_else(|| it.next()).ok_or_else(|| format!("`{name}` needs a value\n{USAGE}").into())
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("`{name}` needs a value\n{USAGE}").into())
         };
         match name.as_str() {
             "--batch" | "-b" => {
                 let v = value()?;
-                a.batch = v.parse().map_err(|_| format!("`--batch {v}`: not a number\n{USAGE}"))?;
+                a.batch = v
+                    .parse()
+                    .map_err(|_| format!("`--batch {v}`: not a number\n{USAGE}"))?;
                 if a.batch == 0 || a.batch > MAX_BATCH {
-                    return Err(format!("`--batch {v}`: must be in 1..={MAX_BATCH}\n{USAGE}").into());
+                    return Err(
+                        format!("`--batch {v}`: must be in 1..={MAX_BATCH}\n{USAGE}").into(),
+                    );
                 }
             }
             "--seed" | "-s" => {
                 let v = value()?;
-                a.seed = v.parse().map_err(|_| format!("`--seed {v}`: not an unsigned integer\n{USAGE}"))?;
+                a.seed = v
+                    .parse()
+                    .map_err(|_| format!("`--seed {v}`: not an unsigned integer\n{USAGE}"))?;
             }
             _ => return Err(format!("unknown argument `{flag}`\n{USAGE}").into()),
         }
@@ -151,7 +163,10 @@ fn max_abs_diff<T: Element>(a: &[T], b: &[T]) -> f32 {
     if a.len() != b.len() {
         return f32::INFINITY;
     }
-    a.iter().zip(b).map(|(x, y)| (x.to_f32() - y.to_f32()).abs()).fold(0f32, |m, d| if d.is_nan() || d > m { d } else { m })
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x.to_f32() - y.to_f32()).abs())
+        .fold(0f32, |m, d| if d.is_nan() || d > m { d } else { m })
 }
 
 fn fmt_time(d: Duration) -> String {
@@ -188,7 +203,11 @@ struct Table {
 
 impl Table {
     fn new(cols: &[(&'static str, bool)]) -> Self {
-        Table { head: cols.iter().map(|c| c.0).collect(), right: cols.iter().map(|c| c.1).collect(), rows: Vec::new() }
+        Table {
+            head: cols.iter().map(|c| c.0).collect(),
+            right: cols.iter().map(|c| c.1).collect(),
+            rows: Vec::new(),
+        }
     }
     fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
@@ -205,7 +224,10 @@ impl Table {
         let line = |cells: &mut dyn Iterator<Item = &str>| {
             let mut s = String::new();
             for (i, c) in cells.enumerate() {
-                let (wi, right) = (w.get(i).copied().unwrap_or(0), self.right.get(i).copied().unwrap_or(false));
+                let (wi, right) = (
+                    w.get(i).copied().unwrap_or(0),
+                    self.right.get(i).copied().unwrap_or(false),
+                );
                 let pad = " ".repeat(wi.saturating_sub(c.chars().count()));
                 if i > 0 {
                     s.push_str("  ");
@@ -221,11 +243,33 @@ impl Table {
             println!("  {}", s.trim_end());
         };
         line(&mut self.head.iter().copied());
-        line(&mut w.iter().map(|&n| "-".repeat(n)).collect::<Vec<_>>().iter().map(String::as_str));
+        line(
+            &mut w
+                .iter()
+                .map(|&n| "-".repeat(n))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str),
+        );
         for r in &self.rows {
             line(&mut r.iter().map(String::as_str));
         }
     }
+}
+
+/// "GAP x[1..81) + x[86] → slots 0–1": the carriers taken from a sequence of `len` tokens.
+fn carriers_text(pool: &Range<usize>, slot: usize, len: usize) -> String {
+    let last = if NUM_CLR == 1 {
+        format!("x[{}]", len - 1)
+    } else {
+        format!("x[{}..{len})", len - NUM_CLR)
+    };
+    format!(
+        "GAP x[{}..{}) + {last} → slots {slot}–{}",
+        pool.start,
+        pool.end,
+        slot + NUM_CLR
+    )
 }
 
 fn section(title: &str) {
@@ -259,7 +303,10 @@ fn print_plan(p: &SeqPlan) -> bool {
         ("SPEC out", true),
         ("recovered", true),
         ("after", true),
-        ("carriers taken (GAP range + clr → cache slot)", false),
+        (
+            "carriers taken after the block (GAP range + last token)",
+            false,
+        ),
         ("CLS tap", false),
     ]);
     let mut all = true;
@@ -268,7 +315,7 @@ fn print_plan(p: &SeqPlan) -> bool {
         let ok = spec == Some(b.len_out);
         all &= ok;
         let carriers = match &b.carriers {
-            Some((r, slot)) => format!("GAP x[{}..{}) + {NUM_CLR} clr → slots {}..{}", r.start, r.end, slot, slot + 1 + NUM_CLR),
+            Some((r, slot)) => carriers_text(r, *slot, b.len_after),
             None => "-".into(),
         };
         t.row(vec![
@@ -276,8 +323,16 @@ fn print_plan(p: &SeqPlan) -> bool {
             b.len_in.to_string(),
             b.keep.map_or("-".into(), |k| k.to_string()),
             b.len_out.to_string(),
-            format!("{}{}", spec.map_or("?".into(), |s| s.to_string()), if ok { " ✓" } else { " ✗" }),
-            if b.recovered > 0 { format!("+{}", b.recovered) } else { "-".into() },
+            format!(
+                "{}{}",
+                spec.map_or("?".into(), |s| s.to_string()),
+                if ok { " ✓" } else { " ✗" }
+            ),
+            if b.recovered > 0 {
+                format!("+{}", b.recovered)
+            } else {
+                "-".into()
+            },
             b.len_after.to_string(),
             carriers,
             if b.cls_tap { "yes".into() } else { "".into() },
@@ -292,7 +347,10 @@ fn print_plan(p: &SeqPlan) -> bool {
         p.taps,
         rec.join(" ")
     );
-    println!("  lengths out of blocks 0..11 match the SPEC: {}", if all { "yes" } else { "NO" });
+    println!(
+        "  lengths out of blocks 0..11 match the SPEC: {}",
+        if all { "yes" } else { "NO" }
+    );
     all
 }
 
@@ -388,10 +446,17 @@ struct LayerTimes {
     take: Duration,
 }
 
-fn timed<R>(f: impl FnOnce() -> clca::Result<R>) -> Res<(R, Duration)> {
-    let t = Instant::now();
-    let r = f()?;
-    Ok((r, t.elapsed()))
+/// Runs `f` [`CPU_REPS`] times; its last result and the best time (a single run is noisy).
+fn timed<R>(mut f: impl FnMut() -> clca::Result<R>) -> Res<(R, Duration)> {
+    let mut best = Duration::MAX;
+    let mut last = None;
+    for _ in 0..CPU_REPS {
+        let t = Instant::now();
+        let r = f()?;
+        best = best.min(t.elapsed());
+        last = Some(r);
+    }
+    Ok((last.ok_or("no run")?, best))
 }
 
 /// The CPU reference of a layer in dtype T. Times are cumulative along the chain for
@@ -407,7 +472,17 @@ fn cpu_layer<T: Element>(c: &LayerCase) -> Res<(LayerOut<T>, LayerTimes)> {
     cpu::token_cache::tokens_copy(&pruned, c.out, 0, &mut x_after, c.after, 0, b, c.out, D)?;
     let cache_in: Vec<T> = cvt(&c.cache);
     let (_, t_rec) = timed(|| {
-        cpu::token_cache::tokens_copy(&cache_in, c.cache_cap, 0, &mut x_after, c.after, c.out, b, c.recovered, D)
+        cpu::token_cache::tokens_copy(
+            &cache_in,
+            c.cache_cap,
+            0,
+            &mut x_after,
+            c.after,
+            c.out,
+            b,
+            c.recovered,
+            D,
+        )
     })?;
     let mut cache = cache_in.clone();
     let t_take = match c.take_args() {
@@ -422,11 +497,25 @@ fn cpu_layer<T: Element>(c: &LayerCase) -> Res<(LayerOut<T>, LayerTimes)> {
         recover: t_rec,
         take: t_take,
     };
-    Ok((LayerOut { scores, idx, compl, pruned, x_after, cache }, times))
+    Ok((
+        LayerOut {
+            scores,
+            idx,
+            compl,
+            pruned,
+            x_after,
+            cache,
+        },
+        times,
+    ))
 }
 
 /// Mean time of `reps` calls of `f` on `dev` (one synchronize before and after).
-fn time_dev<D: Device>(dev: &D, reps: u32, mut f: impl FnMut() -> clca::Result<()>) -> Res<Duration> {
+fn time_dev<D: Device>(
+    dev: &D,
+    reps: u32,
+    mut f: impl FnMut() -> clca::Result<()>,
+) -> Res<Duration> {
     dev.synchronize()?;
     let t = Instant::now();
     for _ in 0..reps {
@@ -438,7 +527,11 @@ fn time_dev<D: Device>(dev: &D, reps: u32, mut f: impl FnMut() -> clca::Result<(
 
 /// The same layer through the kernels on `dev`: one checked run with `ops::prune::prune`, then
 /// `reps` timed calls of each op.
-fn dev_layer<D: Device, T: Element>(dev: &D, c: &LayerCase, reps: u32) -> Res<(LayerOut<T>, LayerTimes)> {
+fn dev_layer<D: Device, T: Element>(
+    dev: &D,
+    c: &LayerCase,
+    reps: u32,
+) -> Res<(LayerOut<T>, LayerTimes)> {
     let (b, n, k) = (c.batch, c.n, c.k);
     let x = dev.upload(&cvt::<T>(&c.x))?;
     let probs = dev.upload(&cvt::<T>(&c.probs))?;
@@ -447,13 +540,37 @@ fn dev_layer<D: Device, T: Element>(dev: &D, c: &LayerCase, reps: u32) -> Res<(L
     let mut sel = Selection::new(dev, b, n, k)?;
     let mut pruned = dev.zeros::<T>(b * c.out * D)?;
     let mut x_after = dev.zeros::<T>(b * c.after * D)?;
-    let src: ScoreSource<'_, D, T> = ScoreSource::Probs { probs: &probs, heads: HEADS };
+    let src: ScoreSource<'_, D, T> = ScoreSource::Probs {
+        probs: &probs,
+        heads: HEADS,
+    };
     let take = c.take_args();
 
     prune(dev, &src, &x, D, PruneMode::EVit, &mut sel, &mut pruned)?;
     // The prune writes a dense [B, 2+k, D]; the sequence buffer has room for the recovered tokens.
-    tokens_copy(dev, &pruned, c.out, 0, &mut x_after, c.after, 0, b, c.out, D)?;
-    recover(dev, &cache_in, c.cache_cap, c.recovered, &mut x_after, c.after, c.out, b, D)?;
+    tokens_copy(
+        dev,
+        &pruned,
+        c.out,
+        0,
+        &mut x_after,
+        c.after,
+        0,
+        b,
+        c.out,
+        D,
+    )?;
+    recover(
+        dev,
+        &cache_in,
+        c.cache_cap,
+        c.recovered,
+        &mut x_after,
+        c.after,
+        c.out,
+        b,
+        D,
+    )?;
     if let Some(a) = &take {
         cache_take(dev, &x_after, &mut cache, a)?;
     }
@@ -471,11 +588,35 @@ fn dev_layer<D: Device, T: Element>(dev: &D, c: &LayerCase, reps: u32) -> Res<(L
     let mut t = LayerTimes {
         select: time_dev(dev, reps, || select(dev, &src, &mut sel))?,
         gather: time_dev(dev, reps, || {
-            evit_prune(dev, &x, b, n, D, &sel.idx, k, &sel.compl, &sel.scores, &mut pruned)
+            evit_prune(
+                dev,
+                &x,
+                b,
+                n,
+                D,
+                &sel.idx,
+                k,
+                &sel.compl,
+                &sel.scores,
+                &mut pruned,
+            )
         })?,
-        prune: time_dev(dev, reps, || prune(dev, &src, &x, D, PruneMode::EVit, &mut sel, &mut pruned))?,
+        prune: time_dev(dev, reps, || {
+            prune(dev, &src, &x, D, PruneMode::EVit, &mut sel, &mut pruned)
+        })?,
         recover: time_dev(dev, reps, || {
-            recover(dev, &cache_in, c.cache_cap, c.recovered, &mut x_after, c.after, c.out, b, D).map(|_| ())
+            recover(
+                dev,
+                &cache_in,
+                c.cache_cap,
+                c.recovered,
+                &mut x_after,
+                c.after,
+                c.out,
+                b,
+                D,
+            )
+            .map(|_| ())
         })?,
         ..LayerTimes::default()
     };
@@ -503,8 +644,20 @@ fn heads(f: usize, seed: u64) -> Res<[(&'static str, ClaHead); 2]> {
     let mut rng = Rng::new(seed, 100);
     let [w1, b1, m1, v1] = bn_params(&mut rng, D);
     let [w2, b2, m2, v2] = bn_params(&mut rng, GROUPS * D);
-    let bn1 = BatchNorm { weight: &w1, bias: &b1, running_mean: &m1, running_var: &v1, eps: 1e-5 };
-    let bn2 = BatchNorm { weight: &w2, bias: &b2, running_mean: &m2, running_var: &v2, eps: 1e-5 };
+    let bn1 = BatchNorm {
+        weight: &w1,
+        bias: &b1,
+        running_mean: &m1,
+        running_var: &v1,
+        eps: 1e-5,
+    };
+    let bn2 = BatchNorm {
+        weight: &w2,
+        bias: &b2,
+        running_mean: &m2,
+        running_var: &v2,
+        eps: 1e-5,
+    };
     let conv_w = rng.vec_sym(GROUPS * D * f, 0.5);
     let conv_b = rng.vec_sym(GROUPS * D, 0.1);
     let conv = ClaHead {
@@ -527,7 +680,7 @@ fn heads(f: usize, seed: u64) -> Res<[(&'static str, ClaHead); 2]> {
         fc_w: rng.vec_sym(CLASSES * D, 0.05),
         fc_b: rng.vec_sym(CLASSES, 0.1),
     };
-    Ok([("CLA head, conv (g = 2, BN folded)", conv), ("CLA head, linear variant", linear)])
+    Ok([("CLA head (conv)", conv), ("CLA head (linear)", linear)])
 }
 
 fn argmax<T: Element>(row: &[T]) -> usize {
@@ -540,14 +693,22 @@ fn argmax<T: Element>(row: &[T]) -> usize {
     best
 }
 
-fn dev_head<D: Device, T: Element>(dev: &D, head: &ClaHead, z: &[T], batch: usize, reps: u32) -> Res<(Vec<T>, Duration)> {
+fn dev_head<D: Device, T: Element>(
+    dev: &D,
+    head: &ClaHead,
+    z: &[T],
+    batch: usize,
+    reps: u32,
+) -> Res<(Vec<T>, Duration)> {
     let h = DeviceClaHead::<D, T>::new(dev, head)?;
     let zb = dev.upload(z)?;
     let mut hidden = dev.zeros::<T>(batch * h.hidden())?;
     let mut logits = dev.zeros::<T>(batch * head.classes)?;
     h.forward(dev, &zb, batch, &mut hidden, &mut logits)?;
     let out = dev.download(&logits)?;
-    let t = time_dev(dev, reps, || h.forward(dev, &zb, batch, &mut hidden, &mut logits))?;
+    let t = time_dev(dev, reps, || {
+        h.forward(dev, &zb, batch, &mut hidden, &mut logits)
+    })?;
     Ok((out, t))
 }
 
@@ -559,11 +720,26 @@ fn first_kept(idx: &[u32], k: usize, show: usize) -> String {
     format!("{}{}", v.join(" "), if k > show { " …" } else { "" })
 }
 
-fn cpu_section(cases: &[LayerCase], hs: &[(&'static str, ClaHead)], z: &[f32], batch: usize) -> Res<()> {
-    section(&format!("CPU reference (clca::cpu), f32, batch {batch}: one pass of each reduction layer"));
+fn cpu_section(
+    cases: &[LayerCase],
+    hs: &[(&'static str, ClaHead)],
+    z: &[f32],
+    batch: usize,
+) -> Res<()> {
+    section(&format!(
+        "CPU reference (clca::cpu), f32, batch {batch}: one pass of each reduction layer"
+    ));
     println!("  inputs: x [B, n, 768] ~ U(-1, 1); attention probabilities [B, 12, n, n] (random softmax rows);");
-    println!("  cache [B, 6, 768] ~ U(-1, 1) (the carriers of earlier blocks). Token indices exclude cls (token 1 + i).");
-    let mut t = Table::new(&[("block", true), ("op", false), ("input", false), ("output", false), ("what it produced", false), ("time", true)]);
+    println!("  cache [B, 6, 768] ~ U(-1, 1) (carriers of earlier blocks); kept indices count non-cls tokens (i = token 1 + i);");
+    println!("  times: best of {CPU_REPS} runs.");
+    let mut t = Table::new(&[
+        ("block", true),
+        ("op", false),
+        ("input", false),
+        ("output", false),
+        ("what it produced", false),
+        ("time", true),
+    ]);
     for c in cases {
         let (o, tm) = cpu_layer::<f32>(c)?;
         let (b, n, k) = (c.batch, c.n, c.k);
@@ -573,7 +749,7 @@ fn cpu_section(cases: &[LayerCase], hs: &[(&'static str, ClaHead)], z: &[f32], b
             "cls-attn scores".into(),
             format!("probs {}", shape(&[b, HEADS, n, n])),
             format!("scores {}", shape(&[b, n - 1])),
-            format!("mean over heads of row 0; sample 0 sums to {s0:.4}"),
+            format!("head-mean of cls row; sample 0 sums to {s0:.4}"),
             fmt_time(tm.scores),
         ]);
         t.row(vec![
@@ -581,7 +757,11 @@ fn cpu_section(cases: &[LayerCase], hs: &[(&'static str, ClaHead)], z: &[f32], b
             "top-k".into(),
             format!("scores {}", shape(&[b, n - 1])),
             format!("idx {}, compl {}", shape(&[b, k]), shape(&[b, n - 1 - k])),
-            format!("k = {k} = ⌈0.1·{}⌉; sample 0 keeps {}", n - 1, first_kept(&o.idx, k, 6)),
+            format!(
+                "k = ⌈0.1·{}⌉ = {k}; sample 0 keeps {}",
+                n - 1,
+                first_kept(&o.idx, k, 6)
+            ),
             fmt_time(tm.select - tm.scores),
         ]);
         t.row(vec![
@@ -589,7 +769,7 @@ fn cpu_section(cases: &[LayerCase], hs: &[(&'static str, ClaHead)], z: &[f32], b
             "EViT prune".into(),
             format!("x {}", shape(&[b, n, D])),
             format!("x {}", shape(&[b, c.out, D])),
-            format!("[cls, {k} kept, 1 fused from the {} dropped]", n - 1 - k),
+            format!("[cls, {k} kept, fused of {} dropped]", n - 1 - k),
             fmt_time(tm.gather),
         ]);
         if c.recovered > 0 {
@@ -608,14 +788,7 @@ fn cpu_section(cases: &[LayerCase], hs: &[(&'static str, ClaHead)], z: &[f32], b
                 "cache take".into(),
                 format!("x {}", shape(&[b, c.after, D])),
                 format!("cache {}", shape(&[b, c.cache_cap, D])),
-                format!(
-                    "GAP x[{}..{}) + clr x[{}] → slots {}..{}",
-                    pool.start,
-                    pool.end,
-                    c.after - NUM_CLR,
-                    slot,
-                    slot + 1 + NUM_CLR
-                ),
+                carriers_text(pool, *slot, c.after),
                 fmt_time(tm.take),
             ]);
         }
@@ -628,7 +801,14 @@ fn cpu_section(cases: &[LayerCase], hs: &[(&'static str, ClaHead)], z: &[f32], b
             (*name).into(),
             format!("z {}", shape(&[batch, d, f])),
             format!("logits {}", shape(&[batch, head.classes])),
-            format!("sample 0: argmax class {}", argmax(&logits[..head.classes.min(logits.len())])),
+            format!(
+                "{}; sample 0 → class {}",
+                match head.body {
+                    ClaBody::Conv(_) => "BN + grouped conv (g = 2) folded, GELU, fc",
+                    ClaBody::Linear(_) => "fc over taps, ReLU, LayerNorm, fc",
+                },
+                argmax(&logits[..head.classes.min(logits.len())])
+            ),
             fmt_time(tm),
         ]);
     }
@@ -659,7 +839,13 @@ fn check_device<D: Device, T: Element>(
     let dt = T::DTYPE.to_string();
     let tol = tol::<T>();
     let mut all = true;
-    let mut push = |t: &mut Table, block: String, op: &str, dev_t: Duration, cpu_t: Duration, sel: Option<bool>, diff: f32| {
+    let mut push = |t: &mut Table,
+                    block: String,
+                    op: &str,
+                    dev_t: Duration,
+                    cpu_t: Duration,
+                    sel: Option<bool>,
+                    diff: f32| {
         let ok = sel != Some(false) && diff <= tol;
         all &= ok;
         t.row(vec![
@@ -674,7 +860,11 @@ fn check_device<D: Device, T: Element>(
                 None => "-".into(),
             },
             fmt_diff(diff),
-            if ok { "ok".into() } else { format!("MISMATCH (tol {tol:.0e})") },
+            if ok {
+                "ok".into()
+            } else {
+                format!("MISMATCH (tol {tol:.0e})")
+            },
         ]);
     };
     for c in cases {
@@ -682,14 +872,54 @@ fn check_device<D: Device, T: Element>(
         let (g, gt) = dev_layer::<D, T>(dev, c, reps)?;
         let same_sel = r.idx == g.idx && r.compl == g.compl;
         let blk = c.block.to_string();
-        push(t, blk.clone(), "select (scores → top-k)", gt.select, rt.select, Some(same_sel), max_abs_diff(&r.scores, &g.scores));
-        push(t, blk.clone(), "EViT gather", gt.gather, rt.gather, None, max_abs_diff(&r.pruned, &g.pruned));
-        push(t, blk.clone(), "prune (fused: select + gather)", gt.prune, rt.prune, Some(same_sel), max_abs_diff(&r.pruned, &g.pruned));
+        push(
+            t,
+            blk.clone(),
+            "select (scores → top-k)",
+            gt.select,
+            rt.select,
+            Some(same_sel),
+            max_abs_diff(&r.scores, &g.scores),
+        );
+        push(
+            t,
+            blk.clone(),
+            "EViT gather",
+            gt.gather,
+            rt.gather,
+            None,
+            max_abs_diff(&r.pruned, &g.pruned),
+        );
+        push(
+            t,
+            blk.clone(),
+            "prune (fused: select + gather)",
+            gt.prune,
+            rt.prune,
+            Some(same_sel),
+            max_abs_diff(&r.pruned, &g.pruned),
+        );
         if c.recovered > 0 {
-            push(t, blk.clone(), "recover", gt.recover, rt.recover, None, max_abs_diff(&r.x_after, &g.x_after));
+            push(
+                t,
+                blk.clone(),
+                "recover",
+                gt.recover,
+                rt.recover,
+                None,
+                max_abs_diff(&r.x_after, &g.x_after),
+            );
         }
         if c.take.is_some() {
-            push(t, blk, "cache take", gt.take, rt.take, None, max_abs_diff(&r.cache, &g.cache));
+            push(
+                t,
+                blk,
+                "cache take",
+                gt.take,
+                rt.take,
+                None,
+                max_abs_diff(&r.cache, &g.cache),
+            );
         }
     }
     let zt: Vec<T> = cvt(z);
@@ -714,7 +944,12 @@ fn check_table() -> Table {
     ])
 }
 
-fn shim_section(cases: &[LayerCase], hs: &[(&'static str, ClaHead)], z: &[f32], batch: usize) -> Res<bool> {
+fn shim_section(
+    cases: &[LayerCase],
+    hs: &[(&'static str, ClaHead)],
+    z: &[f32],
+    batch: usize,
+) -> Res<bool> {
     let Some(small) = cases.iter().min_by_key(|c| c.n) else {
         return Ok(true);
     };
@@ -725,12 +960,24 @@ fn shim_section(cases: &[LayerCase], hs: &[(&'static str, ClaHead)], z: &[f32], 
     let mut t = check_table();
     let ok = check_device::<HostShim, f32>(&HostShim, &[small], hs, z, batch, 1, &mut t)?;
     t.print();
-    println!("{}", if ok { "host shim: ok" } else { "host shim: MISMATCH against the CPU reference" });
+    println!(
+        "{}",
+        if ok {
+            "host shim: ok"
+        } else {
+            "host shim: MISMATCH against the CPU reference"
+        }
+    );
     Ok(ok)
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_section(cases: &[LayerCase], hs: &[(&'static str, ClaHead)], z: &[f32], batch: usize) -> Res<bool> {
+fn cuda_section(
+    cases: &[LayerCase],
+    hs: &[(&'static str, ClaHead)],
+    z: &[f32],
+    batch: usize,
+) -> Res<bool> {
     let dev = match clca::cuda::try_default() {
         Ok(d) => d,
         Err(why) => {
@@ -739,7 +986,10 @@ fn cuda_section(cases: &[LayerCase], hs: &[(&'static str, ClaHead)], z: &[f32], 
             return Ok(true);
         }
     };
-    section(&format!("CUDA: {} — batch {batch}, mean of {GPU_REPS} runs per op", dev.name()));
+    section(&format!(
+        "CUDA: {} — batch {batch}, mean of {GPU_REPS} runs per op",
+        dev.name()
+    ));
     let all: Vec<&LayerCase> = cases.iter().collect();
     let mut t = check_table();
     let mut ok = check_device::<_, f32>(&dev, &all, hs, z, batch, GPU_REPS, &mut t)?;
@@ -747,7 +997,14 @@ fn cuda_section(cases: &[LayerCase], hs: &[(&'static str, ClaHead)], z: &[f32], 
     ok &= check_device::<_, clca::bf16>(&dev, &all, hs, z, batch, GPU_REPS, &mut t)?;
     t.print();
     println!("  (CPU ref = the clca::cpu reference in the same dtype, one run; device times exclude transfers)");
-    println!("{}", if ok { "cuda: ok" } else { "cuda: MISMATCH against the CPU reference" });
+    println!(
+        "{}",
+        if ok {
+            "cuda: ok"
+        } else {
+            "cuda: MISMATCH against the CPU reference"
+        }
+    );
     Ok(ok)
 }
 

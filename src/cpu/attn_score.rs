@@ -3,7 +3,12 @@ use crate::ops::attn_score::{check_probs, check_qk};
 use crate::{Element, Result};
 
 /// Mean over heads of probs[b, h, 0, t], t = 1..n-1 → [batch, n-1] (sum in head order / H).
-pub fn cls_attn_from_probs<T: Element>(probs: &[T], batch: usize, heads: usize, n: usize) -> Result<Vec<f32>> {
+pub fn cls_attn_from_probs<T: Element>(
+    probs: &[T],
+    batch: usize,
+    heads: usize,
+    n: usize,
+) -> Result<Vec<f32>> {
     check_probs(probs.len(), batch, heads, n)?;
     let mut out = vec![0f32; batch * (n - 1)];
     for b in 0..batch {
@@ -34,7 +39,9 @@ pub fn cls_attn_from_qk<T: Element>(
     let mut logits = vec![0f32; n];
     for b in 0..batch {
         for h in 0..heads {
-            let qs: Vec<f32> = (0..hd).map(|d| q[(b * heads + h) * hd + d].to_f32() * scale).collect();
+            let qs: Vec<f32> = (0..hd)
+                .map(|d| q[(b * heads + h) * hd + d].to_f32() * scale)
+                .collect();
             let kh = &k[(b * heads + h) * n * hd..][..n * hd];
             for t in 0..n {
                 let mut l = 0f32;

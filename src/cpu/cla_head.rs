@@ -104,14 +104,23 @@ pub fn cla_linear_ln<T: Element>(z: &[T], batch: usize, head: &ClaLinear) -> Res
         let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / d as f32;
         let rstd = 1.0 / (var + head.eps).sqrt();
         for c in 0..d {
-            out.push(T::from_f32((v[c] - mean) * rstd * head.gamma[c] + head.beta[c]));
+            out.push(T::from_f32(
+                (v[c] - mean) * rstd * head.gamma[c] + head.beta[c],
+            ));
         }
     }
     Ok(out)
 }
 
 /// y[m, o] = bias[o] + Σ_i x[m, i]·w[o, i] (nn.Linear layout).
-pub fn linear<T: Element>(x: &[T], m: usize, k: usize, w: &[T], bias: Option<&[T]>, n_out: usize) -> Result<Vec<T>> {
+pub fn linear<T: Element>(
+    x: &[T],
+    m: usize,
+    k: usize,
+    w: &[T],
+    bias: Option<&[T]>,
+    n_out: usize,
+) -> Result<Vec<T>> {
     crate::ops::cla_head::check_linear(x.len(), w.len(), bias.map(<[T]>::len), m, k, n_out)?;
     let mut y = Vec::with_capacity(m * n_out);
     for r in 0..m {

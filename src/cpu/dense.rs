@@ -4,12 +4,31 @@
 /// y[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n]), nn.Linear layout. `y` may have a row stride
 /// (`y_rs` ≥ n) so callers can write into a wider buffer.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>, y: &mut [f32], y_rs: usize) {
-    assert!(x.len() >= m * k && w.len() >= n * k && y_rs >= n && (m == 0 || y.len() >= (m - 1) * y_rs + n), "linear: buffer sizes");
+pub(crate) fn linear(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    y_rs: usize,
+) {
+    assert!(
+        x.len() >= m * k
+            && w.len() >= n * k
+            && y_rs >= n
+            && (m == 0 || y.len() >= (m - 1) * y_rs + n),
+        "linear: buffer sizes"
+    );
     if m == 0 || n == 0 {
         return;
     }
-    let par = if m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let par = if m * n * k >= 1 << 18 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: the strides describe x as m×k row-major, wᵀ as k×n (w is n×k row-major) and y as
     // m×n with row stride y_rs; the assert above keeps every access inside the slices.
     unsafe {
@@ -46,10 +65,21 @@ pub(crate) fn linear(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: O
 
 /// LayerNorm over the last dim (`d`) of every row, in place-free form: y = LN(x).
 /// Mean and variance accumulate in f64 (the biased variance, as torch).
-pub(crate) fn layer_norm(x: &[f32], d: usize, gamma: &[f32], beta: &[f32], eps: f64, y: &mut [f32]) {
+pub(crate) fn layer_norm(
+    x: &[f32],
+    d: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    y: &mut [f32],
+) {
     for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
         let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-        let var = xr.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>() / d as f64;
+        let var = xr
+            .iter()
+            .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+            .sum::<f64>()
+            / d as f64;
         let rstd = (1.0 / (var + eps).sqrt()) as f32;
         let mean = mean as f32;
         for c in 0..d {

@@ -3,7 +3,14 @@ use crate::ops::prune::{check_evit, check_topk_prune};
 use crate::{Element, Result};
 
 /// [cls, x[1 + idx[0]], ..., x[1 + idx[k-1]]] per sample → [batch, 1 + k, c].
-pub fn topk_prune<T: Element>(x: &[T], batch: usize, n: usize, c: usize, idx: &[u32], k: usize) -> Result<Vec<T>> {
+pub fn topk_prune<T: Element>(
+    x: &[T],
+    batch: usize,
+    n: usize,
+    c: usize,
+    idx: &[u32],
+    k: usize,
+) -> Result<Vec<T>> {
     check_topk_prune(x.len(), idx.len(), batch, n, c, k)?;
     crate::ops::prune::check_indices("idx", idx, n - 1)?;
     let mut out = Vec::with_capacity(batch * (1 + k) * c);
@@ -30,7 +37,16 @@ pub fn evit_prune<T: Element>(
     compl: &[u32],
     scores: &[f32],
 ) -> Result<Vec<T>> {
-    check_evit(x.len(), idx.len(), compl.len(), scores.len(), batch, n, c, k)?;
+    check_evit(
+        x.len(),
+        idx.len(),
+        compl.len(),
+        scores.len(),
+        batch,
+        n,
+        c,
+        k,
+    )?;
     crate::ops::prune::check_indices("idx", idx, n - 1)?;
     crate::ops::prune::check_indices("compl", compl, n - 1)?;
     let m = n - 1 - k;

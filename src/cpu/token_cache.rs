@@ -42,7 +42,17 @@ pub fn tokens_copy<T: Element>(
     count: usize,
     d: usize,
 ) -> Result<()> {
-    check_copy(src.len(), src_cap, src_off, dst.len(), dst_cap, dst_off, batch, count, d)?;
+    check_copy(
+        src.len(),
+        src_cap,
+        src_off,
+        dst.len(),
+        dst_cap,
+        dst_off,
+        batch,
+        count,
+        d,
+    )?;
     for b in 0..batch {
         let s = &src[(b * src_cap + src_off) * d..][..count * d];
         dst[(b * dst_cap + dst_off) * d..][..count * d].copy_from_slice(s);

@@ -21,8 +21,11 @@ pub fn order_key(v: f32) -> u32 {
 
 /// One row: the k winners (descending key, ties by lower index) and the ascending complement.
 pub fn topk_row<T: Element>(row: &[T], k: usize) -> (Vec<u32>, Vec<u32>) {
-    let mut order: Vec<(u32, u32)> =
-        row.iter().enumerate().map(|(i, v)| (order_key(v.to_f32()), i as u32)).collect();
+    let mut order: Vec<(u32, u32)> = row
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (order_key(v.to_f32()), i as u32))
+        .collect();
     order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let idx: Vec<u32> = order[..k].iter().map(|p| p.1).collect();
     let mut compl: Vec<u32> = order[k..].iter().map(|p| p.1).collect();
@@ -31,10 +34,17 @@ pub fn topk_row<T: Element>(row: &[T], k: usize) -> (Vec<u32>, Vec<u32>) {
 }
 
 /// Top-k of every row of `x` [rows, n]: (`idx` [rows, k], `compl` [rows, n-k]).
-pub fn topk_select<T: Element>(x: &[T], rows: usize, n: usize, k: usize) -> Result<(Vec<u32>, Vec<u32>)> {
+pub fn topk_select<T: Element>(
+    x: &[T],
+    rows: usize,
+    n: usize,
+    k: usize,
+) -> Result<(Vec<u32>, Vec<u32>)> {
     check_topk(x.len(), rows, n, k)?;
-    let per_row: Vec<(Vec<u32>, Vec<u32>)> =
-        (0..rows).into_par_iter().map(|r| topk_row(&x[r * n..(r + 1) * n], k)).collect();
+    let per_row: Vec<(Vec<u32>, Vec<u32>)> = (0..rows)
+        .into_par_iter()
+        .map(|r| topk_row(&x[r * n..(r + 1) * n], k))
+        .collect();
     let mut idx = Vec::with_capacity(rows * k);
     let mut compl = Vec::with_capacity(rows * (n - k));
     for (a, b) in per_row {

@@ -7,6 +7,7 @@ use crate::device::{Buffer, Device};
 use crate::kernels::{Launch, MODULES};
 use crate::{Error, Result};
 use bytemuck::Pod;
+use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{result, sys, CudaContext, CudaSlice, CudaStream, DevicePtr};
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -50,6 +51,8 @@ pub struct CudaDevice {
     modules: Mutex<HashMap<&'static str, Module>>,
     funcs: Mutex<HashMap<String, Func>>,
     name: String,
+    /// cuBLAS, when libcublas loads; otherwise GEMMs use our `linear_*` kernel.
+    blas: Option<CudaBlas>,
 }
 
 /// Whether libcuda can be loaded at all (no panic when it cannot).
@@ -62,7 +65,10 @@ impl CudaDevice {
     /// Opens GPU `ordinal`. A missing driver library or GPU is an error, never a panic.
     pub fn new(ordinal: usize) -> Result<Self> {
         if !driver_present() {
-            return Err(Error::LibraryMissing { lib: "libcuda.so (NVIDIA driver)", detail: "not found by the dynamic loader".into() });
+            return Err(Error::LibraryMissing {
+                lib: "libcuda.so (NVIDIA driver)",
+                detail: "not found by the dynamic loader".into(),
+            });
         }
         let ctx = CudaContext::new(ordinal)?;
         // One stream: ordering is implicit, so cudarc's per-buffer event tracking is not needed.
@@ -71,23 +77,57 @@ impl CudaDevice {
         let stream = ctx.default_stream();
         let (major, minor) = ctx.compute_capability()?;
         if major < 8 {
-            return Err(Error::Cuda(format!("compute capability {major}.{minor}: the PTX targets sm_80 and newer")));
+            return Err(Error::Cuda(format!(
+                "compute capability {major}.{minor}: the PTX targets sm_80 and newer"
+            )));
         }
-        let name = format!("{} (sm_{major}{minor})", ctx.name()?);
-        Ok(CudaDevice { ctx, stream, modules: Mutex::new(HashMap::new()), funcs: Mutex::new(HashMap::new()), name })
+        // SAFETY: only tries to dlopen libcublas.
+        let blas = if unsafe { blas_sys::is_culib_present() } {
+            CudaBlas::new(stream.clone()).ok()
+        } else {
+            None
+        };
+        let name = format!(
+            "{} (sm_{major}{minor}{})",
+            ctx.name()?,
+            if blas.is_some() {
+                ", cuBLAS"
+            } else {
+                ", no cuBLAS: tiled GEMM kernel"
+            }
+        );
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            modules: Mutex::new(HashMap::new()),
+            funcs: Mutex::new(HashMap::new()),
+            name,
+            blas,
+        })
     }
 
     fn function(&self, module: &'static str, kernel: &str) -> Result<sys::CUfunction> {
-        let mut funcs = self.funcs.lock().map_err(|_| Error::Cuda("function cache poisoned".into()))?;
+        let mut funcs = self
+            .funcs
+            .lock()
+            .map_err(|_| Error::Cuda("function cache poisoned".into()))?;
         if let Some(f) = funcs.get(kernel) {
             return Ok(f.0);
         }
-        let mut mods = self.modules.lock().map_err(|_| Error::Cuda("module cache poisoned".into()))?;
+        let mut mods = self
+            .modules
+            .lock()
+            .map_err(|_| Error::Cuda("module cache poisoned".into()))?;
         let m = match mods.get(module) {
             Some(m) => *m,
             None => {
-                let ptx = MODULES.iter().find(|(n, _)| *n == module).ok_or_else(|| Error::UnknownKernel(module.to_string()))?.1;
-                let c = CString::new(ptx).map_err(|_| Error::Cuda(format!("PTX of {module} holds a NUL byte")))?;
+                let ptx = MODULES
+                    .iter()
+                    .find(|(n, _)| *n == module)
+                    .ok_or_else(|| Error::UnknownKernel(module.to_string()))?
+                    .1;
+                let c = CString::new(ptx)
+                    .map_err(|_| Error::Cuda(format!("PTX of {module} holds a NUL byte")))?;
                 self.ctx.bind_to_thread()?;
                 // SAFETY: `c` is a NUL-terminated PTX image that outlives the call.
                 let m = Module(unsafe { result::module::load_data(c.as_ptr() as *const _) }?);
@@ -114,12 +154,20 @@ impl Device for CudaDevice {
         self.name.clone()
     }
     fn zeros<T: Pod>(&self, len: usize) -> Result<CudaBuf<T>> {
-        let bytes = self.alloc_bytes(crate::error::mul("buffer bytes", &[len, std::mem::size_of::<T>()])?)?;
+        let bytes = self.alloc_bytes(crate::error::mul(
+            "buffer bytes",
+            &[len, std::mem::size_of::<T>()],
+        )?)?;
         let ptr = {
             let (ptr, _sync) = bytes.device_ptr(&self.stream);
             ptr
         };
-        Ok(CudaBuf { ptr, bytes, len, _t: PhantomData })
+        Ok(CudaBuf {
+            ptr,
+            bytes,
+            len,
+            _t: PhantomData,
+        })
     }
     fn upload<T: Pod>(&self, data: &[T]) -> Result<CudaBuf<T>> {
         let mut b = self.zeros::<T>(data.len())?;
@@ -147,7 +195,8 @@ impl Device for CudaDevice {
     unsafe fn launch(&self, l: &Launch) -> Result<()> {
         let f = self.function(l.module, &l.kernel)?;
         let mut slots: Vec<[u8; 8]> = l.args.iter().map(|a| a.bytes()).collect();
-        let mut ptrs: Vec<*mut std::ffi::c_void> = slots.iter_mut().map(|s| s.as_mut_ptr() as *mut _).collect();
+        let mut ptrs: Vec<*mut std::ffi::c_void> =
+            slots.iter_mut().map(|s| s.as_mut_ptr() as *mut _).collect();
         self.ctx.bind_to_thread()?;
         let c = l.cfg;
         // SAFETY: the caller guarantees the pointer arguments; `ptrs` points at one 8-byte slot
@@ -166,6 +215,67 @@ impl Device for CudaDevice {
     }
     fn synchronize(&self) -> Result<()> {
         Ok(self.stream.synchronize()?)
+    }
+
+    unsafe fn gemm_nt(
+        &self,
+        dtype: crate::DType,
+        x: u64,
+        m: usize,
+        k: usize,
+        w: u64,
+        n: usize,
+        y: u64,
+    ) -> Result<()> {
+        let Some(b) = &self.blas else {
+            // SAFETY: forwarded from the caller's contract.
+            return unsafe { crate::device::gemm_nt_kernel(self, dtype, x, m, k, w, n, y) };
+        };
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let ty = match dtype {
+            crate::DType::F32 => blas_sys::cudaDataType::CUDA_R_32F,
+            crate::DType::F16 => blas_sys::cudaDataType::CUDA_R_16F,
+            crate::DType::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
+        };
+        let i = |what: &'static str, v: usize| -> Result<i32> {
+            i32::try_from(v).map_err(|_| Error::LaunchLimit {
+                what,
+                value: v as u64,
+                limit: i32::MAX as u64,
+            })
+        };
+        let (mi, ki, ni) = (i("m", m)?, i("k", k)?, i("n", n)?);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Row-major y = x·wᵀ is column-major yᵀ[n, m] = w[n, k]·xᵀ[k, m]: A = w (transposed
+        // view of the k×n column-major w), B = x (k×m column-major), both with ld = k.
+        // SAFETY: the handle is bound to our stream; the caller guarantees the extents; alpha and
+        // beta are f32 because the compute type is 32F.
+        unsafe {
+            blas::gemm_ex(
+                *b.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                ni,
+                mi,
+                ki,
+                &alpha as *const f32 as *const _,
+                w as *const _,
+                ty,
+                ki,
+                x as *const _,
+                ty,
+                ki,
+                &beta as *const f32 as *const _,
+                y as *mut _,
+                ty,
+                ni,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| Error::Cuda(format!("cuBLAS GemmEx: {e:?}")))
     }
 }
 

@@ -21,15 +21,27 @@ pub const MAX_HEAD_DIM: usize = 256;
 
 pub(crate) fn check_probs(len: usize, batch: usize, heads: usize, n: usize) -> Result<()> {
     check_common(batch, heads, n)?;
-    error::check_len("probs", len, error::mul("batch*heads*n*n", &[batch, heads, n, n])?)
+    error::check_len(
+        "probs",
+        len,
+        error::mul("batch*heads*n*n", &[batch, heads, n, n])?,
+    )
 }
 
 fn check_common(batch: usize, heads: usize, n: usize) -> Result<()> {
     if n < 2 {
-        return Err(Error::InvalidArgument { arg: "n", value: n.to_string(), why: "need cls and at least one key".into() });
+        return Err(Error::InvalidArgument {
+            arg: "n",
+            value: n.to_string(),
+            why: "need cls and at least one key".into(),
+        });
     }
     if heads == 0 {
-        return Err(Error::InvalidArgument { arg: "heads", value: "0".into(), why: "need at least one head".into() });
+        return Err(Error::InvalidArgument {
+            arg: "heads",
+            value: "0".into(),
+            why: "need at least one head".into(),
+        });
     }
     error::to_u32("batch", batch)?;
     error::to_u32("heads", heads)?;
@@ -37,13 +49,32 @@ fn check_common(batch: usize, heads: usize, n: usize) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn check_qk(q_len: usize, k_len: usize, batch: usize, heads: usize, n: usize, hd: usize) -> Result<()> {
+pub(crate) fn check_qk(
+    q_len: usize,
+    k_len: usize,
+    batch: usize,
+    heads: usize,
+    n: usize,
+    hd: usize,
+) -> Result<()> {
     check_common(batch, heads, n)?;
     if hd == 0 || hd > MAX_HEAD_DIM {
-        return Err(Error::InvalidArgument { arg: "head_dim", value: hd.to_string(), why: format!("must be in 1..={MAX_HEAD_DIM}") });
+        return Err(Error::InvalidArgument {
+            arg: "head_dim",
+            value: hd.to_string(),
+            why: format!("must be in 1..={MAX_HEAD_DIM}"),
+        });
     }
-    error::check_len("q_cls", q_len, error::mul("batch*heads*hd", &[batch, heads, hd])?)?;
-    error::check_len("k", k_len, error::mul("batch*heads*n*hd", &[batch, heads, n, hd])?)
+    error::check_len(
+        "q_cls",
+        q_len,
+        error::mul("batch*heads*hd", &[batch, heads, hd])?,
+    )?;
+    error::check_len(
+        "k",
+        k_len,
+        error::mul("batch*heads*n*hd", &[batch, heads, n, hd])?,
+    )
 }
 
 /// Where the scores come from.
@@ -51,14 +82,26 @@ pub enum ScoreSource<'a, D: Device, T: Element> {
     /// Materialized attention probabilities [batch, heads, n, n].
     Probs { probs: &'a D::Buf<T>, heads: usize },
     /// Fused from q_cls [batch, heads, hd] and K [batch, heads, n, hd].
-    Qk { q_cls: &'a D::Buf<T>, k: &'a D::Buf<T>, heads: usize, head_dim: usize, scale: f32 },
+    Qk {
+        q_cls: &'a D::Buf<T>,
+        k: &'a D::Buf<T>,
+        heads: usize,
+        head_dim: usize,
+        scale: f32,
+    },
 }
 
 impl<D: Device, T: Element> ScoreSource<'_, D, T> {
     fn check(&self, batch: usize, n: usize) -> Result<()> {
         match self {
             ScoreSource::Probs { probs, heads } => check_probs(probs.len(), batch, *heads, n),
-            ScoreSource::Qk { q_cls, k, heads, head_dim, .. } => check_qk(q_cls.len(), k.len(), batch, *heads, n, *head_dim),
+            ScoreSource::Qk {
+                q_cls,
+                k,
+                heads,
+                head_dim,
+                ..
+            } => check_qk(q_cls.len(), k.len(), batch, *heads, n, *head_dim),
         }
     }
 }
@@ -72,7 +115,11 @@ pub fn cls_attn_scores<D: Device, T: Element>(
     scores: &mut D::Buf<f32>,
 ) -> Result<()> {
     src.check(batch, n)?;
-    check_buf("scores", scores, error::mul("batch*(n-1)", &[batch, n - 1])?)?;
+    check_buf(
+        "scores",
+        scores,
+        error::mul("batch*(n-1)", &[batch, n - 1])?,
+    )?;
     if batch == 0 {
         return Ok(());
     }
@@ -81,7 +128,11 @@ pub fn cls_attn_scores<D: Device, T: Element>(
             "attn_score",
             "cls_attn_probs",
             T::DTYPE,
-            [error::to_u32("n", (n - 1).div_ceil(256))?, error::to_u32("batch", batch)?, 1],
+            [
+                error::to_u32("n", (n - 1).div_ceil(256))?,
+                error::to_u32("batch", batch)?,
+                1,
+            ],
             [256, 1, 1],
             vec![
                 Arg::Ptr(probs.addr()),
@@ -91,7 +142,13 @@ pub fn cls_attn_scores<D: Device, T: Element>(
                 Arg::Ptr(scores.addr_mut()),
             ],
         )?,
-        ScoreSource::Qk { q_cls, k, heads, head_dim, scale } => Launch::new(
+        ScoreSource::Qk {
+            q_cls,
+            k,
+            heads,
+            head_dim,
+            scale,
+        } => Launch::new(
             "attn_score",
             "cls_attn_qk",
             T::DTYPE,
@@ -128,7 +185,11 @@ impl<D: Device> Selection<D> {
     /// Allocates the workspace for `batch` samples of `n` tokens keeping `k` of the n−1.
     pub fn new(dev: &D, batch: usize, n: usize, k: usize) -> Result<Self> {
         if n < 2 || k > n - 1 {
-            return Err(Error::InvalidArgument { arg: "k", value: k.to_string(), why: format!("need n >= 2 and k <= n-1 (n = {n})") });
+            return Err(Error::InvalidArgument {
+                arg: "k",
+                value: k.to_string(),
+                why: format!("need n >= 2 and k <= n-1 (n = {n})"),
+            });
         }
         Ok(Selection {
             scores: dev.zeros(error::mul("batch*(n-1)", &[batch, n - 1])?)?,
@@ -142,7 +203,11 @@ impl<D: Device> Selection<D> {
 }
 
 /// Scores and their top-k in one launch (one block per sample): fills `sel`.
-pub fn select<D: Device, T: Element>(dev: &D, src: &ScoreSource<'_, D, T>, sel: &mut Selection<D>) -> Result<()> {
+pub fn select<D: Device, T: Element>(
+    dev: &D,
+    src: &ScoreSource<'_, D, T>,
+    sel: &mut Selection<D>,
+) -> Result<()> {
     let (batch, n, k) = (sel.batch, sel.n, sel.k);
     src.check(batch, n)?;
     check_buf("scores", &sel.scores, batch * (n - 1))?;
@@ -153,14 +218,30 @@ pub fn select<D: Device, T: Element>(dev: &D, src: &ScoreSource<'_, D, T>, sel: 
     }
     let grid = [batch.min(ROW_GRID_CAP as usize) as u32, 1, 1];
     let block = [TOPK_THREADS, 1, 1];
-    let tail = [Arg::Ptr(sel.scores.addr_mut()), Arg::Ptr(sel.idx.addr_mut()), Arg::Ptr(sel.compl.addr_mut())];
+    let tail = [
+        Arg::Ptr(sel.scores.addr_mut()),
+        Arg::Ptr(sel.idx.addr_mut()),
+        Arg::Ptr(sel.compl.addr_mut()),
+    ];
     let l = match src {
         ScoreSource::Probs { probs, heads } => {
-            let mut a = vec![Arg::Ptr(probs.addr()), Arg::U32(batch as u32), Arg::U32(*heads as u32), Arg::U32(n as u32), Arg::U32(k as u32)];
+            let mut a = vec![
+                Arg::Ptr(probs.addr()),
+                Arg::U32(batch as u32),
+                Arg::U32(*heads as u32),
+                Arg::U32(n as u32),
+                Arg::U32(k as u32),
+            ];
             a.extend(tail);
             Launch::new("attn_score", "select_from_probs", T::DTYPE, grid, block, a)?
         }
-        ScoreSource::Qk { q_cls, k: kb, heads, head_dim, scale } => {
+        ScoreSource::Qk {
+            q_cls,
+            k: kb,
+            heads,
+            head_dim,
+            scale,
+        } => {
             let mut a = vec![
                 Arg::Ptr(q_cls.addr()),
                 Arg::Ptr(kb.addr()),

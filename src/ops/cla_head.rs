@@ -8,6 +8,7 @@
 //!   ([`ClaConv::fold`]), so the device runs one grouped "linear over f" + GELU, then a GEMM.
 //! - Linear head (g = 0): Linear(f → 1) over the layer axis → ReLU → LayerNorm(d, eps) →
 //!   Linear(d → K).
+//!
 //! Logits [batch, K]. Folded parameters are f32; the final Linear is stored in the model dtype.
 use super::check_buf;
 use crate::kernels::{Arg, Launch};
@@ -25,7 +26,12 @@ pub struct BatchNorm<'a> {
 
 impl BatchNorm<'_> {
     fn check(&self, name: &'static str, c: usize) -> Result<()> {
-        for (arg, len) in [(name, self.weight.len()), (name, self.bias.len()), (name, self.running_mean.len()), (name, self.running_var.len())] {
+        for (arg, len) in [
+            (name, self.weight.len()),
+            (name, self.bias.len()),
+            (name, self.running_mean.len()),
+            (name, self.running_var.len()),
+        ] {
             error::check_len(arg, len, c)?;
         }
         Ok(())
@@ -52,9 +58,21 @@ impl ClaConv {
     /// Folds BN1 (d channels), the grouped conv (`conv_w` [g·d, 1, f], `conv_b` [g·d]) and BN2
     /// (g·d channels): W''[o,l] = W[o,l]·s1[o/g]·s2[o],
     /// b''[o] = (b[o] + Σ_l W[o,l]·t1[o/g])·s2[o] + t2[o].
-    pub fn fold(bn1: &BatchNorm<'_>, conv_w: &[f32], conv_b: &[f32], bn2: &BatchNorm<'_>, d: usize, f: usize, g: usize) -> Result<Self> {
+    pub fn fold(
+        bn1: &BatchNorm<'_>,
+        conv_w: &[f32],
+        conv_b: &[f32],
+        bn2: &BatchNorm<'_>,
+        d: usize,
+        f: usize,
+        g: usize,
+    ) -> Result<Self> {
         if d == 0 || f == 0 || g == 0 {
-            return Err(Error::InvalidArgument { arg: "d/f/g", value: format!("{d}/{f}/{g}"), why: "must be positive".into() });
+            return Err(Error::InvalidArgument {
+                arg: "d/f/g",
+                value: format!("{d}/{f}/{g}"),
+                why: "must be positive".into(),
+            });
         }
         let gd = error::mul("g*d", &[g, d])?;
         bn1.check("bn1", d)?;
@@ -74,7 +92,13 @@ impl ClaConv {
             }
             bias.push((b * s2 + t2) as f32);
         }
-        Ok(ClaConv { d, f, g, weight, bias })
+        Ok(ClaConv {
+            d,
+            f,
+            g,
+            weight,
+            bias,
+        })
     }
 }
 
@@ -130,7 +154,11 @@ impl ClaHead {
             error::check_len("ifa layernorm weight", l.gamma.len(), l.d)?;
             error::check_len("ifa layernorm bias", l.beta.len(), l.d)?;
         }
-        error::check_len("fc weight", self.fc_w.len(), error::mul("classes*hidden", &[self.classes, self.hidden()])?)?;
+        error::check_len(
+            "fc weight",
+            self.fc_w.len(),
+            error::mul("classes*hidden", &[self.classes, self.hidden()])?,
+        )?;
         error::check_len("fc bias", self.fc_b.len(), self.classes)
     }
 
@@ -147,7 +175,14 @@ impl ClaHead {
     }
 }
 
-pub(crate) fn check_linear(x_len: usize, w_len: usize, b_len: Option<usize>, m: usize, k: usize, n_out: usize) -> Result<()> {
+pub(crate) fn check_linear(
+    x_len: usize,
+    w_len: usize,
+    b_len: Option<usize>,
+    m: usize,
+    k: usize,
+    n_out: usize,
+) -> Result<()> {
     for (what, v) in [("m", m), ("k", k), ("n_out", n_out)] {
         error::to_u32(what, v)?;
     }
@@ -161,7 +196,16 @@ pub(crate) fn check_linear(x_len: usize, w_len: usize, b_len: Option<usize>, m: 
 
 /// `y` [m, n_out] = x [m, k] · wᵀ (+ bias), w [n_out, k] (nn.Linear layout), f32 accumulation.
 #[allow(clippy::too_many_arguments)]
-pub fn linear<D: Device, T: Element>(dev: &D, x: &D::Buf<T>, m: usize, k: usize, w: &D::Buf<T>, bias: Option<&D::Buf<T>>, n_out: usize, y: &mut D::Buf<T>) -> Result<()> {
+pub fn linear<D: Device, T: Element>(
+    dev: &D,
+    x: &D::Buf<T>,
+    m: usize,
+    k: usize,
+    w: &D::Buf<T>,
+    bias: Option<&D::Buf<T>>,
+    n_out: usize,
+    y: &mut D::Buf<T>,
+) -> Result<()> {
     check_linear(x.len(), w.len(), bias.map(|b| b.len()), m, k, n_out)?;
     check_buf("y", y, m * n_out)?;
     if m == 0 || n_out == 0 {
@@ -171,7 +215,11 @@ pub fn linear<D: Device, T: Element>(dev: &D, x: &D::Buf<T>, m: usize, k: usize,
         "cla_head",
         "linear",
         T::DTYPE,
-        [error::to_u32("n_out", n_out.div_ceil(16))?, error::to_u32("m", m.div_ceil(16))?, 1],
+        [
+            error::to_u32("n_out", n_out.div_ceil(16))?,
+            error::to_u32("m", m.div_ceil(16))?,
+            1,
+        ],
         [16, 16, 1],
         vec![
             Arg::Ptr(x.addr()),
@@ -203,11 +251,29 @@ impl<D: Device, T: Element> DeviceClaHead<D, T> {
     pub fn new(dev: &D, head: &ClaHead) -> Result<Self> {
         head.check()?;
         let (w1, b1, gamma, beta) = match &head.body {
-            ClaBody::Conv(c) => (dev.upload(&c.weight)?, dev.upload(&c.bias)?, dev.zeros(0)?, dev.zeros(0)?),
-            ClaBody::Linear(l) => (dev.upload(&l.w)?, dev.zeros(0)?, dev.upload(&l.gamma)?, dev.upload(&l.beta)?),
+            ClaBody::Conv(c) => (
+                dev.upload(&c.weight)?,
+                dev.upload(&c.bias)?,
+                dev.zeros(0)?,
+                dev.zeros(0)?,
+            ),
+            ClaBody::Linear(l) => (
+                dev.upload(&l.w)?,
+                dev.zeros(0)?,
+                dev.upload(&l.gamma)?,
+                dev.upload(&l.beta)?,
+            ),
         };
         let cvt = |v: &[f32]| v.iter().map(|&x| T::from_f32(x)).collect::<Vec<T>>();
-        Ok(DeviceClaHead { w1, b1, gamma, beta, fc_w: dev.upload(&cvt(&head.fc_w))?, fc_b: dev.upload(&cvt(&head.fc_b))?, head: head.clone() })
+        Ok(DeviceClaHead {
+            w1,
+            b1,
+            gamma,
+            beta,
+            fc_w: dev.upload(&cvt(&head.fc_w))?,
+            fc_b: dev.upload(&cvt(&head.fc_b))?,
+            head: head.clone(),
+        })
     }
 
     /// Width of the hidden workspace per sample.
@@ -216,11 +282,26 @@ impl<D: Device, T: Element> DeviceClaHead<D, T> {
     }
 
     /// logits [batch, classes] from z [batch, d, f]; `hidden` is a workspace [batch, hidden()].
-    pub fn forward(&self, dev: &D, z: &D::Buf<T>, batch: usize, hidden: &mut D::Buf<T>, logits: &mut D::Buf<T>) -> Result<()> {
+    pub fn forward(
+        &self,
+        dev: &D,
+        z: &D::Buf<T>,
+        batch: usize,
+        hidden: &mut D::Buf<T>,
+        logits: &mut D::Buf<T>,
+    ) -> Result<()> {
         let (d, f) = self.head.input_dims();
         check_buf("z", z, error::mul("batch*d*f", &[batch, d, f])?)?;
-        check_buf("hidden", hidden, error::mul("batch*hidden", &[batch, self.hidden()])?)?;
-        check_buf("logits", logits, error::mul("batch*classes", &[batch, self.head.classes])?)?;
+        check_buf(
+            "hidden",
+            hidden,
+            error::mul("batch*hidden", &[batch, self.hidden()])?,
+        )?;
+        check_buf(
+            "logits",
+            logits,
+            error::mul("batch*classes", &[batch, self.head.classes])?,
+        )?;
         if batch == 0 {
             return Ok(());
         }
@@ -266,6 +347,15 @@ impl<D: Device, T: Element> DeviceClaHead<D, T> {
         // SAFETY: z [batch,d,f] and hidden [batch,hidden] checked; the parameter buffers were
         // sized by ClaHead::check when uploaded.
         unsafe { dev.launch(&l)? };
-        linear(dev, hidden, batch, self.hidden(), &self.fc_w, Some(&self.fc_b), self.head.classes, logits)
+        linear(
+            dev,
+            hidden,
+            batch,
+            self.hidden(),
+            &self.fc_w,
+            Some(&self.fc_b),
+            self.head.classes,
+            logits,
+        )
     }
 }

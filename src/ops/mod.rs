@@ -9,7 +9,11 @@ pub mod topk;
 use crate::{Buffer, Error, Result};
 
 /// Checks that a device buffer holds exactly `expected` elements.
-pub(crate) fn check_buf<T, B: Buffer<T>>(arg: &'static str, buf: &B, expected: usize) -> Result<()> {
+pub(crate) fn check_buf<T, B: Buffer<T>>(
+    arg: &'static str,
+    buf: &B,
+    expected: usize,
+) -> Result<()> {
     crate::error::check_len(arg, buf.len(), expected)
 }
 

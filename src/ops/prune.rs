@@ -35,9 +35,20 @@ impl PruneMode {
     }
 }
 
-pub(crate) fn check_topk_prune(x_len: usize, idx_len: usize, batch: usize, n: usize, c: usize, k: usize) -> Result<()> {
+pub(crate) fn check_topk_prune(
+    x_len: usize,
+    idx_len: usize,
+    batch: usize,
+    n: usize,
+    c: usize,
+    k: usize,
+) -> Result<()> {
     if n < 1 || k > n.saturating_sub(1) {
-        return Err(Error::InvalidArgument { arg: "k", value: k.to_string(), why: format!("k must be <= n-1 = {}", n.saturating_sub(1)) });
+        return Err(Error::InvalidArgument {
+            arg: "k",
+            value: k.to_string(),
+            why: format!("k must be <= n-1 = {}", n.saturating_sub(1)),
+        });
     }
     error::to_u32("n", n)?;
     error::to_u32("c", c)?;
@@ -47,23 +58,57 @@ pub(crate) fn check_topk_prune(x_len: usize, idx_len: usize, batch: usize, n: us
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn check_evit(x_len: usize, idx_len: usize, compl_len: usize, scores_len: usize, batch: usize, n: usize, c: usize, k: usize) -> Result<()> {
+pub(crate) fn check_evit(
+    x_len: usize,
+    idx_len: usize,
+    compl_len: usize,
+    scores_len: usize,
+    batch: usize,
+    n: usize,
+    c: usize,
+    k: usize,
+) -> Result<()> {
     check_topk_prune(x_len, idx_len, batch, n, c, k)?;
-    error::check_len("compl", compl_len, error::mul("batch*(n-1-k)", &[batch, n - 1 - k])?)?;
-    error::check_len("scores", scores_len, error::mul("batch*(n-1)", &[batch, n - 1])?)
+    error::check_len(
+        "compl",
+        compl_len,
+        error::mul("batch*(n-1-k)", &[batch, n - 1 - k])?,
+    )?;
+    error::check_len(
+        "scores",
+        scores_len,
+        error::mul("batch*(n-1)", &[batch, n - 1])?,
+    )
 }
 
 /// Every index must be < `bound` (host-side data only; device indices come from the kernels).
 pub(crate) fn check_indices(arg: &'static str, idx: &[u32], bound: usize) -> Result<()> {
     match idx.iter().find(|&&i| i as usize >= bound) {
         None => Ok(()),
-        Some(i) => Err(Error::InvalidArgument { arg, value: i.to_string(), why: format!("index out of range 0..{bound}") }),
+        Some(i) => Err(Error::InvalidArgument {
+            arg,
+            value: i.to_string(),
+            why: format!("index out of range 0..{bound}"),
+        }),
     }
 }
 
 const GATHER_THREADS: u32 = 256;
 
-fn gather_launch(dtype: crate::DType, mode: PruneMode, x: u64, batch: usize, n: usize, c: usize, idx: u64, k: usize, compl: u64, scores: u64, out: u64) -> Result<Launch> {
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gather_launch(
+    dtype: crate::DType,
+    mode: PruneMode,
+    x: u64,
+    batch: usize,
+    n: usize,
+    c: usize,
+    idx: u64,
+    k: usize,
+    compl: u64,
+    scores: u64,
+    out: u64,
+) -> Result<Launch> {
     let by = error::to_u32("batch", batch)?;
     match mode {
         PruneMode::TopK => Launch::new(
@@ -72,13 +117,25 @@ fn gather_launch(dtype: crate::DType, mode: PruneMode, x: u64, batch: usize, n: 
             dtype,
             [error::to_u32("k", k + 1)?, by, 1],
             [GATHER_THREADS, 1, 1],
-            vec![Arg::Ptr(x), Arg::U32(by), Arg::U32(n as u32), Arg::U32(c as u32), Arg::Ptr(idx), Arg::U32(k as u32), Arg::Ptr(out)],
+            vec![
+                Arg::Ptr(x),
+                Arg::U32(by),
+                Arg::U32(n as u32),
+                Arg::U32(c as u32),
+                Arg::Ptr(idx),
+                Arg::U32(k as u32),
+                Arg::Ptr(out),
+            ],
         ),
         PruneMode::EVit => Launch::new(
             "prune",
             "evit_prune",
             dtype,
-            [error::to_u32("k", k + 1 + c.div_ceil(GATHER_THREADS as usize))?, by, 1],
+            [
+                error::to_u32("k", k + 1 + c.div_ceil(GATHER_THREADS as usize))?,
+                by,
+                1,
+            ],
             [GATHER_THREADS, 1, 1],
             vec![
                 Arg::Ptr(x),
@@ -97,13 +154,34 @@ fn gather_launch(dtype: crate::DType, mode: PruneMode, x: u64, batch: usize, n: 
 
 /// Top-K prune: `out` [batch, 1 + k, c].
 #[allow(clippy::too_many_arguments)]
-pub fn topk_prune<D: Device, T: Element>(dev: &D, x: &D::Buf<T>, batch: usize, n: usize, c: usize, idx: &D::Buf<u32>, k: usize, out: &mut D::Buf<T>) -> Result<()> {
+pub fn topk_prune<D: Device, T: Element>(
+    dev: &D,
+    x: &D::Buf<T>,
+    batch: usize,
+    n: usize,
+    c: usize,
+    idx: &D::Buf<u32>,
+    k: usize,
+    out: &mut D::Buf<T>,
+) -> Result<()> {
     check_topk_prune(x.len(), idx.len(), batch, n, c, k)?;
     check_buf("out", out, error::mul("batch*(1+k)*c", &[batch, 1 + k, c])?)?;
     if batch == 0 || c == 0 {
         return Ok(());
     }
-    let l = gather_launch(T::DTYPE, PruneMode::TopK, x.addr(), batch, n, c, idx.addr(), k, 0, 0, out.addr_mut())?;
+    let l = gather_launch(
+        T::DTYPE,
+        PruneMode::TopK,
+        x.addr(),
+        batch,
+        n,
+        c,
+        idx.addr(),
+        k,
+        0,
+        0,
+        out.addr_mut(),
+    )?;
     // SAFETY: x [batch,n,c], idx [batch,k], out [batch,1+k,c] checked; indices >= n-1 are
     // skipped by the kernel, so no access leaves x.
     unsafe { dev.launch(&l) }
@@ -123,12 +201,33 @@ pub fn evit_prune<D: Device, T: Element>(
     scores: &D::Buf<f32>,
     out: &mut D::Buf<T>,
 ) -> Result<()> {
-    check_evit(x.len(), idx.len(), compl.len(), scores.len(), batch, n, c, k)?;
+    check_evit(
+        x.len(),
+        idx.len(),
+        compl.len(),
+        scores.len(),
+        batch,
+        n,
+        c,
+        k,
+    )?;
     check_buf("out", out, error::mul("batch*(2+k)*c", &[batch, 2 + k, c])?)?;
     if batch == 0 || c == 0 {
         return Ok(());
     }
-    let l = gather_launch(T::DTYPE, PruneMode::EVit, x.addr(), batch, n, c, idx.addr(), k, compl.addr(), scores.addr(), out.addr_mut())?;
+    let l = gather_launch(
+        T::DTYPE,
+        PruneMode::EVit,
+        x.addr(),
+        batch,
+        n,
+        c,
+        idx.addr(),
+        k,
+        compl.addr(),
+        scores.addr(),
+        out.addr_mut(),
+    )?;
     // SAFETY: all extents checked above; out-of-range indices are skipped by the kernel.
     unsafe { dev.launch(&l) }
 }
@@ -149,6 +248,17 @@ pub fn prune<D: Device, T: Element>(
     let (batch, n, k) = (sel.batch, sel.n, sel.k);
     match mode {
         PruneMode::TopK => topk_prune(dev, x, batch, n, c, &sel.idx, k, out),
-        PruneMode::EVit => evit_prune(dev, x, batch, n, c, &sel.idx, k, &sel.compl, &sel.scores, out),
+        PruneMode::EVit => evit_prune(
+            dev,
+            x,
+            batch,
+            n,
+            c,
+            &sel.idx,
+            k,
+            &sel.compl,
+            &sel.scores,
+            out,
+        ),
     }
 }

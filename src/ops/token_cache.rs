@@ -44,10 +44,18 @@ impl TakeArgs {
 
 pub(crate) fn check_take(x_len: usize, cache_len: usize, a: &TakeArgs) -> Result<()> {
     if a.n > a.x_cap {
-        return Err(Error::InvalidArgument { arg: "n", value: a.n.to_string(), why: format!("exceeds x_cap = {}", a.x_cap) });
+        return Err(Error::InvalidArgument {
+            arg: "n",
+            value: a.n.to_string(),
+            why: format!("exceeds x_cap = {}", a.x_cap),
+        });
     }
     if a.num_clr > a.n {
-        return Err(Error::InvalidArgument { arg: "num_clr", value: a.num_clr.to_string(), why: format!("exceeds n = {}", a.n) });
+        return Err(Error::InvalidArgument {
+            arg: "num_clr",
+            value: a.num_clr.to_string(),
+            why: format!("exceeds n = {}", a.n),
+        });
     }
     if a.gap && (a.pool.start >= a.pool.end || a.pool.end > a.n) {
         return Err(Error::Plan(format!(
@@ -59,60 +67,93 @@ pub(crate) fn check_take(x_len: usize, cache_len: usize, a: &TakeArgs) -> Result
         return Err(Error::InvalidArgument {
             arg: "slot",
             value: a.slot.to_string(),
-            why: format!("slot + {} carriers exceeds cache_cap = {}", a.carriers(), a.cache_cap),
+            why: format!(
+                "slot + {} carriers exceeds cache_cap = {}",
+                a.carriers(),
+                a.cache_cap
+            ),
         });
     }
-    for (what, v) in [("batch", a.batch), ("x_cap", a.x_cap), ("d", a.d), ("cache_cap", a.cache_cap)] {
+    for (what, v) in [
+        ("batch", a.batch),
+        ("x_cap", a.x_cap),
+        ("d", a.d),
+        ("cache_cap", a.cache_cap),
+    ] {
         error::to_u32(what, v)?;
     }
-    error::check_len("x", x_len, error::mul("batch*x_cap*d", &[a.batch, a.x_cap, a.d])?)?;
-    error::check_len("cache", cache_len, error::mul("batch*cache_cap*d", &[a.batch, a.cache_cap, a.d])?)
+    error::check_len(
+        "x",
+        x_len,
+        error::mul("batch*x_cap*d", &[a.batch, a.x_cap, a.d])?,
+    )?;
+    error::check_len(
+        "cache",
+        cache_len,
+        error::mul("batch*cache_cap*d", &[a.batch, a.cache_cap, a.d])?,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn check_copy(src_len: usize, src_cap: usize, src_off: usize, dst_len: usize, dst_cap: usize, dst_off: usize, batch: usize, count: usize, d: usize) -> Result<()> {
+pub(crate) fn check_copy(
+    src_len: usize,
+    src_cap: usize,
+    src_off: usize,
+    dst_len: usize,
+    dst_cap: usize,
+    dst_off: usize,
+    batch: usize,
+    count: usize,
+    d: usize,
+) -> Result<()> {
     if src_off + count > src_cap {
-        return Err(Error::InvalidArgument { arg: "count", value: count.to_string(), why: format!("src_off + count exceeds src capacity {src_cap}") });
+        return Err(Error::InvalidArgument {
+            arg: "count",
+            value: count.to_string(),
+            why: format!("src_off + count exceeds src capacity {src_cap}"),
+        });
     }
     if dst_off + count > dst_cap {
-        return Err(Error::InvalidArgument { arg: "count", value: count.to_string(), why: format!("dst_off + count exceeds dst capacity {dst_cap}") });
+        return Err(Error::InvalidArgument {
+            arg: "count",
+            value: count.to_string(),
+            why: format!("dst_off + count exceeds dst capacity {dst_cap}"),
+        });
     }
-    for (what, v) in [("batch", batch), ("src_cap", src_cap), ("dst_cap", dst_cap), ("d", d)] {
+    for (what, v) in [
+        ("batch", batch),
+        ("src_cap", src_cap),
+        ("dst_cap", dst_cap),
+        ("d", d),
+    ] {
         error::to_u32(what, v)?;
     }
-    error::check_len("src", src_len, error::mul("batch*src_cap*d", &[batch, src_cap, d])?)?;
-    error::check_len("dst", dst_len, error::mul("batch*dst_cap*d", &[batch, dst_cap, d])?)
+    error::check_len(
+        "src",
+        src_len,
+        error::mul("batch*src_cap*d", &[batch, src_cap, d])?,
+    )?;
+    error::check_len(
+        "dst",
+        dst_len,
+        error::mul("batch*dst_cap*d", &[batch, dst_cap, d])?,
+    )
 }
 
 const THREADS: u32 = 256;
 
 /// Take the carriers of one block into the cache (see the module contract).
-pub fn cache_take<D: Device, T: Element>(dev: &D, x: &D::Buf<T>, cache: &mut D::Buf<T>, a: &TakeArgs) -> Result<()> {
+pub fn cache_take<D: Device, T: Element>(
+    dev: &D,
+    x: &D::Buf<T>,
+    cache: &mut D::Buf<T>,
+    a: &TakeArgs,
+) -> Result<()> {
     check_take(x.len(), cache.len(), a)?;
     if a.batch == 0 || a.d == 0 || a.carriers() == 0 {
         return Ok(());
     }
-    let l = Launch::new(
-        "token_cache",
-        "cache_take",
-        T::DTYPE,
-        [error::to_u32("d", a.d.div_ceil(THREADS as usize))?, error::to_u32("batch", a.batch)?, 1],
-        [THREADS, 1, 1],
-        vec![
-            Arg::Ptr(x.addr()),
-            Arg::U32(a.batch as u32),
-            Arg::U32(a.x_cap as u32),
-            Arg::U32(a.n as u32),
-            Arg::U32(a.d as u32),
-            Arg::U32(a.pool.start as u32),
-            Arg::U32(a.pool.end as u32),
-            Arg::U32(a.gap as u32),
-            Arg::U32(a.num_clr as u32),
-            Arg::Ptr(cache.addr_mut()),
-            Arg::U32(a.cache_cap as u32),
-            Arg::U32(a.slot as u32),
-        ],
-    )?;
+    let l = take_launch(T::DTYPE, x.addr(), cache.addr_mut(), a)?;
     // SAFETY: x is [batch, x_cap, d] with pool ⊂ [0, n) and n ≤ x_cap; the cache is
     // [batch, cache_cap, d] with slot + carriers ≤ cache_cap (all checked above).
     unsafe { dev.launch(&l) }
@@ -132,27 +173,31 @@ pub fn tokens_copy<D: Device, T: Element>(
     count: usize,
     d: usize,
 ) -> Result<()> {
-    check_copy(src.len(), src_cap, src_off, dst.len(), dst_cap, dst_off, batch, count, d)?;
+    check_copy(
+        src.len(),
+        src_cap,
+        src_off,
+        dst.len(),
+        dst_cap,
+        dst_off,
+        batch,
+        count,
+        d,
+    )?;
     if batch == 0 || count == 0 || d == 0 {
         return Ok(());
     }
-    let l = Launch::new(
-        "token_cache",
-        "tokens_copy",
+    let l = copy_launch(
         T::DTYPE,
-        [error::to_u32("count", count)?, batch as u32, 1],
-        [THREADS, 1, 1],
-        vec![
-            Arg::Ptr(src.addr()),
-            Arg::U32(src_cap as u32),
-            Arg::U32(src_off as u32),
-            Arg::Ptr(dst.addr_mut()),
-            Arg::U32(dst_cap as u32),
-            Arg::U32(dst_off as u32),
-            Arg::U32(batch as u32),
-            Arg::U32(count as u32),
-            Arg::U32(d as u32),
-        ],
+        src.addr(),
+        src_cap,
+        src_off,
+        dst.addr_mut(),
+        dst_cap,
+        dst_off,
+        batch,
+        count,
+        d,
     )?;
     // SAFETY: both ranges lie inside their capacities and the buffers hold batch*cap*d.
     unsafe { dev.launch(&l) }
@@ -160,7 +205,84 @@ pub fn tokens_copy<D: Device, T: Element>(
 
 /// Recover `count` cached tokens into x after token `n`; returns the new length n + count.
 #[allow(clippy::too_many_arguments)]
-pub fn recover<D: Device, T: Element>(dev: &D, cache: &D::Buf<T>, cache_cap: usize, count: usize, x: &mut D::Buf<T>, x_cap: usize, n: usize, batch: usize, d: usize) -> Result<usize> {
+pub fn recover<D: Device, T: Element>(
+    dev: &D,
+    cache: &D::Buf<T>,
+    cache_cap: usize,
+    count: usize,
+    x: &mut D::Buf<T>,
+    x_cap: usize,
+    n: usize,
+    batch: usize,
+    d: usize,
+) -> Result<usize> {
     tokens_copy(dev, cache, cache_cap, 0, x, x_cap, n, batch, count, d)?;
     Ok(n + count)
+}
+
+/// The launch of `cache_take_{dtype}` (arguments validated except the buffer lengths).
+pub(crate) fn take_launch(dtype: crate::DType, x: u64, cache: u64, a: &TakeArgs) -> Result<Launch> {
+    Launch::new(
+        "token_cache",
+        "cache_take",
+        dtype,
+        [
+            error::to_u32("d", a.d.div_ceil(THREADS as usize))?,
+            error::to_u32("batch", a.batch)?,
+            1,
+        ],
+        [THREADS, 1, 1],
+        vec![
+            Arg::Ptr(x),
+            Arg::U32(error::to_u32("batch", a.batch)?),
+            Arg::U32(error::to_u32("x_cap", a.x_cap)?),
+            Arg::U32(error::to_u32("n", a.n)?),
+            Arg::U32(error::to_u32("d", a.d)?),
+            Arg::U32(error::to_u32("pool", a.pool.start)?),
+            Arg::U32(error::to_u32("pool", a.pool.end)?),
+            Arg::U32(a.gap as u32),
+            Arg::U32(error::to_u32("num_clr", a.num_clr)?),
+            Arg::Ptr(cache),
+            Arg::U32(error::to_u32("cache_cap", a.cache_cap)?),
+            Arg::U32(error::to_u32("slot", a.slot)?),
+        ],
+    )
+}
+
+/// The launch of `tokens_copy_{dtype}`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn copy_launch(
+    dtype: crate::DType,
+    src: u64,
+    src_cap: usize,
+    src_off: usize,
+    dst: u64,
+    dst_cap: usize,
+    dst_off: usize,
+    batch: usize,
+    count: usize,
+    d: usize,
+) -> Result<Launch> {
+    Launch::new(
+        "token_cache",
+        "tokens_copy",
+        dtype,
+        [
+            error::to_u32("count", count.max(1))?,
+            error::to_u32("batch", batch.max(1))?,
+            1,
+        ],
+        [THREADS, 1, 1],
+        vec![
+            Arg::Ptr(src),
+            Arg::U32(error::to_u32("src_cap", src_cap)?),
+            Arg::U32(error::to_u32("src_off", src_off)?),
+            Arg::Ptr(dst),
+            Arg::U32(error::to_u32("dst_cap", dst_cap)?),
+            Arg::U32(error::to_u32("dst_off", dst_off)?),
+            Arg::U32(error::to_u32("batch", batch)?),
+            Arg::U32(error::to_u32("count", count)?),
+            Arg::U32(error::to_u32("d", d)?),
+        ],
+    )
 }

@@ -23,14 +23,26 @@ pub const TOPK_THREADS: u32 = 256;
 
 pub(crate) fn check_topk(x_len: usize, rows: usize, n: usize, k: usize) -> Result<()> {
     if k > n {
-        return Err(Error::InvalidArgument { arg: "k", value: k.to_string(), why: format!("k > n = {n}") });
+        return Err(Error::InvalidArgument {
+            arg: "k",
+            value: k.to_string(),
+            why: format!("k > n = {n}"),
+        });
     }
     error::to_u32("n", n)?;
     error::check_len("x", x_len, error::mul("rows*n", &[rows, n])?)
 }
 
 /// The launch of `topk_select_{dtype}` over raw device addresses (validated shapes only).
-pub(crate) fn launch_topk(dtype: crate::DType, x: u64, rows: usize, n: usize, k: usize, idx: u64, compl: u64) -> Result<Launch> {
+pub(crate) fn launch_topk(
+    dtype: crate::DType,
+    x: u64,
+    rows: usize,
+    n: usize,
+    k: usize,
+    idx: u64,
+    compl: u64,
+) -> Result<Launch> {
     let grid = error::to_u32("rows", rows.min(ROW_GRID_CAP as usize))?;
     Launch::new(
         "topk",
@@ -65,7 +77,15 @@ pub fn topk_select<D: Device, T: Element>(
     if rows == 0 || n == 0 {
         return Ok(());
     }
-    let l = launch_topk(T::DTYPE, x.addr(), rows, n, k, idx.addr_mut(), compl.addr_mut())?;
+    let l = launch_topk(
+        T::DTYPE,
+        x.addr(),
+        rows,
+        n,
+        k,
+        idx.addr_mut(),
+        compl.addr_mut(),
+    )?;
     // SAFETY: x holds rows*n, idx rows*k and compl rows*(n-k) elements (checked above), which
     // is exactly what topk_select_* reads and writes.
     unsafe { dev.launch(&l) }

@@ -86,13 +86,19 @@ impl Default for TrainFlags {
 }
 
 fn bad(arg: &'static str, value: impl ToString, why: impl Into<String>) -> Error {
-    Error::InvalidArgument { arg, value: value.to_string(), why: why.into() }
+    Error::InvalidArgument {
+        arg,
+        value: value.to_string(),
+        why: why.into(),
+    }
 }
 
 /// The method prefixes of the authors' model names that this release runs.
-pub const METHOD_PREFIXES: &[(&str, Reduction)] = &[("evit_", Reduction::EVit), ("topk_", Reduction::TopK)];
+pub const METHOD_PREFIXES: &[(&str, Reduction)] =
+    &[("evit_", Reduction::EVit), ("topk_", Reduction::TopK)];
 /// Prefixes of the paper's other methods (not yet implemented here).
-pub const PENDING_PREFIXES: &[&str] = &["tome_", "dpcknn_", "sit_", "patchmerger_", "ats_", "dyvit_"];
+pub const PENDING_PREFIXES: &[&str] =
+    &["tome_", "dpcknn_", "sit_", "patchmerger_", "ats_", "dyvit_"];
 
 impl VitConfig {
     /// From an authors' model name (`[method_]backbone[.tag]`, e.g.
@@ -107,10 +113,19 @@ impl VitConfig {
             }
         }
         if let Some(p) = PENDING_PREFIXES.iter().find(|p| rest.starts_with(*p)) {
-            return Err(bad("model", name, format!("the `{p}` method is not implemented yet (supported: plain ViT, topk_, evit_)")));
+            return Err(bad(
+                "model",
+                name,
+                format!(
+                    "the `{p}` method is not implemented yet (supported: plain ViT, topk_, evit_)"
+                ),
+            ));
         }
         let (arch, tag) = rest.split_once('.').unwrap_or((rest, ""));
-        let family = ["vit_", "deit3_", "deit_"].iter().find(|p| arch.starts_with(*p)).ok_or_else(|| bad("model", name, "expected a vit_/deit_/deit3_ backbone"))?;
+        let family = ["vit_", "deit3_", "deit_"]
+            .iter()
+            .find(|p| arch.starts_with(*p))
+            .ok_or_else(|| bad("model", name, "expected a vit_/deit_/deit3_ backbone"))?;
         let (embed_dim, depth, num_heads) = if arch.contains("_tiny_") {
             (192, 12, 3)
         } else if arch.contains("_small_") {
@@ -126,7 +141,11 @@ impl VitConfig {
             .split('_')
             .find_map(|w| w.strip_prefix("patch").and_then(|n| n.parse().ok()))
             .ok_or_else(|| bad("model", name, "no patchNN in the name"))?;
-        let default_img = arch.rsplit('_').next().and_then(|n| n.parse().ok()).unwrap_or(224);
+        let default_img = arch
+            .rsplit('_')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(224);
         let clip = arch.contains("_clip_");
         let miil = arch.contains("_miil");
         let deit3 = *family == "deit3_";
@@ -158,7 +177,13 @@ impl VitConfig {
                 pool_cls: f.clc_pool_cls,
                 pool_clr: f.clc_pool_clr,
             }),
-            head: if f.ifa_head { HeadKind::Cla { groups: f.ifa_dws_conv_groups } } else { HeadKind::Linear },
+            head: if f.ifa_head {
+                HeadKind::Cla {
+                    groups: f.ifa_dws_conv_groups,
+                }
+            } else {
+                HeadKind::Linear
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -168,28 +193,65 @@ impl VitConfig {
     pub fn from_golden_json(v: &serde_json::Value) -> Result<Self> {
         let m = &v["model"];
         let a = &v["args"];
-        let bad_json = |k: &str| Error::InvalidArgument { arg: "config", value: k.to_string(), why: "missing or of the wrong type in config.json".into() };
-        let uz = |x: &serde_json::Value, k: &str| x[k].as_u64().map(|n| n as usize).ok_or_else(|| bad_json(k));
+        let bad_json = |k: &str| Error::InvalidArgument {
+            arg: "config",
+            value: k.to_string(),
+            why: "missing or of the wrong type in config.json".into(),
+        };
+        let uz = |x: &serde_json::Value, k: &str| {
+            x[k].as_u64().map(|n| n as usize).ok_or_else(|| bad_json(k))
+        };
         let bl = |x: &serde_json::Value, k: &str| x[k].as_bool().unwrap_or(false);
         let pair = |k: &str| -> Result<usize> {
             match &m[k] {
-                serde_json::Value::Array(xs) => xs.first().and_then(|x| x.as_u64()).map(|n| n as usize).ok_or_else(|| bad_json(k)),
+                serde_json::Value::Array(xs) => xs
+                    .first()
+                    .and_then(|x| x.as_u64())
+                    .map(|n| n as usize)
+                    .ok_or_else(|| bad_json(k)),
                 x => x.as_u64().map(|n| n as usize).ok_or_else(|| bad_json(k)),
             }
         };
-        let class = m["model_class"].as_str().ok_or_else(|| bad_json("model.model_class"))?;
+        let class = m["model_class"]
+            .as_str()
+            .ok_or_else(|| bad_json("model.model_class"))?;
         let reduction = match class {
             "models.evit.EViT" => Reduction::EVit,
             "models.topk.TopK" => Reduction::TopK,
             "models.vit.ViT" => Reduction::None,
-            other => return Err(bad("model_class", other, "not implemented yet (supported: ViT, TopK, EViT)")),
+            other => {
+                return Err(bad(
+                    "model_class",
+                    other,
+                    "not implemented yet (supported: ViT, TopK, EViT)",
+                ))
+            }
         };
-        let usizes = |x: &serde_json::Value| -> Vec<usize> { x.as_array().map(|xs| xs.iter().filter_map(|y| y.as_u64()).map(|y| y as usize).collect()).unwrap_or_default() };
-        let f64s = |x: &serde_json::Value| -> Vec<f64> { x.as_array().map(|xs| xs.iter().filter_map(|y| y.as_f64()).collect()).unwrap_or_default() };
-        let norm_pre = m["norm_pre"].as_str().map(|s| s != "Identity").unwrap_or(false);
+        let usizes = |x: &serde_json::Value| -> Vec<usize> {
+            x.as_array()
+                .map(|xs| {
+                    xs.iter()
+                        .filter_map(|y| y.as_u64())
+                        .map(|y| y as usize)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let f64s = |x: &serde_json::Value| -> Vec<f64> {
+            x.as_array()
+                .map(|xs| xs.iter().filter_map(|y| y.as_f64()).collect())
+                .unwrap_or_default()
+        };
+        let norm_pre = m["norm_pre"]
+            .as_str()
+            .map(|s| s != "Identity")
+            .unwrap_or(false);
         let clc = bl(a, "clc");
         let cfg = VitConfig {
-            name: v["timm_entrypoint"].as_str().unwrap_or_default().to_string(),
+            name: v["timm_entrypoint"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             img_size: pair("img_size")?,
             patch_size: pair("patch_size")?,
             in_chans: 3,
@@ -214,7 +276,13 @@ impl VitConfig {
                 pool_cls: bl(a, "clc_pool_cls"),
                 pool_clr: bl(a, "clc_pool_clr"),
             }),
-            head: if bl(a, "ifa_head") { HeadKind::Cla { groups: a["ifa_dws_conv_groups"].as_u64().unwrap_or(2) as usize } } else { HeadKind::Linear },
+            head: if bl(a, "ifa_head") {
+                HeadKind::Cla {
+                    groups: a["ifa_dws_conv_groups"].as_u64().unwrap_or(2) as usize,
+                }
+            } else {
+                HeadKind::Linear
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -257,10 +325,21 @@ impl VitConfig {
     /// Checks what can be checked without weights.
     pub fn validate(&self) -> Result<()> {
         if self.patch_size == 0 || self.img_size == 0 || self.img_size % self.patch_size != 0 {
-            return Err(bad("img_size", self.img_size, format!("must be a positive multiple of the patch size {}", self.patch_size)));
+            return Err(bad(
+                "img_size",
+                self.img_size,
+                format!(
+                    "must be a positive multiple of the patch size {}",
+                    self.patch_size
+                ),
+            ));
         }
         if self.embed_dim == 0 || self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
-            return Err(bad("num_heads", self.num_heads, format!("must divide embed_dim {}", self.embed_dim)));
+            return Err(bad(
+                "num_heads",
+                self.num_heads,
+                format!("must divide embed_dim {}", self.embed_dim),
+            ));
         }
         if self.depth == 0 {
             return Err(bad("depth", 0, "must be positive"));

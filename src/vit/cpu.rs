@@ -55,24 +55,48 @@ impl CpuWorkspace {
             qkv: vec![0.0; mul("qkv", &[batch, l, 3 * d])?],
             attn: vec![0.0; mul("attn", &[batch, l, d])?],
             mlp: vec![0.0; mul("mlp", &[batch, l, c.mlp_hidden])?],
-            patches: vec![0.0; mul("patches", &[batch, c.num_patches(), c.in_chans * c.patch_size * c.patch_size])?],
+            patches: vec![
+                0.0;
+                mul(
+                    "patches",
+                    &[
+                        batch,
+                        c.num_patches(),
+                        c.in_chans * c.patch_size * c.patch_size
+                    ]
+                )?
+            ],
             cls_probs: vec![0.0; mul("probs", &[batch, c.num_heads, l])?],
             scores: vec![0.0; mul("scores", &[batch, l])?],
             cache: vec![0.0; mul("cache", &[batch, m.plan.cache_cap.max(1), d])?],
             taps: vec![0.0; mul("taps", &[batch, d, m.plan.taps.max(1)])?],
-            slots: (0..nslots).map(|_| AttnScratch { q: vec![0.0; l * hd], a: vec![0.0; l * l] }).collect(),
+            slots: (0..nslots)
+                .map(|_| AttnScratch {
+                    q: vec![0.0; l * hd],
+                    a: vec![0.0; l * l],
+                })
+                .collect(),
         })
     }
 }
 
 /// Runs the forward on `images` [batch, 3, H, W] (normalized), returning logits [batch, K] and,
 /// when `trace` is set, the per-block tensors under the golden files' names.
-pub fn forward(m: &Vit, ws: &mut CpuWorkspace, images: &[f32], trace: Option<&mut Trace>) -> Result<Vec<f32>> {
+pub fn forward(
+    m: &Vit,
+    ws: &mut CpuWorkspace,
+    images: &[f32],
+    trace: Option<&mut Trace>,
+) -> Result<Vec<f32>> {
     let c = &m.cfg;
     let w = &m.weights;
     let b = ws.batch;
     let (d, img, ps, ch) = (c.embed_dim, c.img_size, c.patch_size, c.in_chans);
-    crate::error::check_len("images", images.len(), crate::error::mul("images", &[b, ch, img, img])?)?;
+    crate::error::check_len(
+        "images",
+        images.len(),
+        crate::error::mul("images", &[b, ch, img, img])?,
+    )?;
     let mut trace = trace;
     let p = c.num_patches();
     let gw = img / ps;
@@ -95,7 +119,16 @@ pub fn forward(m: &Vit, ws: &mut CpuWorkspace, images: &[f32], trace: Option<&mu
     // Patch tokens go to rows 1..1+P of each sample.
     for bi in 0..b {
         let out = &mut ws.x[(bi * n0 + 1) * d..];
-        linear(&ws.patches[bi * p * kpatch..], p, kpatch, &w.patch_w, d, w.patch_b.as_deref(), out, d);
+        linear(
+            &ws.patches[bi * p * kpatch..],
+            p,
+            kpatch,
+            &w.patch_w,
+            d,
+            w.patch_b.as_deref(),
+            out,
+            d,
+        );
     }
     // 2. Tokens and positions.
     for bi in 0..b {
@@ -117,7 +150,14 @@ pub fn forward(m: &Vit, ws: &mut CpuWorkspace, images: &[f32], trace: Option<&mu
     let mut n = n0;
     // 3. norm_pre (CLIP).
     if let Some((g, be)) = &w.norm_pre {
-        layer_norm(&ws.x[..b * n * d], d, g, be, c.ln_eps, &mut ws.h[..b * n * d]);
+        layer_norm(
+            &ws.x[..b * n * d],
+            d,
+            g,
+            be,
+            c.ln_eps,
+            &mut ws.h[..b * n * d],
+        );
         ws.x[..b * n * d].copy_from_slice(&ws.h[..b * n * d]);
     }
 
@@ -131,11 +171,41 @@ pub fn forward(m: &Vit, ws: &mut CpuWorkspace, images: &[f32], trace: Option<&mu
             t.push_f32(&format!("block_in.{i}"), &[b, n, d], &ws.x[..b * n * d]);
         }
         let rows = b * n;
-        layer_norm(&ws.x[..rows * d], d, &bw.norm1.0, &bw.norm1.1, c.ln_eps, &mut ws.h[..rows * d]);
-        linear(&ws.h, rows, d, &bw.qkv_w, 3 * d, bw.qkv_b.as_deref(), &mut ws.qkv, 3 * d);
+        layer_norm(
+            &ws.x[..rows * d],
+            d,
+            &bw.norm1.0,
+            &bw.norm1.1,
+            c.ln_eps,
+            &mut ws.h[..rows * d],
+        );
+        linear(
+            &ws.h,
+            rows,
+            d,
+            &bw.qkv_w,
+            3 * d,
+            bw.qkv_b.as_deref(),
+            &mut ws.qkv,
+            3 * d,
+        );
         attention(m, ws, n);
-        linear(&ws.attn, rows, d, &bw.proj_w, d, Some(&bw.proj_b), &mut ws.h, d);
-        residual(&mut ws.x[..rows * d], &ws.h[..rows * d], bw.ls1.as_deref(), d);
+        linear(
+            &ws.attn,
+            rows,
+            d,
+            &bw.proj_w,
+            d,
+            Some(&bw.proj_b),
+            &mut ws.h,
+            d,
+        );
+        residual(
+            &mut ws.x[..rows * d],
+            &ws.h[..rows * d],
+            bw.ls1.as_deref(),
+            d,
+        );
 
         if let Some(k) = bp.keep {
             // Scores: mean over heads of the cls-query probabilities, keys 1..n-1.
@@ -153,7 +223,16 @@ pub fn forward(m: &Vit, ws: &mut CpuWorkspace, images: &[f32], trace: Option<&mu
             let (idx, compl) = crate::cpu::topk::topk_select(scores, b, n - 1, k)?;
             let evit = c.reduction == Reduction::EVit;
             let out_n = if evit { k + 2 } else { k + 1 };
-            prune_into(&ws.x[..rows * d], b, n, d, &idx, k, evit.then_some((&compl[..], scores)), &mut ws.x2[..b * out_n * d]);
+            prune_into(
+                &ws.x[..rows * d],
+                b,
+                n,
+                d,
+                &idx,
+                k,
+                evit.then_some((&compl[..], scores)),
+                &mut ws.x2[..b * out_n * d],
+            );
             if let Some(t) = trace.as_deref_mut() {
                 t.push_f32(&format!("cls_attn.{i}"), &[b, n - 1], scores);
                 // The authors' trace appends -1 (the fused token's slot) for Top-K too.
@@ -164,7 +243,11 @@ pub fn forward(m: &Vit, ws: &mut CpuWorkspace, images: &[f32], trace: Option<&mu
                 }
                 t.push_i64(&format!("keep_idx.{i}"), &[b, k + 1], keep);
                 if evit {
-                    t.push_i64(&format!("compl_idx.{i}"), &[b, n - 1 - k], compl.iter().map(|&v| v as i64).collect());
+                    t.push_i64(
+                        &format!("compl_idx.{i}"),
+                        &[b, n - 1 - k],
+                        compl.iter().map(|&v| v as i64).collect(),
+                    );
                 }
             }
             std::mem::swap(&mut ws.x, &mut ws.x2);
@@ -172,12 +255,44 @@ pub fn forward(m: &Vit, ws: &mut CpuWorkspace, images: &[f32], trace: Option<&mu
         }
         debug_assert_eq!(n, bp.len_out);
         let rows = b * n;
-        layer_norm(&ws.x[..rows * d], d, &bw.norm2.0, &bw.norm2.1, c.ln_eps, &mut ws.h[..rows * d]);
+        layer_norm(
+            &ws.x[..rows * d],
+            d,
+            &bw.norm2.0,
+            &bw.norm2.1,
+            c.ln_eps,
+            &mut ws.h[..rows * d],
+        );
         let hm = c.mlp_hidden;
-        linear(&ws.h, rows, d, &bw.fc1_w, hm, Some(&bw.fc1_b), &mut ws.mlp, hm);
-        ws.mlp[..rows * hm].par_chunks_mut(4096).for_each(|ch| ch.iter_mut().for_each(|v| *v = gelu(*v)));
-        linear(&ws.mlp, rows, hm, &bw.fc2_w, d, Some(&bw.fc2_b), &mut ws.h, d);
-        residual(&mut ws.x[..rows * d], &ws.h[..rows * d], bw.ls2.as_deref(), d);
+        linear(
+            &ws.h,
+            rows,
+            d,
+            &bw.fc1_w,
+            hm,
+            Some(&bw.fc1_b),
+            &mut ws.mlp,
+            hm,
+        );
+        ws.mlp[..rows * hm]
+            .par_chunks_mut(4096)
+            .for_each(|ch| ch.iter_mut().for_each(|v| *v = gelu(*v)));
+        linear(
+            &ws.mlp,
+            rows,
+            hm,
+            &bw.fc2_w,
+            d,
+            Some(&bw.fc2_b),
+            &mut ws.h,
+            d,
+        );
+        residual(
+            &mut ws.x[..rows * d],
+            &ws.h[..rows * d],
+            bw.ls2.as_deref(),
+            d,
+        );
         if let Some(t) = trace.as_deref_mut() {
             t.push_f32(&format!("block_out.{i}"), &[b, n, d], &ws.x[..rows * d]);
         }
@@ -188,8 +303,10 @@ pub fn forward(m: &Vit, ws: &mut CpuWorkspace, images: &[f32], trace: Option<&mu
             let cap = m.plan.cache_cap.max(1);
             let nn = n + r;
             for bi in 0..b {
-                ws.x2[bi * nn * d..(bi * nn + n) * d].copy_from_slice(&ws.x[bi * n * d..(bi + 1) * n * d]);
-                ws.x2[(bi * nn + n) * d..(bi + 1) * nn * d].copy_from_slice(&ws.cache[bi * cap * d..(bi * cap + r) * d]);
+                ws.x2[bi * nn * d..(bi * nn + n) * d]
+                    .copy_from_slice(&ws.x[bi * n * d..(bi + 1) * n * d]);
+                ws.x2[(bi * nn + n) * d..(bi + 1) * nn * d]
+                    .copy_from_slice(&ws.cache[bi * cap * d..(bi * cap + r) * d]);
             }
             std::mem::swap(&mut ws.x, &mut ws.x2);
             n = nn;
@@ -224,7 +341,14 @@ pub fn forward(m: &Vit, ws: &mut CpuWorkspace, images: &[f32], trace: Option<&mu
         HeadWeights::Linear { norm, w: hw, b: hb } => {
             let mut cls = vec![0f32; b * d];
             for bi in 0..b {
-                layer_norm(&ws.x[bi * n * d..][..d], d, &norm.0, &norm.1, c.ln_eps, &mut cls[bi * d..(bi + 1) * d]);
+                layer_norm(
+                    &ws.x[bi * n * d..][..d],
+                    d,
+                    &norm.0,
+                    &norm.1,
+                    c.ln_eps,
+                    &mut cls[bi * d..(bi + 1) * d],
+                );
             }
             if let Some(t) = trace.as_deref_mut() {
                 t.push_f32("head_in", &[b, d], &cls);
@@ -236,7 +360,10 @@ pub fn forward(m: &Vit, ws: &mut CpuWorkspace, images: &[f32], trace: Option<&mu
         }
         HeadWeights::Cla(head) => {
             if tap != head.input_dims().1 {
-                return Err(Error::Plan(format!("the CLA head expects {} CLS taps, the plan gives {tap}", head.input_dims().1)));
+                return Err(Error::Plan(format!(
+                    "the CLA head expects {} CLS taps, the plan gives {tap}",
+                    head.input_dims().1
+                )));
             }
             let z = &ws.taps[..b * d * f];
             if let Some(t) = trace.as_deref_mut() {
@@ -254,18 +381,30 @@ pub fn forward(m: &Vit, ws: &mut CpuWorkspace, images: &[f32], trace: Option<&mu
 /// x += ls ⊙ y (or x += y).
 fn residual(x: &mut [f32], y: &[f32], ls: Option<&[f32]>, d: usize) {
     match ls {
-        Some(g) => x.chunks_exact_mut(d).zip(y.chunks_exact(d)).for_each(|(xr, yr)| {
-            for c in 0..d {
-                xr[c] += g[c] * yr[c];
-            }
-        }),
+        Some(g) => x
+            .chunks_exact_mut(d)
+            .zip(y.chunks_exact(d))
+            .for_each(|(xr, yr)| {
+                for c in 0..d {
+                    xr[c] += g[c] * yr[c];
+                }
+            }),
         None => x.iter_mut().zip(y).for_each(|(a, v)| *a += v),
     }
 }
 
 /// [cls, kept (, fused)] per sample from compact x [b, n, d] into compact out.
 #[allow(clippy::too_many_arguments)]
-fn prune_into(x: &[f32], b: usize, n: usize, d: usize, idx: &[u32], k: usize, fuse: Option<(&[u32], &[f32])>, out: &mut [f32]) {
+fn prune_into(
+    x: &[f32],
+    b: usize,
+    n: usize,
+    d: usize,
+    idx: &[u32],
+    k: usize,
+    fuse: Option<(&[u32], &[f32])>,
+    out: &mut [f32],
+) {
     let on = if fuse.is_some() { k + 2 } else { k + 1 };
     for bi in 0..b {
         let xs = &x[bi * n * d..(bi + 1) * n * d];
@@ -303,38 +442,86 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize) {
     let qkv = &ws.qkv;
     let attn = SendPtr(ws.attn.as_mut_ptr());
     let probs = SendPtr(ws.cls_probs.as_mut_ptr());
-    ws.slots.par_iter_mut().enumerate().for_each(|(s, scratch)| {
-        let (attn, probs) = (attn, probs);
-        for pair in s * per..((s + 1) * per).min(pairs) {
-            let (bi, h) = (pair / hh, pair % hh);
-            let base = bi * n * 3 * d;
-            for t in 0..n {
-                for j in 0..hd {
-                    scratch.q[t * hd + j] = qkv[base + t * 3 * d + h * hd + j] * scale;
+    ws.slots
+        .par_iter_mut()
+        .enumerate()
+        .for_each(|(s, scratch)| {
+            let (attn, probs) = (attn, probs);
+            for pair in s * per..((s + 1) * per).min(pairs) {
+                let (bi, h) = (pair / hh, pair % hh);
+                let base = bi * n * 3 * d;
+                for t in 0..n {
+                    for j in 0..hd {
+                        scratch.q[t * hd + j] = qkv[base + t * 3 * d + h * hd + j] * scale;
+                    }
+                }
+                let a = &mut scratch.a[..n * n];
+                // SAFETY: q is n×hd (row stride hd); kᵀ reads k rows of qkv (column stride 3D);
+                // a is n×n. All inside their buffers (n ≤ max_len).
+                unsafe {
+                    gemm::gemm(
+                        n,
+                        n,
+                        hd,
+                        a.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        scratch.q.as_ptr(),
+                        1,
+                        hd as isize,
+                        qkv.as_ptr().add(base + d + h * hd),
+                        (3 * d) as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                for row in a.chunks_exact_mut(n) {
+                    softmax(row);
+                }
+                // SAFETY: task (bi, h) alone writes probs[bi, h, 0..n] and the hd columns of head h
+                // in rows bi·n .. (bi+1)·n of attn; v is read with row stride 3D.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(a.as_ptr(), probs.0.add((bi * hh + h) * n), n);
+                    gemm::gemm(
+                        n,
+                        hd,
+                        n,
+                        attn.0.add(bi * n * d + h * hd),
+                        1,
+                        d as isize,
+                        false,
+                        a.as_ptr(),
+                        1,
+                        n as isize,
+                        qkv.as_ptr().add(base + 2 * d + h * hd),
+                        1,
+                        (3 * d) as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
                 }
             }
-            let a = &mut scratch.a[..n * n];
-            // SAFETY: q is n×hd (row stride hd); kᵀ reads k rows of qkv (column stride 3D);
-            // a is n×n. All inside their buffers (n ≤ max_len).
-            unsafe {
-                gemm::gemm(n, n, hd, a.as_mut_ptr(), 1, n as isize, false, scratch.q.as_ptr(), 1, hd as isize, qkv.as_ptr().add(base + d + h * hd), (3 * d) as isize, 1, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
-            }
-            for row in a.chunks_exact_mut(n) {
-                softmax(row);
-            }
-            // SAFETY: task (bi, h) alone writes probs[bi, h, 0..n] and the hd columns of head h
-            // in rows bi·n .. (bi+1)·n of attn; v is read with row stride 3D.
-            unsafe {
-                std::ptr::copy_nonoverlapping(a.as_ptr(), probs.0.add((bi * hh + h) * n), n);
-                gemm::gemm(n, hd, n, attn.0.add(bi * n * d + h * hd), 1, d as isize, false, a.as_ptr(), 1, n as isize, qkv.as_ptr().add(base + 2 * d + h * hd), 1, (3 * d) as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
-            }
-        }
-    });
+        });
 }
 
 impl Vit {
     /// Convenience: a workspace and one forward on the CPU.
-    pub fn forward_cpu(&self, images: &[f32], batch: usize, trace: Option<&mut Trace>) -> Result<Vec<f32>> {
+    pub fn forward_cpu(
+        &self,
+        images: &[f32],
+        batch: usize,
+        trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>> {
         let mut ws = CpuWorkspace::new(self, batch)?;
         forward(self, &mut ws, images, trace)
     }

@@ -4,6 +4,7 @@
 //! checked [`VitWeights`]. [`cpu`] runs it in f32 on the CPU.
 pub mod config;
 pub mod cpu;
+pub mod device;
 pub mod weights;
 
 pub use config::{HeadKind, TrainFlags, VitConfig};
@@ -26,7 +27,9 @@ impl Vit {
     pub fn new(cfg: VitConfig, weights: TensorMap) -> Result<Self> {
         let plan = cfg.plan()?;
         if matches!(cfg.head, HeadKind::Cla { .. }) && plan.taps == 0 {
-            return Err(Error::Plan("the CLA head needs at least one CLS tap".into()));
+            return Err(Error::Plan(
+                "the CLA head needs at least one CLS tap".into(),
+            ));
         }
         let weights = VitWeights::from_map(&cfg, plan.taps, weights)?;
         Ok(Vit { cfg, plan, weights })
@@ -54,14 +57,19 @@ pub struct Trace {
 
 impl Trace {
     pub(crate) fn push_f32(&mut self, name: &str, shape: &[usize], v: &[f32]) {
-        self.tensors.push((name.to_string(), shape.to_vec(), TraceData::F32(v.to_vec())));
+        self.tensors
+            .push((name.to_string(), shape.to_vec(), TraceData::F32(v.to_vec())));
     }
     pub(crate) fn push_i64(&mut self, name: &str, shape: &[usize], v: Vec<i64>) {
-        self.tensors.push((name.to_string(), shape.to_vec(), TraceData::I64(v)));
+        self.tensors
+            .push((name.to_string(), shape.to_vec(), TraceData::I64(v)));
     }
     /// The tensor called `name`.
     pub fn get(&self, name: &str) -> Option<(&[usize], &TraceData)> {
-        self.tensors.iter().find(|t| t.0 == name).map(|t| (&t.1[..], &t.2))
+        self.tensors
+            .iter()
+            .find(|t| t.0 == name)
+            .map(|t| (&t.1[..], &t.2))
     }
     /// Writes every tensor to a safetensors file.
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -69,15 +77,28 @@ impl Trace {
             .tensors
             .iter()
             .map(|(n, s, d)| match d {
-                TraceData::F32(v) => (n.clone(), s.clone(), safetensors::Dtype::F32, bytemuck::cast_slice(v).to_vec()),
-                TraceData::I64(v) => (n.clone(), s.clone(), safetensors::Dtype::I64, bytemuck::cast_slice(v).to_vec()),
+                TraceData::F32(v) => (
+                    n.clone(),
+                    s.clone(),
+                    safetensors::Dtype::F32,
+                    bytemuck::cast_slice(v).to_vec(),
+                ),
+                TraceData::I64(v) => (
+                    n.clone(),
+                    s.clone(),
+                    safetensors::Dtype::I64,
+                    bytemuck::cast_slice(v).to_vec(),
+                ),
             })
             .collect();
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
             .iter()
-            .map(|(n, s, dt, b)| safetensors::tensor::TensorView::new(*dt, s.clone(), b).map(|v| (n.clone(), v)))
+            .map(|(n, s, dt, b)| {
+                safetensors::tensor::TensorView::new(*dt, s.clone(), b).map(|v| (n.clone(), v))
+            })
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| Error::Weights(format!("trace: {e}")))?;
-        safetensors::serialize_to_file(views, &None, path).map_err(|e| Error::Weights(format!("{}: {e}", path.display())))
+        safetensors::serialize_to_file(views, &None, path)
+            .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))
     }
 }

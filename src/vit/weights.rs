@@ -16,7 +16,8 @@ pub struct TensorMap {
 impl TensorMap {
     /// Reads a safetensors file.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
         Self::from_bytes(&bytes).map_err(|e| match e {
             Error::Weights(m) => Error::Weights(format!("{}: {m}", path.display())),
             other => other,
@@ -27,17 +28,36 @@ impl TensorMap {
     /// BatchNorm counters, which inference ignores).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         use safetensors::{Dtype, SafeTensors};
-        let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Weights(format!("not a valid safetensors file: {e}")))?;
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::Weights(format!("not a valid safetensors file: {e}")))?;
         let mut tensors = BTreeMap::new();
         for (name, t) in st.tensors() {
             let d = t.data();
             let vals: Vec<f32> = match t.dtype() {
-                Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-                Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-                Dtype::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-                Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32).collect(),
+                Dtype::F32 => d
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                Dtype::F16 => d
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                Dtype::BF16 => d
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                Dtype::F64 => d
+                    .chunks_exact(8)
+                    .map(|c| {
+                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                    })
+                    .collect(),
                 Dtype::I64 | Dtype::I32 | Dtype::U8 | Dtype::I8 | Dtype::BOOL => Vec::new(),
-                other => return Err(Error::Weights(format!("tensor `{name}` has unsupported dtype {other:?}"))),
+                other => {
+                    return Err(Error::Weights(format!(
+                        "tensor `{name}` has unsupported dtype {other:?}"
+                    )))
+                }
             };
             tensors.insert(name, (t.shape().to_vec(), vals));
         }
@@ -45,12 +65,20 @@ impl TensorMap {
     }
 
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let (s, v) = self.tensors.remove(name).ok_or_else(|| Error::Weights(format!("missing tensor `{name}` (expected shape {shape:?})")))?;
+        let (s, v) = self.tensors.remove(name).ok_or_else(|| {
+            Error::Weights(format!(
+                "missing tensor `{name}` (expected shape {shape:?})"
+            ))
+        })?;
         if s != shape {
-            return Err(Error::Weights(format!("tensor `{name}` has shape {s:?}, expected {shape:?}")));
+            return Err(Error::Weights(format!(
+                "tensor `{name}` has shape {s:?}, expected {shape:?}"
+            )));
         }
         if v.len() != shape.iter().product::<usize>() {
-            return Err(Error::Weights(format!("tensor `{name}` is not a float tensor")));
+            return Err(Error::Weights(format!(
+                "tensor `{name}` is not a float tensor"
+            )));
         }
         Ok(v)
     }
@@ -84,7 +112,11 @@ pub struct BlockWeights {
 /// The final LayerNorm + Linear, or the CLA head.
 #[derive(Clone, Debug)]
 pub enum HeadWeights {
-    Linear { norm: (Vec<f32>, Vec<f32>), w: Vec<f32>, b: Vec<f32> },
+    Linear {
+        norm: (Vec<f32>, Vec<f32>),
+        w: Vec<f32>,
+        b: Vec<f32>,
+    },
     Cla(ClaHead),
 }
 
@@ -114,21 +146,38 @@ impl VitWeights {
         let pos_rows = if cfg.no_embed_class { p } else { 1 + p + c };
         let cls_token = map.take("cls_token", &[1, 1, d])?;
         let pos_embed = map.take("pos_embed", &[1, pos_rows, d])?;
-        let clr = if c > 0 { map.take("clr", &[1, c, d])? } else { Vec::new() };
+        let clr = if c > 0 {
+            map.take("clr", &[1, c, d])?
+        } else {
+            Vec::new()
+        };
         let ps = cfg.patch_size;
         let patch_w = map.take("patch_embed.proj.weight", &[d, cfg.in_chans, ps, ps])?;
         let patch_b = map.take_opt(cfg.patch_bias, "patch_embed.proj.bias", &[d])?;
-        let norm_pre = if cfg.norm_pre { Some((map.take("norm_pre.weight", &[d])?, map.take("norm_pre.bias", &[d])?)) } else { None };
+        let norm_pre = if cfg.norm_pre {
+            Some((
+                map.take("norm_pre.weight", &[d])?,
+                map.take("norm_pre.bias", &[d])?,
+            ))
+        } else {
+            None
+        };
         let mut blocks = Vec::with_capacity(cfg.depth);
         for i in 0..cfg.depth {
             let n = |s: &str| format!("blocks.{i}.{s}");
             blocks.push(BlockWeights {
-                norm1: (map.take(&n("norm1.weight"), &[d])?, map.take(&n("norm1.bias"), &[d])?),
+                norm1: (
+                    map.take(&n("norm1.weight"), &[d])?,
+                    map.take(&n("norm1.bias"), &[d])?,
+                ),
                 qkv_w: map.take(&n("attn.qkv.weight"), &[3 * d, d])?,
                 qkv_b: map.take_opt(cfg.qkv_bias, &n("attn.qkv.bias"), &[3 * d])?,
                 proj_w: map.take(&n("attn.proj.weight"), &[d, d])?,
                 proj_b: map.take(&n("attn.proj.bias"), &[d])?,
-                norm2: (map.take(&n("norm2.weight"), &[d])?, map.take(&n("norm2.bias"), &[d])?),
+                norm2: (
+                    map.take(&n("norm2.weight"), &[d])?,
+                    map.take(&n("norm2.bias"), &[d])?,
+                ),
                 fc1_w: map.take(&n("mlp.fc1.weight"), &[hm, d])?,
                 fc1_b: map.take(&n("mlp.fc1.bias"), &[hm])?,
                 fc2_w: map.take(&n("mlp.fc2.weight"), &[d, hm])?,
@@ -160,10 +209,27 @@ impl VitWeights {
                 let fc_b = map.take("ifa_head.0.4.bias", &[k])?;
                 let mk = |q: &[Vec<f32>; 4]| -> [Vec<f32>; 4] { q.clone() };
                 let (b1, b2) = (mk(&b1), mk(&b2));
-                let bn1 = BatchNorm { weight: &b1[0], bias: &b1[1], running_mean: &b1[2], running_var: &b1[3], eps: 1e-5 };
-                let bn2 = BatchNorm { weight: &b2[0], bias: &b2[1], running_mean: &b2[2], running_var: &b2[3], eps: 1e-5 };
+                let bn1 = BatchNorm {
+                    weight: &b1[0],
+                    bias: &b1[1],
+                    running_mean: &b1[2],
+                    running_var: &b1[3],
+                    eps: 1e-5,
+                };
+                let bn2 = BatchNorm {
+                    weight: &b2[0],
+                    bias: &b2[1],
+                    running_mean: &b2[2],
+                    running_var: &b2[3],
+                    eps: 1e-5,
+                };
                 let conv = ClaConv::fold(&bn1, &w, &b, &bn2, d, taps, g)?;
-                HeadWeights::Cla(ClaHead { body: ClaBody::Conv(conv), classes: k, fc_w, fc_b })
+                HeadWeights::Cla(ClaHead {
+                    body: ClaBody::Conv(conv),
+                    classes: k,
+                    fc_w,
+                    fc_b,
+                })
             }
             HeadKind::Cla { .. } => {
                 let w = map.take("ifa_head.0.0.weight", &[1, taps])?;
@@ -172,21 +238,49 @@ impl VitWeights {
                 let beta = map.take("ifa_head.0.3.bias", &[d])?;
                 let fc_w = map.take("ifa_head.0.4.weight", &[k, d])?;
                 let fc_b = map.take("ifa_head.0.4.bias", &[k])?;
-                let lin = ClaLinear { d, f: taps, w, b0: b[0], gamma, beta, eps: 1e-5 };
-                HeadWeights::Cla(ClaHead { body: ClaBody::Linear(lin), classes: k, fc_w, fc_b })
+                let lin = ClaLinear {
+                    d,
+                    f: taps,
+                    w,
+                    b0: b[0],
+                    gamma,
+                    beta,
+                    eps: 1e-5,
+                };
+                HeadWeights::Cla(ClaHead {
+                    body: ClaBody::Linear(lin),
+                    classes: k,
+                    fc_w,
+                    fc_b,
+                })
             }
         };
         let cla = matches!(cfg.head, HeadKind::Cla { .. });
         let leftover: Vec<String> = map
             .tensors
             .keys()
-            .filter(|n| !n.ends_with("num_batches_tracked") && !(cla && (n.as_str() == "head.weight" || n.as_str() == "head.bias")))
+            .filter(|n| {
+                !n.ends_with("num_batches_tracked")
+                    && !(cla && (n.as_str() == "head.weight" || n.as_str() == "head.bias"))
+            })
             .cloned()
             .collect();
         if !leftover.is_empty() {
-            return Err(Error::Weights(format!("unexpected tensors for this configuration: {}", leftover.join(", "))));
+            return Err(Error::Weights(format!(
+                "unexpected tensors for this configuration: {}",
+                leftover.join(", ")
+            )));
         }
-        Ok(VitWeights { cls_token, pos_embed, clr, patch_w, patch_b, norm_pre, blocks, head })
+        Ok(VitWeights {
+            cls_token,
+            pos_embed,
+            clr,
+            patch_w,
+            patch_b,
+            norm_pre,
+            blocks,
+            head,
+        })
     }
 
     /// Loads and checks a safetensors file.

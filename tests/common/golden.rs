@@ -17,7 +17,12 @@ pub fn cases() -> Vec<PathBuf> {
         eprintln!("skipping golden tests: ../shared/golden not found (set CLCA_GOLDEN_DIR)");
         return Vec::new();
     };
-    let mut v: Vec<PathBuf> = std::fs::read_dir(d).expect("read golden dir").filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("config.json").exists()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+        .expect("read golden dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join("config.json").exists())
+        .collect();
     v.sort();
     v
 }
@@ -31,7 +36,8 @@ pub struct Case {
 
 impl Case {
     pub fn load(p: &std::path::Path) -> Case {
-        let config = serde_json::from_slice(&std::fs::read(p.join("config.json")).expect("config")).expect("config json");
+        let config = serde_json::from_slice(&std::fs::read(p.join("config.json")).expect("config"))
+            .expect("config json");
         Case {
             name: p.file_name().expect("name").to_string_lossy().into_owned(),
             config,
@@ -40,7 +46,9 @@ impl Case {
         }
     }
     pub fn model_class(&self) -> &str {
-        self.config["model"]["model_class"].as_str().unwrap_or_default()
+        self.config["model"]["model_class"]
+            .as_str()
+            .unwrap_or_default()
     }
     pub fn output(&self, name: &str) -> Option<(Vec<usize>, Vec<f64>)> {
         tensor(&self.out, name)
@@ -49,14 +57,26 @@ impl Case {
         tensor(&self.weights, name)
     }
     pub fn weight_f32(&self, name: &str) -> Vec<f32> {
-        self.weight(name).unwrap_or_else(|| panic!("{}: missing weight {name}", self.name)).1.iter().map(|&v| v as f32).collect()
+        self.weight(name)
+            .unwrap_or_else(|| panic!("{}: missing weight {name}", self.name))
+            .1
+            .iter()
+            .map(|&v| v as f32)
+            .collect()
     }
     pub fn usizes(&self, path: &[&str]) -> Vec<usize> {
         let mut v = &self.config;
         for p in path {
             v = &v[*p];
         }
-        v.as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect()).unwrap_or_default()
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as usize)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -66,8 +86,14 @@ pub fn tensor(bytes: &[u8], name: &str) -> Option<(Vec<usize>, Vec<f64>)> {
     let t = st.tensor(name).ok()?;
     let d = t.data();
     let vals: Vec<f64> = match t.dtype() {
-        Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
-        Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64).collect(),
+        Dtype::F32 => d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        Dtype::I64 => d
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
+            .collect(),
         Dtype::U8 => d.iter().map(|&b| b as f64).collect(),
         other => panic!("unexpected dtype {other:?} for {name}"),
     };

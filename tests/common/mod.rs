@@ -22,7 +22,10 @@ pub fn assert_close<T: Element>(what: &str, got: &[T], want: &[f64], atol: f64, 
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let g = g.to_f32() as f64;
-        assert!(close(g, *w, atol, rtol), "{what}[{i}]: got {g}, want {w} (atol {atol}, rtol {rtol})");
+        assert!(
+            close(g, *w, atol, rtol),
+            "{what}[{i}]: got {g}, want {w} (atol {atol}, rtol {rtol})"
+        );
     }
 }
 
@@ -84,13 +87,18 @@ macro_rules! on_devices {
         #[cfg(feature = "cuda")]
         match $crate::common::gpu() {
             Some(d) => $body(d),
-            None => eprintln!("skipping the GPU run of {}: {}", stringify!($body), $crate::common::gpu_reason()),
+            None => eprintln!(
+                "skipping the GPU run of {}: {}",
+                stringify!($body),
+                $crate::common::gpu_reason()
+            ),
         }
     }};
 }
 
 #[cfg(feature = "cuda")]
-static GPU: std::sync::OnceLock<Result<clca::cuda::CudaDevice, String>> = std::sync::OnceLock::new();
+static GPU: std::sync::OnceLock<Result<clca::cuda::CudaDevice, String>> =
+    std::sync::OnceLock::new();
 
 /// The GPU, if there is one.
 #[cfg(feature = "cuda")]

@@ -1,0 +1,699 @@
+//! The forward on a [`Device`] (CUDA, or the host shim in tests): the same steps as
+//! [`super::cpu`], one kernel launch each, no host round trip (the selections stay on the
+//! device; every length comes from the plan). Precision follows the authors' autocast: the
+//! residual stream, scores, cache and selections are f32; GEMMs, attention and the head run in
+//! `T` with f32 accumulation.
+use super::weights::HeadWeights;
+use super::{Trace, Vit};
+use crate::error::{mul, to_u32};
+use crate::kernels::{Arg, Launch};
+use crate::ops::cla_head::DeviceClaHead;
+use crate::plan::Reduction;
+use crate::{Buffer, DType, Device, Element, Error, Result};
+
+const EW_THREADS: u32 = 256;
+const EW_GRID_CAP: usize = 1 << 16;
+
+struct DevBlock<D: Device, T: Element> {
+    n1: (D::Buf<f32>, D::Buf<f32>),
+    qkv_w: D::Buf<T>,
+    qkv_b: Option<D::Buf<f32>>,
+    proj_w: D::Buf<T>,
+    proj_b: D::Buf<f32>,
+    n2: (D::Buf<f32>, D::Buf<f32>),
+    fc1_w: D::Buf<T>,
+    fc1_b: D::Buf<f32>,
+    fc2_w: D::Buf<T>,
+    fc2_b: D::Buf<f32>,
+    ls1: Option<D::Buf<f32>>,
+    ls2: Option<D::Buf<f32>>,
+}
+
+enum DevHead<D: Device, T: Element> {
+    Linear {
+        norm: (D::Buf<f32>, D::Buf<f32>),
+        w: D::Buf<T>,
+        b: D::Buf<f32>,
+    },
+    Cla(DeviceClaHead<D, T>),
+}
+
+/// A [`Vit`] with its weights on a device, in storage type `T`.
+pub struct DeviceVit<D: Device, T: Element> {
+    model: Vit,
+    patch_w: D::Buf<T>,
+    patch_b: Option<D::Buf<f32>>,
+    cls: D::Buf<f32>,
+    clr: D::Buf<f32>,
+    pos: D::Buf<f32>,
+    norm_pre: Option<(D::Buf<f32>, D::Buf<f32>)>,
+    blocks: Vec<DevBlock<D, T>>,
+    head: DevHead<D, T>,
+}
+
+/// The activations of one forward at a given batch, sized from the plan.
+pub struct DeviceWorkspace<D: Device, T: Element> {
+    batch: usize,
+    x: D::Buf<f32>,
+    x2: D::Buf<f32>,
+    h: D::Buf<T>,
+    qkv: D::Buf<T>,
+    attn: D::Buf<T>,
+    mlp: D::Buf<T>,
+    patches: D::Buf<T>,
+    patch_out: D::Buf<T>,
+    cls_probs: D::Buf<f32>,
+    scores: D::Buf<f32>,
+    idx: D::Buf<u32>,
+    compl: D::Buf<u32>,
+    cache: D::Buf<f32>,
+    taps: D::Buf<T>,
+    hidden: D::Buf<T>,
+    cls_h: D::Buf<T>,
+    /// Logits [batch, classes] in `T` after [`DeviceVit::forward`].
+    pub logits: D::Buf<T>,
+}
+
+fn cvt<T: Element>(v: &[f32]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f32(x)).collect()
+}
+
+/// Launches `module::op_{dtype}`.
+///
+/// # Safety
+/// Every pointer in `args` must cover what the kernel touches for the given geometry.
+unsafe fn go<D: Device>(
+    dev: &D,
+    module: &'static str,
+    op: &str,
+    dt: DType,
+    grid: [u32; 3],
+    block: [u32; 3],
+    smem: usize,
+    args: Vec<Arg>,
+) -> Result<()> {
+    let l = Launch::new(module, op, dt, grid, block, args)?.with_smem(smem)?;
+    // SAFETY: forwarded from the caller.
+    unsafe { dev.launch(&l) }
+}
+
+fn ew_grid(total: usize) -> Result<[u32; 3]> {
+    Ok([
+        to_u32(
+            "grid",
+            total.div_ceil(EW_THREADS as usize).clamp(1, EW_GRID_CAP),
+        )?,
+        1,
+        1,
+    ])
+}
+
+impl<D: Device, T: Element> DeviceVit<D, T> {
+    /// Uploads the weights (GEMM weights in `T`, the rest in f32).
+    pub fn new(dev: &D, model: &Vit) -> Result<Self> {
+        let w = &model.weights;
+        let up32 = |v: &[f32]| dev.upload(v);
+        let upt = |v: &[f32]| dev.upload(&cvt::<T>(v));
+        let mut blocks = Vec::with_capacity(w.blocks.len());
+        for b in &w.blocks {
+            blocks.push(DevBlock {
+                n1: (up32(&b.norm1.0)?, up32(&b.norm1.1)?),
+                qkv_w: upt(&b.qkv_w)?,
+                qkv_b: b.qkv_b.as_deref().map(up32).transpose()?,
+                proj_w: upt(&b.proj_w)?,
+                proj_b: up32(&b.proj_b)?,
+                n2: (up32(&b.norm2.0)?, up32(&b.norm2.1)?),
+                fc1_w: upt(&b.fc1_w)?,
+                fc1_b: up32(&b.fc1_b)?,
+                fc2_w: upt(&b.fc2_w)?,
+                fc2_b: up32(&b.fc2_b)?,
+                ls1: b.ls1.as_deref().map(up32).transpose()?,
+                ls2: b.ls2.as_deref().map(up32).transpose()?,
+            });
+        }
+        let head = match &w.head {
+            HeadWeights::Linear { norm, w, b } => DevHead::Linear {
+                norm: (up32(&norm.0)?, up32(&norm.1)?),
+                w: upt(w)?,
+                b: up32(b)?,
+            },
+            HeadWeights::Cla(h) => DevHead::Cla(DeviceClaHead::new(dev, h)?),
+        };
+        let hd = model.cfg.head_dim();
+        if (hd + model.plan.max_len) * 4 > crate::kernels::MAX_DYN_SMEM as usize {
+            return Err(Error::Plan(format!(
+                "sequence length {} is beyond the attention kernel's shared-memory limit",
+                model.plan.max_len
+            )));
+        }
+        Ok(DeviceVit {
+            patch_w: upt(&w.patch_w)?,
+            patch_b: w.patch_b.as_deref().map(up32).transpose()?,
+            cls: up32(&w.cls_token)?,
+            clr: up32(if w.clr.is_empty() { &[0.0] } else { &w.clr })?,
+            pos: up32(&w.pos_embed)?,
+            norm_pre: w
+                .norm_pre
+                .as_ref()
+                .map(|(g, b)| Ok::<_, Error>((up32(g)?, up32(b)?)))
+                .transpose()?,
+            blocks,
+            head,
+            model: model.clone(),
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Vit {
+        &self.model
+    }
+
+    /// Allocates every activation buffer for `batch` images (once; the forward allocates none).
+    pub fn workspace(&self, dev: &D, batch: usize) -> Result<DeviceWorkspace<D, T>> {
+        let c = &self.model.cfg;
+        let l = self.model.plan.max_len;
+        let d = c.embed_dim;
+        let p = c.num_patches();
+        let kp = c.in_chans * c.patch_size * c.patch_size;
+        let hidden = match &self.head {
+            DevHead::Cla(h) => h.hidden(),
+            DevHead::Linear { .. } => 1,
+        };
+        Ok(DeviceWorkspace {
+            batch,
+            x: dev.zeros(mul("x", &[batch, l, d])?)?,
+            x2: dev.zeros(mul("x", &[batch, l, d])?)?,
+            h: dev.zeros(mul("h", &[batch, l, d])?)?,
+            qkv: dev.zeros(mul("qkv", &[batch, l, 3 * d])?)?,
+            attn: dev.zeros(mul("attn", &[batch, l, d])?)?,
+            mlp: dev.zeros(mul("mlp", &[batch, l, c.mlp_hidden])?)?,
+            patches: dev.zeros(mul("patches", &[batch, p, kp])?)?,
+            patch_out: dev.zeros(mul("patch_out", &[batch, p, d])?)?,
+            cls_probs: dev.zeros(mul("probs", &[batch, c.num_heads, l])?)?,
+            scores: dev.zeros(mul("scores", &[batch, l])?)?,
+            idx: dev.zeros(mul("idx", &[batch, l])?)?,
+            compl: dev.zeros(mul("compl", &[batch, l])?)?,
+            cache: dev.zeros(mul("cache", &[batch, self.model.plan.cache_cap.max(1), d])?)?,
+            taps: dev.zeros(mul("taps", &[batch, d, self.model.plan.taps.max(1)])?)?,
+            hidden: dev.zeros(mul("hidden", &[batch, hidden])?)?,
+            cls_h: dev.zeros(mul("cls", &[batch, d])?)?,
+            logits: dev.zeros(mul("logits", &[batch, c.num_classes])?)?,
+        })
+    }
+
+    /// One forward of `images` [batch, 3, S, S] (f32, normalized) into `ws.logits`. With `trace`,
+    /// the per-block tensors are downloaded as they are produced (the only host round trips).
+    pub fn forward(
+        &self,
+        dev: &D,
+        ws: &mut DeviceWorkspace<D, T>,
+        images: &D::Buf<f32>,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<()> {
+        let m = &self.model;
+        let c = &m.cfg;
+        let b = ws.batch;
+        let (d, s, ps, ch) = (c.embed_dim, c.img_size, c.patch_size, c.in_chans);
+        crate::error::check_len("images", images.len(), mul("images", &[b, ch, s, s])?)?;
+        if b == 0 {
+            return Ok(());
+        }
+        let dt = T::DTYPE;
+        let p = c.num_patches();
+        let kp = ch * ps * ps;
+        let (hh, hd, hm) = (c.num_heads, c.head_dim(), c.mlp_hidden);
+        let u = |what, v| to_u32(what, v);
+        let bu = u("batch", b)?;
+        let cap = m.plan.cache_cap.max(1);
+        let f = m.plan.taps.max(1);
+
+        // SAFETY (every launch below): each buffer was sized in `workspace` from the plan for
+        // max_len tokens (x, x2, h, qkv, attn, mlp, probs, scores, idx, compl), the cache
+        // capacity, the taps and the batch; each launch touches at most the current n ≤ max_len
+        // tokens of `b` samples, and the weight buffers hold the checked parameter shapes.
+        unsafe {
+            let total = b * p * kp;
+            go(
+                dev,
+                "vit",
+                "patch_im2col",
+                dt,
+                ew_grid(total)?,
+                [EW_THREADS, 1, 1],
+                0,
+                vec![
+                    Arg::Ptr(images.addr()),
+                    Arg::U32(bu),
+                    Arg::U32(u("chans", ch)?),
+                    Arg::U32(u("img", s)?),
+                    Arg::U32(u("patch", ps)?),
+                    Arg::Ptr(ws.patches.addr_mut()),
+                ],
+            )?;
+            dev.gemm_nt(
+                dt,
+                ws.patches.addr(),
+                b * p,
+                kp,
+                self.patch_w.addr(),
+                d,
+                ws.patch_out.addr_mut(),
+            )?;
+            if let Some(pb) = &self.patch_b {
+                self.bias_act(dev, ws.patch_out.addr_mut(), b * p, d, pb.addr(), false)?;
+            }
+            let n0 = 1 + p + c.num_clr;
+            go(
+                dev,
+                "vit",
+                "embed",
+                dt,
+                ew_grid(b * n0 * d)?,
+                [EW_THREADS, 1, 1],
+                0,
+                vec![
+                    Arg::Ptr(ws.patch_out.addr()),
+                    Arg::Ptr(self.cls.addr()),
+                    Arg::Ptr(self.clr.addr()),
+                    Arg::Ptr(self.pos.addr()),
+                    Arg::U32(c.no_embed_class as u32),
+                    Arg::U32(bu),
+                    Arg::U32(u("patches", p)?),
+                    Arg::U32(u("num_clr", c.num_clr)?),
+                    Arg::U32(u("d", d)?),
+                    Arg::Ptr(ws.x.addr_mut()),
+                ],
+            )?;
+            let mut n = n0;
+            if let Some((g, be)) = &self.norm_pre {
+                self.layernorm::<f32>(dev, ws.x.addr(), b * n, d, d, g, be, ws.x2.addr_mut())?;
+                std::mem::swap(&mut ws.x, &mut ws.x2);
+            }
+            let mut tap = 0;
+            for (i, bp) in m.plan.blocks.iter().enumerate() {
+                let w = &self.blocks[i];
+                if let Some(t) = trace.as_deref_mut() {
+                    t.push_f32(
+                        &format!("block_in.{i}"),
+                        &[b, n, d],
+                        &dev.download(&ws.x)?[..b * n * d],
+                    );
+                }
+                let rows = b * n;
+                self.layernorm::<T>(
+                    dev,
+                    ws.x.addr(),
+                    rows,
+                    d,
+                    d,
+                    &w.n1.0,
+                    &w.n1.1,
+                    ws.h.addr_mut(),
+                )?;
+                dev.gemm_nt(
+                    dt,
+                    ws.h.addr(),
+                    rows,
+                    d,
+                    w.qkv_w.addr(),
+                    3 * d,
+                    ws.qkv.addr_mut(),
+                )?;
+                if let Some(qb) = &w.qkv_b {
+                    self.bias_act(dev, ws.qkv.addr_mut(), rows, 3 * d, qb.addr(), false)?;
+                }
+                go(
+                    dev,
+                    "vit",
+                    "attention",
+                    dt,
+                    [u("n", n)?, u("heads", hh)?, bu],
+                    [128, 1, 1],
+                    (hd + n) * 4,
+                    vec![
+                        Arg::Ptr(ws.qkv.addr()),
+                        Arg::U32(u("n", n)?),
+                        Arg::U32(u("heads", hh)?),
+                        Arg::U32(u("hd", hd)?),
+                        Arg::F32((hd as f64).powf(-0.5) as f32),
+                        Arg::Ptr(ws.attn.addr_mut()),
+                        Arg::Ptr(ws.cls_probs.addr_mut()),
+                    ],
+                )?;
+                dev.gemm_nt(
+                    dt,
+                    ws.attn.addr(),
+                    rows,
+                    d,
+                    w.proj_w.addr(),
+                    d,
+                    ws.h.addr_mut(),
+                )?;
+                self.bias_act(dev, ws.h.addr_mut(), rows, d, w.proj_b.addr(), false)?;
+                self.residual(dev, ws.x.addr_mut(), ws.h.addr(), rows, d, w.ls1.as_ref())?;
+
+                if let Some(k) = bp.keep {
+                    let ku = u("k", k)?;
+                    go(
+                        dev,
+                        "attn_score",
+                        "select_from_cls_rows",
+                        DType::F32,
+                        [bu.min(crate::kernels::ROW_GRID_CAP), 1, 1],
+                        [crate::ops::topk::TOPK_THREADS, 1, 1],
+                        0,
+                        vec![
+                            Arg::Ptr(ws.cls_probs.addr()),
+                            Arg::U32(bu),
+                            Arg::U32(u("heads", hh)?),
+                            Arg::U32(u("n", n)?),
+                            Arg::U32(ku),
+                            Arg::Ptr(ws.scores.addr_mut()),
+                            Arg::Ptr(ws.idx.addr_mut()),
+                            Arg::Ptr(ws.compl.addr_mut()),
+                        ],
+                    )?;
+                    let evit = c.reduction == Reduction::EVit;
+                    let mode = if evit {
+                        crate::ops::prune::PruneMode::EVit
+                    } else {
+                        crate::ops::prune::PruneMode::TopK
+                    };
+                    let l = crate::ops::prune::gather_launch(
+                        DType::F32,
+                        mode,
+                        ws.x.addr(),
+                        b,
+                        n,
+                        d,
+                        ws.idx.addr(),
+                        k,
+                        ws.compl.addr(),
+                        ws.scores.addr(),
+                        ws.x2.addr_mut(),
+                    )?;
+                    dev.launch(&l)?;
+                    if let Some(t) = trace.as_deref_mut() {
+                        let sc = dev.download(&ws.scores)?;
+                        t.push_f32(&format!("cls_attn.{i}"), &[b, n - 1], &sc[..b * (n - 1)]);
+                        let idx = dev.download(&ws.idx)?;
+                        let mut keep = Vec::with_capacity(b * (k + 1));
+                        for bi in 0..b {
+                            keep.extend(idx[bi * k..(bi + 1) * k].iter().map(|&v| v as i64));
+                            keep.push(-1);
+                        }
+                        t.push_i64(&format!("keep_idx.{i}"), &[b, k + 1], keep);
+                        if evit {
+                            let cp = dev.download(&ws.compl)?;
+                            t.push_i64(
+                                &format!("compl_idx.{i}"),
+                                &[b, n - 1 - k],
+                                cp[..b * (n - 1 - k)].iter().map(|&v| v as i64).collect(),
+                            );
+                        }
+                    }
+                    std::mem::swap(&mut ws.x, &mut ws.x2);
+                    n = mode.out_tokens(k);
+                }
+                let rows = b * n;
+                self.layernorm::<T>(
+                    dev,
+                    ws.x.addr(),
+                    rows,
+                    d,
+                    d,
+                    &w.n2.0,
+                    &w.n2.1,
+                    ws.h.addr_mut(),
+                )?;
+                dev.gemm_nt(
+                    dt,
+                    ws.h.addr(),
+                    rows,
+                    d,
+                    w.fc1_w.addr(),
+                    hm,
+                    ws.mlp.addr_mut(),
+                )?;
+                self.bias_act(dev, ws.mlp.addr_mut(), rows, hm, w.fc1_b.addr(), true)?;
+                dev.gemm_nt(
+                    dt,
+                    ws.mlp.addr(),
+                    rows,
+                    hm,
+                    w.fc2_w.addr(),
+                    d,
+                    ws.h.addr_mut(),
+                )?;
+                self.bias_act(dev, ws.h.addr_mut(), rows, d, w.fc2_b.addr(), false)?;
+                self.residual(dev, ws.x.addr_mut(), ws.h.addr(), rows, d, w.ls2.as_ref())?;
+                if let Some(t) = trace.as_deref_mut() {
+                    t.push_f32(
+                        &format!("block_out.{i}"),
+                        &[b, n, d],
+                        &dev.download(&ws.x)?[..rows * d],
+                    );
+                }
+                if bp.recovered > 0 {
+                    let r = bp.recovered;
+                    let nn = n + r;
+                    dev.launch(&crate::ops::token_cache::copy_launch(
+                        DType::F32,
+                        ws.x.addr(),
+                        n,
+                        0,
+                        ws.x2.addr_mut(),
+                        nn,
+                        0,
+                        b,
+                        n,
+                        d,
+                    )?)?;
+                    dev.launch(&crate::ops::token_cache::copy_launch(
+                        DType::F32,
+                        ws.cache.addr(),
+                        cap,
+                        0,
+                        ws.x2.addr_mut(),
+                        nn,
+                        n,
+                        b,
+                        r,
+                        d,
+                    )?)?;
+                    std::mem::swap(&mut ws.x, &mut ws.x2);
+                    n = nn;
+                }
+                if let (Some((pool, slot)), Some(o)) = (&bp.carriers, &c.clc) {
+                    let a = crate::ops::token_cache::TakeArgs {
+                        batch: b,
+                        x_cap: n,
+                        n,
+                        d,
+                        pool: pool.clone(),
+                        gap: o.include_gap,
+                        num_clr: c.num_clr,
+                        cache_cap: cap,
+                        slot: *slot,
+                    };
+                    dev.launch(&crate::ops::token_cache::take_launch(
+                        DType::F32,
+                        ws.x.addr(),
+                        ws.cache.addr_mut(),
+                        &a,
+                    )?)?;
+                }
+                if bp.cls_tap {
+                    go(
+                        dev,
+                        "vit",
+                        "tap_cls",
+                        dt,
+                        [u("d", d.div_ceil(256))?, bu, 1],
+                        [256, 1, 1],
+                        0,
+                        vec![
+                            Arg::Ptr(ws.x.addr()),
+                            Arg::U32(bu),
+                            Arg::U32(u("n", n)?),
+                            Arg::U32(u("d", d)?),
+                            Arg::U32(tap),
+                            Arg::U32(u("taps", f)?),
+                            Arg::Ptr(ws.taps.addr_mut()),
+                        ],
+                    )?;
+                    tap += 1;
+                }
+            }
+            match &self.head {
+                DevHead::Linear { norm, w, b: hb } => {
+                    self.layernorm::<T>(
+                        dev,
+                        ws.x.addr(),
+                        b,
+                        d,
+                        n * d,
+                        &norm.0,
+                        &norm.1,
+                        ws.cls_h.addr_mut(),
+                    )?;
+                    if let Some(t) = trace.as_deref_mut() {
+                        let v: Vec<f32> = dev
+                            .download(&ws.cls_h)?
+                            .iter()
+                            .map(|x| x.to_f32())
+                            .collect();
+                        t.push_f32("head_in", &[b, d], &v);
+                    }
+                    dev.gemm_nt(
+                        dt,
+                        ws.cls_h.addr(),
+                        b,
+                        d,
+                        w.addr(),
+                        c.num_classes,
+                        ws.logits.addr_mut(),
+                    )?;
+                    self.bias_act(
+                        dev,
+                        ws.logits.addr_mut(),
+                        b,
+                        c.num_classes,
+                        hb.addr(),
+                        false,
+                    )?;
+                }
+                DevHead::Cla(h) => {
+                    if let Some(t) = trace.as_deref_mut() {
+                        let v: Vec<f32> =
+                            dev.download(&ws.taps)?.iter().map(|x| x.to_f32()).collect();
+                        t.push_f32("inter_cls", &[b, d, f], &v);
+                    }
+                    h.forward(dev, &ws.taps, b, &mut ws.hidden, &mut ws.logits)?;
+                }
+            }
+        }
+        if let Some(t) = trace {
+            let v: Vec<f32> = dev
+                .download(&ws.logits)?
+                .iter()
+                .map(|x| x.to_f32())
+                .collect();
+            t.push_f32("logits", &[b, c.num_classes], &v);
+        }
+        Ok(())
+    }
+
+    /// Logits as f32 on the host.
+    pub fn logits(&self, dev: &D, ws: &DeviceWorkspace<D, T>) -> Result<Vec<f32>> {
+        Ok(dev
+            .download(&ws.logits)?
+            .iter()
+            .map(|x| x.to_f32())
+            .collect())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn layernorm<O: Element>(
+        &self,
+        dev: &D,
+        x: u64,
+        rows: usize,
+        d: usize,
+        xs: usize,
+        g: &D::Buf<f32>,
+        be: &D::Buf<f32>,
+        y: u64,
+    ) -> Result<()> {
+        let grid = [
+            to_u32("rows", rows.clamp(1, crate::kernels::ROW_GRID_CAP as usize))?,
+            1,
+            1,
+        ];
+        let args = vec![
+            Arg::Ptr(x),
+            Arg::U32(to_u32("rows", rows)?),
+            Arg::U32(to_u32("d", d)?),
+            Arg::I64(xs as i64),
+            Arg::Ptr(g.addr()),
+            Arg::Ptr(be.addr()),
+            Arg::F32(self.model.cfg.ln_eps as f32),
+            Arg::Ptr(y),
+        ];
+        // SAFETY: forwarded from `forward`.
+        unsafe {
+            go(
+                dev,
+                "vit",
+                "layernorm",
+                O::DTYPE,
+                grid,
+                [256, 1, 1],
+                0,
+                args,
+            )
+        }
+    }
+
+    unsafe fn bias_act(
+        &self,
+        dev: &D,
+        y: u64,
+        rows: usize,
+        n: usize,
+        bias: u64,
+        gelu: bool,
+    ) -> Result<()> {
+        let args = vec![
+            Arg::Ptr(y),
+            Arg::I64(rows as i64),
+            Arg::U32(to_u32("n", n)?),
+            Arg::Ptr(bias),
+            Arg::U32(gelu as u32),
+        ];
+        // SAFETY: forwarded from `forward`.
+        unsafe {
+            go(
+                dev,
+                "vit",
+                "bias_act",
+                T::DTYPE,
+                ew_grid(rows * n)?,
+                [EW_THREADS, 1, 1],
+                0,
+                args,
+            )
+        }
+    }
+
+    unsafe fn residual(
+        &self,
+        dev: &D,
+        x: u64,
+        y: u64,
+        rows: usize,
+        d: usize,
+        gamma: Option<&D::Buf<f32>>,
+    ) -> Result<()> {
+        let args = vec![
+            Arg::Ptr(x),
+            Arg::Ptr(y),
+            Arg::I64(rows as i64),
+            Arg::U32(to_u32("d", d)?),
+            Arg::Ptr(gamma.map(|g| g.addr()).unwrap_or(0)),
+        ];
+        // SAFETY: forwarded from `forward`.
+        unsafe {
+            go(
+                dev,
+                "vit",
+                "residual",
+                T::DTYPE,
+                ew_grid(rows * d)?,
+                [EW_THREADS, 1, 1],
+                0,
+                args,
+            )
+        }
+    }
+}
