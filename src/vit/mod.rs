@@ -5,6 +5,8 @@
 pub mod config;
 pub mod cpu;
 pub mod device;
+pub mod macs;
+pub mod preprocess;
 pub mod weights;
 
 pub use config::{HeadKind, TrainFlags, VitConfig};
@@ -33,6 +35,11 @@ impl Vit {
         }
         let weights = VitWeights::from_map(&cfg, plan.taps, weights)?;
         Ok(Vit { cfg, plan, weights })
+    }
+
+    /// MACs of one image (SPEC §6).
+    pub fn macs(&self) -> macs::MacReport {
+        macs::macs(&self.cfg, &self.plan)
     }
 
     /// Loads a safetensors checkpoint in the authors' names.
