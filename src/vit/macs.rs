@@ -47,5 +47,9 @@ pub fn macs(cfg: &VitConfig, plan: &SeqPlan) -> MacReport {
         HeadKind::Cla { groups: 0 } => d * plan.taps as u64 + d * k,
         HeadKind::Cla { groups: g } => g as u64 * d * (plan.taps as u64 + k),
     };
-    MacReport { patch, blocks, head }
+    MacReport {
+        patch,
+        blocks,
+        head,
+    }
 }

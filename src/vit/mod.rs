@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod device;
 pub mod macs;
 pub mod preprocess;
+pub mod random;
 pub mod weights;
 
 pub use config::{HeadKind, TrainFlags, VitConfig};

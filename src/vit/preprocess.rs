@@ -49,9 +49,19 @@ fn coeffs(in_size: usize, out_size: usize) -> (usize, Vec<(usize, usize)>, Vec<i
             ww += w;
         }
         for x in 0..ksize {
-            let v = if x < xmax && ww != 0.0 { k[x] / ww } else if x < xmax { k[x] } else { 0.0 };
+            let v = if x < xmax && ww != 0.0 {
+                k[x] / ww
+            } else if x < xmax {
+                k[x]
+            } else {
+                0.0
+            };
             let scaled = v * (1u64 << PRECISION_BITS) as f64;
-            kk[xx * ksize + x] = if v < 0.0 { (-0.5 + scaled) as i32 } else { (0.5 + scaled) as i32 };
+            kk[xx * ksize + x] = if v < 0.0 {
+                (-0.5 + scaled) as i32
+            } else {
+                (0.5 + scaled) as i32
+            };
         }
         bounds.push((xmin, xmax));
     }
@@ -124,10 +134,18 @@ pub fn resize_bicubic_rgb8(src: &[u8], w: usize, h: usize, ow: usize, oh: usize)
 /// Resize to int(size/0.875) square, center crop `size`, ToTensor, normalize: [3, size, size].
 pub fn preprocess_rgb8(src: &[u8], w: usize, h: usize, size: usize) -> Result<Vec<f32>> {
     if w == 0 || h == 0 || src.len() != w * h * 3 {
-        return Err(Error::InvalidArgument { arg: "image", value: format!("{w}x{h}"), why: "empty image or wrong buffer size".into() });
+        return Err(Error::InvalidArgument {
+            arg: "image",
+            value: format!("{w}x{h}"),
+            why: "empty image or wrong buffer size".into(),
+        });
     }
     if size == 0 {
-        return Err(Error::InvalidArgument { arg: "input_size", value: "0".into(), why: "must be positive".into() });
+        return Err(Error::InvalidArgument {
+            arg: "input_size",
+            value: "0".into(),
+            why: "must be positive".into(),
+        });
     }
     let s = (size as f64 / 0.875) as usize;
     let r = resize_bicubic_rgb8(src, w, h, s, s);
@@ -148,7 +166,11 @@ pub fn preprocess_rgb8(src: &[u8], w: usize, h: usize, size: usize) -> Result<Ve
 /// Loads a PNG or JPEG, converts it to RGB (alpha dropped, as PIL's `convert('RGB')`), and
 /// preprocesses it: [3, size, size] f32.
 pub fn load_image(path: &Path, input_size: usize) -> Result<Vec<f32>> {
-    let img = image::open(path).map_err(|e| Error::InvalidArgument { arg: "image", value: path.display().to_string(), why: format!("cannot decode: {e}") })?;
+    let img = image::open(path).map_err(|e| Error::InvalidArgument {
+        arg: "image",
+        value: path.display().to_string(),
+        why: format!("cannot decode: {e}"),
+    })?;
     let rgb = img.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     preprocess_rgb8(rgb.as_raw(), w, h, input_size)
