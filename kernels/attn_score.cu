@@ -72,7 +72,7 @@ __device__ void scores_from_qk_row(const T* __restrict__ q, const T* __restrict_
   }                                                                                               \
   CLCA_HOST_ENTRY(cls_attn_probs_##sfx)                                                           \
   /* grid (batch): one block per sample */                                                        \
-  extern "C" __global__ void __launch_bounds__(CLCA_TOPK_THREADS) cls_attn_qk_##sfx(              \
+  extern "C" __global__ void __launch_bounds__(CLCA_TOPK_THREADS, 4) cls_attn_qk_##sfx(            \
       const T* __restrict__ q, const T* __restrict__ k, unsigned batch, unsigned heads,           \
       unsigned n, unsigned hd, float scale, float* __restrict__ scores) {                         \
     for (unsigned b = blockIdx.x; b < batch; b += gridDim.x)                                      \

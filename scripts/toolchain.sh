@@ -56,3 +56,19 @@ fi
 
 echo "toolchain: libnvrtc $nvrtc"
 echo "toolchain: ptxas   $ptxas ($("$ptxas" --version | sed -n 's/^Cuda compilation tools, //p'))"
+
+# Pillow for tests/preprocess.rs (the PIL-exact resize check), in its own folder.
+pydest="$root/.toolchain/py"
+pymarker="$pydest/.clca-pins"
+if [ -f "$pymarker" ] && [ "$(cat "$pymarker")" = "$CLCA_PILLOW_WHEEL" ]; then
+    echo "toolchain: Pillow up to date ($CLCA_PILLOW_WHEEL)"
+else
+    rm -rf "$pydest"
+    if "${PYTHON:-python3}" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+        --root-user-action=ignore --no-deps --target "$pydest" "$CLCA_PILLOW_WHEEL"; then
+        printf '%s' "$CLCA_PILLOW_WHEEL" >"$pymarker"
+        echo "toolchain: Pillow installed in $pydest"
+    else
+        echo "toolchain: Pillow not installed; tests/preprocess.rs will skip its Pillow comparison" >&2
+    fi
+fi
