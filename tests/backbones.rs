@@ -188,10 +188,48 @@ fn bad_weights_are_named_errors() {
 #[test]
 fn unplannable_configurations_are_refused() {
     // A first recovery at layer 0 makes the authors' code concatenate an empty cache.
-    let f = TrainFlags { reduction_loc: vec![0, 3], keep_rate: vec![0.25], clc: true, num_clr: 1, ifa_head: true, num_classes: 10, ..TrainFlags::default() };
-    let e = VitConfig::from_model_name("evit_vit_base_patch16_224.orig_in21k", &f).and_then(|c| c.plan()).expect_err("layer 0");
+    let f = TrainFlags {
+        reduction_loc: vec![0, 3],
+        keep_rate: vec![0.25],
+        clc: true,
+        num_clr: 1,
+        ifa_head: true,
+        num_classes: 10,
+        ..TrainFlags::default()
+    };
+    let e = VitConfig::from_model_name("evit_vit_base_patch16_224.orig_in21k", &f)
+        .and_then(|c| c.plan())
+        .expect_err("layer 0");
     assert!(e.to_string().contains("reduction_loc"), "{e}");
     // Neither GAP nor clr carriers.
-    let f = TrainFlags { reduction_loc: vec![3], clc_include_gap: false, num_clr: 0, ..f };
-    assert!(VitConfig::from_model_name("evit_vit_base_patch16_224.orig_in21k", &f).and_then(|c| c.plan()).is_err());
+    let f = TrainFlags {
+        reduction_loc: vec![3],
+        clc_include_gap: false,
+        num_clr: 0,
+        ..f
+    };
+    assert!(
+        VitConfig::from_model_name("evit_vit_base_patch16_224.orig_in21k", &f)
+            .and_then(|c| c.plan())
+            .is_err()
+    );
+}
+
+#[test]
+fn cpu_forward_is_bit_identical_across_runs_and_thread_counts() {
+    let f = TrainFlags { reduction_loc: vec![1, 3], keep_rate: vec![0.25], clc: true, num_clr: 1, ifa_head: true, num_classes: 10, ..TrainFlags::default() };
+    let cfg = small("evit_vit_base_patch16_clip_224.laion2b", &f);
+    let taps = cfg.plan().expect("plan").taps;
+    let model = Vit::new(cfg.clone(), random_weights(&cfg, taps, 3)).expect("model");
+    let mut rng = TRng(4);
+    let images: Vec<f32> = rng.normals(3 * 3 * 64 * 64);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+        pool.install(|| model.forward_cpu(&images, 3, None).expect("forward"))
+    };
+    let one = run(1);
+    for t in [1, 2, 3, 4] {
+        let other = run(t);
+        assert!(one.iter().zip(&other).all(|(a, b)| a.to_bits() == b.to_bits()), "{t} threads differ from 1");
+    }
 }
