@@ -40,10 +40,7 @@ fn main() {
         ),
     ];
     let batch = 1;
-    let mut rng = clca::vit::random::Rng(7);
-    let images: Vec<f32> = (0..batch * 3 * 448 * 448)
-        .map(|_| rng.normal() as f32)
-        .collect();
+    let images = clca::vit::random::random_images(batch, 3, 448, 7);
     {
         let mut g = c.benchmark_group("cpu_vit_f32");
         g.throughput(Throughput::Elements(batch as u64));

@@ -217,19 +217,35 @@ fn unplannable_configurations_are_refused() {
 
 #[test]
 fn cpu_forward_is_bit_identical_across_runs_and_thread_counts() {
-    let f = TrainFlags { reduction_loc: vec![1, 3], keep_rate: vec![0.25], clc: true, num_clr: 1, ifa_head: true, num_classes: 10, ..TrainFlags::default() };
+    let f = TrainFlags {
+        reduction_loc: vec![1, 3],
+        keep_rate: vec![0.25],
+        clc: true,
+        num_clr: 1,
+        ifa_head: true,
+        num_classes: 10,
+        ..TrainFlags::default()
+    };
     let cfg = small("evit_vit_base_patch16_clip_224.laion2b", &f);
     let taps = cfg.plan().expect("plan").taps;
     let model = Vit::new(cfg.clone(), random_weights(&cfg, taps, 3)).expect("model");
     let mut rng = TRng(4);
     let images: Vec<f32> = rng.normals(3 * 3 * 64 * 64);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
         pool.install(|| model.forward_cpu(&images, 3, None).expect("forward"))
     };
     let one = run(1);
     for t in [1, 2, 3, 4] {
         let other = run(t);
-        assert!(one.iter().zip(&other).all(|(a, b)| a.to_bits() == b.to_bits()), "{t} threads differ from 1");
+        assert!(
+            one.iter()
+                .zip(&other)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{t} threads differ from 1"
+        );
     }
 }

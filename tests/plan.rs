@@ -196,14 +196,24 @@ fn bad_plans_are_errors() {
 #[test]
 fn macs_reproduce_the_paper() {
     use clca::vit::{macs::macs, TrainFlags, VitConfig};
-    let flags = |kr: f64, clca: bool| TrainFlags { input_size: Some(448), keep_rate: vec![kr], clc: clca, num_clr: clca as usize, ifa_head: clca, ..TrainFlags::default() };
+    let flags = |kr: f64, clca: bool| TrainFlags {
+        input_size: Some(448),
+        keep_rate: vec![kr],
+        clc: clca,
+        num_clr: clca as usize,
+        ifa_head: clca,
+        ..TrainFlags::default()
+    };
     let g = |name: &str, f: TrainFlags| {
         let cfg = VitConfig::from_model_name(name, &f).expect("config");
         let plan = cfg.plan().expect("plan");
         macs(&cfg, &plan).backbone() as f64 / 1e9
     };
     let vit = g("vit_base_patch16_224.orig_in21k", flags(1.0, false));
-    assert!((vit - 78.49).abs() < 0.005, "unreduced ViT-B/16 at 448: {vit}");
+    assert!(
+        (vit - 78.49).abs() < 0.005,
+        "unreduced ViT-B/16 at 448: {vit}"
+    );
     let evit = g("evit_vit_base_patch16_clip_224.laion2b", flags(0.1, true));
     assert!((evit - 25.17).abs() < 0.005, "EViT+CLCA kr 0.1: {evit}");
     let evit7 = g("evit_deit3_base_patch16_224.fb_in1k", flags(0.7, true));

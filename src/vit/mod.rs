@@ -64,11 +64,13 @@ pub struct Trace {
 }
 
 impl Trace {
-    pub(crate) fn push_f32(&mut self, name: &str, shape: &[usize], v: &[f32]) {
+    /// Records an f32 tensor.
+    pub fn push_f32(&mut self, name: &str, shape: &[usize], v: &[f32]) {
         self.tensors
             .push((name.to_string(), shape.to_vec(), TraceData::F32(v.to_vec())));
     }
-    pub(crate) fn push_i64(&mut self, name: &str, shape: &[usize], v: Vec<i64>) {
+    /// Records an i64 tensor.
+    pub fn push_i64(&mut self, name: &str, shape: &[usize], v: Vec<i64>) {
         self.tensors
             .push((name.to_string(), shape.to_vec(), TraceData::I64(v)));
     }

@@ -64,6 +64,18 @@ impl TensorMap {
         Ok(TensorMap { tensors })
     }
 
+    /// Writes every tensor (f32) to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let t = super::Trace {
+            tensors: self
+                .tensors
+                .iter()
+                .map(|(n, (s, v))| (n.clone(), s.clone(), super::TraceData::F32(v.clone())))
+                .collect(),
+        };
+        t.save(path)
+    }
+
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let (s, v) = self.tensors.remove(name).ok_or_else(|| {
             Error::Weights(format!(

@@ -1,5 +1,6 @@
-//! `cargo run --release [-- --batch N] [-- --seed S]`: a tour of the crate at the paper's
-//! configuration (EViT + CLCA, ViT-B/16 at 448 px).
+//! `clca ops [--batch N] [--seed S]`: a tour of the crate's ops at the paper's configuration
+//! (EViT + CLCA, ViT-B/16 at 448 px). This was the first `cargo run --release`; the whole
+//! forward is `clca run`.
 //!
 //! 1. Prints the sequence plan ([`clca::plan::plan`]) next to the lengths given in the SPEC.
 //! 2. Runs every reduction layer with the CPU reference on seeded random inputs: CLS-attention
@@ -11,7 +12,6 @@
 //!    timings and whether they match the reference; otherwise says why CUDA was skipped.
 //!
 //! Exit code 0 when every check passes, 1 on a mismatch or an error.
-#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use clca::ops::attn_score::{select, ScoreSource, Selection};
 use clca::ops::cla_head::{BatchNorm, ClaBody, ClaConv, ClaHead, ClaLinear, DeviceClaHead};
@@ -22,6 +22,8 @@ use clca::{cpu, Device, Element, HostShim};
 use std::ops::Range;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+use crate::table::{fmt_time, section, shape, Table};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -41,75 +43,30 @@ const GROUPS: usize = 2;
 const CLASSES: usize = 200;
 /// SPEC: EViT + CLCA sequence lengths out of blocks 0..11.
 const SPEC_LEN_OUT: [usize; DEPTH] = [786, 786, 786, 81, 87, 87, 11, 17, 17, 4, 10, 12];
-const MAX_BATCH: usize = 64;
+pub const MAX_BATCH: usize = 64;
 /// Runs per op on the CPU (the best time is reported).
 const CPU_REPS: u32 = 3;
 /// Timed repetitions per op on the GPU (the mean is reported).
 #[cfg(feature = "cuda")]
 const GPU_REPS: u32 = 20;
 
-fn main() -> ExitCode {
-    match run() {
+/// Runs the demo; exit code 0 when every check passes, 1 on a mismatch or an error.
+pub fn main(batch: usize, seed: u64) -> ExitCode {
+    match run(batch, seed) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("clca: some checks failed (see above)");
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("clca: error: {e}");
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Arguments, PRNG, formatting
-
-struct Args {
-    batch: usize,
-    seed: u64,
-}
-
-const USAGE: &str =
-    "usage: clca [--batch N] [--seed S]   (batch 1..=64, default 8; seed default 0)";
-
-fn parse_args() -> Res<Args> {
-    let mut a = Args { batch: 8, seed: 0 };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let (name, inline) = match flag.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (flag.clone(), None),
-        };
-        let mut value = || -> Res<String> {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("`{name}` needs a value\n{USAGE}").into())
-        };
-        match name.as_str() {
-            "--batch" | "-b" => {
-                let v = value()?;
-                a.batch = v
-                    .parse()
-                    .map_err(|_| format!("`--batch {v}`: not a number\n{USAGE}"))?;
-                if a.batch == 0 || a.batch > MAX_BATCH {
-                    return Err(
-                        format!("`--batch {v}`: must be in 1..={MAX_BATCH}\n{USAGE}").into(),
-                    );
-                }
-            }
-            "--seed" | "-s" => {
-                let v = value()?;
-                a.seed = v
-                    .parse()
-                    .map_err(|_| format!("`--seed {v}`: not an unsigned integer\n{USAGE}"))?;
-            }
-            _ => return Err(format!("unknown argument `{flag}`\n{USAGE}").into()),
-        }
-    }
-    Ok(a)
-}
+// PRNG, formatting
 
 /// SplitMix64: tiny, seeded, deterministic.
 struct Rng(u64);
@@ -169,91 +126,11 @@ fn max_abs_diff<T: Element>(a: &[T], b: &[T]) -> f32 {
         .fold(0f32, |m, d| if d.is_nan() || d > m { d } else { m })
 }
 
-fn fmt_time(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s >= 1.0 {
-        format!("{s:.2} s")
-    } else if s >= 1e-3 {
-        format!("{:.2} ms", s * 1e3)
-    } else {
-        format!("{:.1} µs", s * 1e6)
-    }
-}
-
-fn shape(dims: &[usize]) -> String {
-    let d: Vec<String> = dims.iter().map(usize::to_string).collect();
-    format!("[{}]", d.join(", "))
-}
-
 fn fmt_diff(d: f32) -> String {
     if d == 0.0 {
         "0 (exact)".into()
     } else {
         format!("{d:.2e}")
-    }
-}
-
-/// A plain aligned text table.
-struct Table {
-    head: Vec<&'static str>,
-    /// Right-align the column (numbers).
-    right: Vec<bool>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new(cols: &[(&'static str, bool)]) -> Self {
-        Table {
-            head: cols.iter().map(|c| c.0).collect(),
-            right: cols.iter().map(|c| c.1).collect(),
-            rows: Vec::new(),
-        }
-    }
-    fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-    fn print(&self) {
-        let mut w: Vec<usize> = self.head.iter().map(|h| h.chars().count()).collect();
-        for r in &self.rows {
-            for (i, c) in r.iter().enumerate() {
-                if let Some(wi) = w.get_mut(i) {
-                    *wi = (*wi).max(c.chars().count());
-                }
-            }
-        }
-        let line = |cells: &mut dyn Iterator<Item = &str>| {
-            let mut s = String::new();
-            for (i, c) in cells.enumerate() {
-                let (wi, right) = (
-                    w.get(i).copied().unwrap_or(0),
-                    self.right.get(i).copied().unwrap_or(false),
-                );
-                let pad = " ".repeat(wi.saturating_sub(c.chars().count()));
-                if i > 0 {
-                    s.push_str("  ");
-                }
-                if right {
-                    s.push_str(&pad);
-                    s.push_str(c);
-                } else {
-                    s.push_str(c);
-                    s.push_str(&pad);
-                }
-            }
-            println!("  {}", s.trim_end());
-        };
-        line(&mut self.head.iter().copied());
-        line(
-            &mut w
-                .iter()
-                .map(|&n| "-".repeat(n))
-                .collect::<Vec<_>>()
-                .iter()
-                .map(String::as_str),
-        );
-        for r in &self.rows {
-            line(&mut r.iter().map(String::as_str));
-        }
     }
 }
 
@@ -270,11 +147,6 @@ fn carriers_text(pool: &Range<usize>, slot: usize, len: usize) -> String {
         pool.end,
         slot + NUM_CLR
     )
-}
-
-fn section(title: &str) {
-    println!();
-    println!("== {title} ==");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1015,23 +887,21 @@ fn cuda_section(_: &[LayerCase], _: &[(&'static str, ClaHead)], _: &[f32], _: us
     Ok(true)
 }
 
-fn run() -> Res<bool> {
-    let args = parse_args()?;
-    let batch = args.batch;
+fn run(batch: usize, seed: u64) -> Res<bool> {
     println!("clca demo: EViT + CLCA on ViT-B/16 at 448 px (the paper's configuration)");
     println!(
         "  P = {PATCHES} patches, C = {NUM_CLR} clr token, D = {D}, H = {HEADS} heads, depth {DEPTH}; \
          EViT at blocks 3 6 9, keep rate {KEEP_RATE}"
     );
-    println!("  cache: GAP carrier on, recover at the last layer on (train.py defaults); batch {batch}, seed {}", args.seed);
+    println!("  cache: GAP carrier on, recover at the last layer on (train.py defaults); batch {batch}, seed {}", seed);
 
     let p = build_plan()?;
     let plan_ok = print_plan(&p);
 
     let t0 = Instant::now();
-    let cases = layer_cases(&p, batch, args.seed);
-    let hs = heads(p.taps, args.seed)?;
-    let z = Rng::new(args.seed, 200).vec_sym(batch * D * p.taps, 1.0);
+    let cases = layer_cases(&p, batch, seed);
+    let hs = heads(p.taps, seed)?;
+    let z = Rng::new(seed, 200).vec_sym(batch * D * p.taps, 1.0);
     println!();
     println!("(random inputs generated in {})", fmt_time(t0.elapsed()));
 

@@ -1,0 +1,339 @@
+//! Where a forward runs: the CPU reference ([`clca::vit::cpu`]) or a [`DeviceVit`] on the host
+//! shim or a GPU, behind one [`Engine`] so the commands time and read them the same way.
+use crate::error::{CliError, CliResult, Context};
+use clca::vit::cpu::CpuWorkspace;
+use clca::vit::device::{DeviceVit, DeviceWorkspace};
+use clca::vit::{Trace, TraceData, Vit};
+use clca::{bf16, f16, Buffer, Device, Element, HostShim};
+use std::time::Instant;
+
+/// `--device`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// The CPU reference (f32, rayon).
+    Cpu,
+    /// The CUDA kernels on a GPU (needs `--features cuda` and an NVIDIA driver).
+    Cuda,
+    /// The CUDA kernels compiled for the CPU under the host shim (slow, exact; for checking).
+    Shim,
+}
+
+impl DeviceArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceArg::Cpu => "cpu",
+            DeviceArg::Cuda => "cuda",
+            DeviceArg::Shim => "shim",
+        }
+    }
+}
+
+/// `--dtype`: the storage type of the device forward's GEMMs, attention and head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DtypeArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DtypeArg::F32 => "f32",
+            DtypeArg::F16 => "f16",
+            DtypeArg::Bf16 => "bf16",
+        }
+    }
+}
+
+/// A model ready to run on one backend at a fixed batch: weights uploaded, buffers allocated.
+pub trait Engine {
+    /// "CPU f32, 2 rayon threads", "host shim f32", "CUDA f16 on NVIDIA H100 …".
+    fn describe(&self) -> String;
+    /// Copies `images` [batch, 3, S, S] to where the forward reads them.
+    fn stage(&mut self, images: &[f32]) -> clca::Result<()>;
+    /// One forward of the staged images, finished when it returns (the device is synchronized).
+    fn run(&mut self, trace: Option<&mut Trace>) -> clca::Result<()>;
+    /// The logits of the last [`Engine::run`], [batch, classes] as f32.
+    fn logits(&self) -> clca::Result<Vec<f32>>;
+}
+
+/// The CPU reference.
+pub struct CpuEngine<'a> {
+    model: &'a Vit,
+    ws: CpuWorkspace,
+    images: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl<'a> CpuEngine<'a> {
+    pub fn new(model: &'a Vit, batch: usize) -> clca::Result<Self> {
+        Ok(CpuEngine {
+            model,
+            ws: CpuWorkspace::new(model, batch)?,
+            images: Vec::new(),
+            logits: Vec::new(),
+        })
+    }
+}
+
+impl Engine for CpuEngine<'_> {
+    fn describe(&self) -> String {
+        let n = rayon::current_num_threads();
+        format!("CPU f32, {n} rayon thread{}", if n == 1 { "" } else { "s" })
+    }
+    fn stage(&mut self, images: &[f32]) -> clca::Result<()> {
+        self.images.clear();
+        self.images.extend_from_slice(images);
+        Ok(())
+    }
+    fn run(&mut self, trace: Option<&mut Trace>) -> clca::Result<()> {
+        self.logits = clca::vit::cpu::forward(self.model, &mut self.ws, &self.images, trace)?;
+        Ok(())
+    }
+    fn logits(&self) -> clca::Result<Vec<f32>> {
+        Ok(self.logits.clone())
+    }
+}
+
+/// A [`DeviceVit`] in storage type `T` on device `D`.
+pub struct DevEngine<'a, D: Device, T: Element> {
+    dev: &'a D,
+    label: String,
+    vit: DeviceVit<D, T>,
+    ws: DeviceWorkspace<D, T>,
+    images: D::Buf<f32>,
+}
+
+impl<'a, D: Device, T: Element> DevEngine<'a, D, T> {
+    pub fn new(dev: &'a D, label: &str, model: &Vit, batch: usize) -> clca::Result<Self> {
+        let vit = DeviceVit::<D, T>::new(dev, model)?;
+        let ws = vit.workspace(dev, batch)?;
+        let c = &model.cfg;
+        let len = batch
+            .checked_mul(c.in_chans * c.img_size * c.img_size)
+            .ok_or(clca::Error::Overflow { what: "images" })?;
+        let images = dev.zeros::<f32>(len)?;
+        Ok(DevEngine {
+            dev,
+            label: label.to_string(),
+            vit,
+            ws,
+            images,
+        })
+    }
+}
+
+impl<D: Device, T: Element> Engine for DevEngine<'_, D, T> {
+    fn describe(&self) -> String {
+        format!("{} {}", self.label, T::DTYPE)
+    }
+    fn stage(&mut self, images: &[f32]) -> clca::Result<()> {
+        if images.len() != self.images.len() {
+            return Err(clca::Error::Shape {
+                arg: "images",
+                expected: format!("{} elements", self.images.len()),
+                got: format!("{} elements", images.len()),
+            });
+        }
+        self.dev.write(&mut self.images, images)
+    }
+    fn run(&mut self, trace: Option<&mut Trace>) -> clca::Result<()> {
+        self.vit
+            .forward(self.dev, &mut self.ws, &self.images, trace)?;
+        self.dev.synchronize()
+    }
+    fn logits(&self) -> clca::Result<Vec<f32>> {
+        self.vit.logits(self.dev, &self.ws)
+    }
+}
+
+/// A [`DevEngine`] for `dtype`.
+pub fn device_engine<'a, D: Device>(
+    dev: &'a D,
+    label: &str,
+    model: &Vit,
+    batch: usize,
+    dtype: DtypeArg,
+) -> clca::Result<Box<dyn Engine + 'a>> {
+    Ok(match dtype {
+        DtypeArg::F32 => Box::new(DevEngine::<D, f32>::new(dev, label, model, batch)?),
+        DtypeArg::F16 => Box::new(DevEngine::<D, f16>::new(dev, label, model, batch)?),
+        DtypeArg::Bf16 => Box::new(DevEngine::<D, bf16>::new(dev, label, model, batch)?),
+    })
+}
+
+/// Opens GPU 0, or says why not.
+#[cfg(feature = "cuda")]
+pub fn open_cuda() -> CliResult<clca::cuda::CudaDevice> {
+    clca::cuda::try_default().map_err(|why| {
+        CliError::input(format!("cannot use CUDA: {why}"))
+            .hint("use --device cpu, or --device shim to run the CUDA sources on the CPU")
+    })
+}
+
+/// Why CUDA cannot run in this build.
+#[cfg(not(feature = "cuda"))]
+pub fn no_cuda_build() -> CliError {
+    CliError::input("this build of clca has no CUDA backend").hint(
+        "rebuild with `cargo build --release --features cuda`, or use --device cpu / --device shim",
+    )
+}
+
+/// Builds the engine `device`/`dtype` for `model` at `batch` and hands it to `f`.
+pub fn with_engine<R>(
+    device: DeviceArg,
+    dtype: DtypeArg,
+    model: &Vit,
+    batch: usize,
+    f: impl FnOnce(&mut dyn Engine) -> CliResult<R>,
+) -> CliResult<R> {
+    match device {
+        DeviceArg::Cpu => {
+            if dtype != DtypeArg::F32 {
+                return Err(CliError::input(format!(
+                    "the CPU forward runs in f32 only (got --dtype {})",
+                    dtype.as_str()
+                ))
+                .hint("drop --dtype, or use --device cuda (or --device shim) for f16/bf16"));
+            }
+            let mut e = CpuEngine::new(model, batch).ctx("allocating the CPU workspace")?;
+            f(&mut e)
+        }
+        DeviceArg::Shim => {
+            let mut e = device_engine(&HostShim, "host shim", model, batch, dtype)
+                .ctx("preparing the host-shim forward")?;
+            f(e.as_mut())
+        }
+        DeviceArg::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                let dev = open_cuda()?;
+                let label = format!("CUDA on {}", dev.name());
+                let mut e = device_engine(&dev, &label, model, batch, dtype)
+                    .ctx("uploading the model to the GPU")?;
+                f(e.as_mut())
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                let _ = f;
+                Err(no_cuda_build())
+            }
+        }
+    }
+}
+
+/// Seconds of each timed forward.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub samples: Vec<f64>,
+}
+
+impl Timing {
+    pub fn median(&self) -> f64 {
+        let mut s = self.samples.clone();
+        s.sort_by(f64::total_cmp);
+        match s.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => s[n / 2],
+            n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+        }
+    }
+    pub fn min(&self) -> f64 {
+        self.samples.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+    pub fn max(&self) -> f64 {
+        self.samples
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+}
+
+/// `warmup` untimed forwards of the staged images, then `runs` timed ones.
+pub fn time_runs(e: &mut dyn Engine, warmup: usize, runs: usize) -> CliResult<Timing> {
+    for _ in 0..warmup {
+        e.run(None).ctx("forward (warm-up)")?;
+    }
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        e.run(None).ctx("forward")?;
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    Ok(Timing { samples })
+}
+
+/// A trace holding only `logits`.
+pub fn logits_trace(logits: Vec<f32>, batch: usize, classes: usize) -> Trace {
+    Trace {
+        tensors: vec![(
+            "logits".to_string(),
+            vec![batch, classes],
+            TraceData::F32(logits),
+        )],
+    }
+}
+
+/// Sets the rayon global pool to `n` threads (when given); returns the pool's thread count.
+pub fn init_threads(n: Option<usize>) -> CliResult<usize> {
+    if let Some(n) = n {
+        if n == 0 {
+            return Err(CliError::input("--threads 0: need at least one thread")
+                .hint("leave --threads out to use every core"));
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| CliError::failed(format!("cannot start {n} rayon threads: {e}")))?;
+    }
+    Ok(rayon::current_num_threads())
+}
+
+/// Indices of the `k` largest values of `row`, largest first (ties: lower index first; NaN
+/// last).
+pub fn top_k(row: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| {
+        let (x, y) = (row[a], row[b]);
+        match (x.is_nan(), y.is_nan()) {
+            (true, true) => a.cmp(&b),
+            (true, false) => std::cmp::Ordering::Greater,
+            (false, true) => std::cmp::Ordering::Less,
+            _ => y.total_cmp(&x).then(a.cmp(&b)),
+        }
+    });
+    idx.truncate(k);
+    idx
+}
+
+/// Softmax of one row (f64 accumulation).
+pub fn softmax(row: &[f32]) -> Vec<f64> {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_and_breaks_ties() {
+        assert_eq!(top_k(&[1.0, 3.0, 3.0, f32::NAN, -1.0], 3), vec![1, 2, 0]);
+        assert_eq!(top_k(&[0.5], 5), vec![0]);
+    }
+
+    #[test]
+    fn timing_stats() {
+        let t = Timing {
+            samples: vec![3.0, 1.0, 2.0, 10.0],
+        };
+        assert_eq!(t.median(), 2.5);
+        assert_eq!(t.min(), 1.0);
+        assert_eq!(t.max(), 10.0);
+        let s = softmax(&[0.0, 0.0]);
+        assert!((s[0] - 0.5).abs() < 1e-12);
+    }
+}

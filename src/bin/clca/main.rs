@@ -1,0 +1,319 @@
+//! `clca`: the command-line interface of the crate.
+//!
+//! - `clca` / `clca run`: the paper's configuration (EViT + CLCA, ViT-B/16 CLIP at 448 px) with
+//!   random or given weights: tokens and MACs per block, CPU (and GPU) latency, top-5.
+//! - `clca forward`: one forward of a golden-format case, logits (+ trace) to safetensors.
+//! - `clca classify`: images through a checkpoint, with the authors' `train.py` flag names.
+//! - `clca ops`: the op-level tour (every reduction op on the CPU, the host shim and the GPU).
+//!
+//! Errors go to stderr as `error: …` with a `hint: …`; exit code 2 for bad input, 1 for a
+//! failure while computing.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+mod backend;
+mod classify;
+mod error;
+mod forward;
+mod ops_demo;
+mod random_weights;
+mod run;
+mod table;
+
+use backend::{DeviceArg, DtypeArg};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "clca",
+    version,
+    about = "Token-reduced ViTs with Cross-Layer Cache Aggregation (CLCA): CUDA kernels and CPU references",
+    long_about = "Token-reduced ViTs with Cross-Layer Cache Aggregation (Rios et al., ICASSP 2025; the authors' code is arkel23/CLCA).\n\nWithout a subcommand, runs `clca run`: the paper's configuration (EViT + CLCA on ViT-B/16 CLIP at 448 px) with seeded random weights.",
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  clca                                   the paper's configuration, random weights, CPU latency\n  clca forward --config ../shared/golden/A_evit_clc_ifa/config.json --weights W --input I --output O.safetensors\n  clca classify --weights ckpt.safetensors --image leaf.jpg --reduction_loc 3 6 9 --keep_rate 0.1 --clc --num_clr 1 --ifa_head"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// The paper's configuration (the default): tokens and MACs per block vs the unreduced model, latency, top-5.
+    Run(RunArgs),
+    /// One forward of a golden-format case (config.json, weights, `images`) written to safetensors.
+    Forward(ForwardArgs),
+    /// Classify images with a checkpoint, built from the authors' train.py flags.
+    Classify(ClassifyArgs),
+    /// The op-level tour: each reduction op of the paper's configuration on the CPU reference, the host shim and the GPU.
+    Ops(OpsArgs),
+    /// Write seeded random weights for a model (train.py flags) to safetensors.
+    #[command(hide = true)]
+    RandomWeights(RandomWeightsArgs),
+}
+
+/// `clca run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Images per forward.
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub batch: usize,
+    /// Seed of the random weights and images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Timed forwards per backend (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// A safetensors checkpoint of this configuration in the authors' names, instead of random
+    /// weights (classes from `ifa_head.0.4.weight`).
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub weights: Option<PathBuf>,
+    /// Storage types of the GPU forward (with `--features cuda` and a GPU), comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "f32,f16,bf16"
+    )]
+    pub dtype: Vec<DtypeArg>,
+    /// Rayon threads of the CPU forward (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Also time the unreduced model (vit_base_patch16_clip_224.laion2b at 448) on the CPU.
+    #[arg(long)]
+    pub baseline: bool,
+}
+
+/// `clca forward`.
+#[derive(Args, Debug, Clone)]
+pub struct ForwardArgs {
+    /// A golden case's config.json (or its directory).
+    #[arg(long, value_name = "DIR/config.json")]
+    pub config: PathBuf,
+    /// The weights, safetensors in the authors' parameter names.
+    #[arg(long, value_name = "W.safetensors")]
+    pub weights: PathBuf,
+    /// Safetensors with `images` [B, 3, S, S] f32 (normalized).
+    #[arg(long, value_name = "I.safetensors")]
+    pub input: PathBuf,
+    /// Where to write `logits` [B, classes] (and with --trace the per-block tensors).
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub output: PathBuf,
+    /// cpu: the f32 reference; shim: the CUDA kernels on the CPU (slow, exact); cuda: a GPU.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Storage type of the device forward (the CPU forward is f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    /// Also write every per-block tensor, under the golden files' names (block_in.i, cls_attn.i, keep_idx.i, …).
+    #[arg(long)]
+    pub trace: bool,
+    /// Rayon threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Untimed forwards before the timed ones (with --runs).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed forwards (weights loaded and buffers allocated first); 0 = time the one forward that writes the output.
+    #[arg(long, default_value_t = 0)]
+    pub runs: usize,
+    /// Print one JSON line (forward_median_s, forward_min_s, forward_max_s, batch, macs, device, dtype, threads, …) and nothing else on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The model flags, with the authors' `train.py` names and defaults.
+#[derive(Args, Debug, Clone)]
+pub struct ModelFlags {
+    /// train.py --model: [method_]backbone[.tag], method evit_ or topk_ (or none).
+    #[arg(long, default_value = "evit_vit_base_patch16_clip_224.laion2b")]
+    pub model: String,
+    /// train.py --input-size (default: the checkpoint's pos_embed grid, else 448).
+    #[arg(long = "input-size", value_name = "N")]
+    pub input_size: Option<usize>,
+    /// train.py --reduction_loc: reduction layers, 0-based.
+    #[arg(long = "reduction_loc", num_args = 1.., default_values_t = [3usize, 6, 9])]
+    pub reduction_loc: Vec<usize>,
+    /// train.py --keep_rate: one value, or one per reduction layer.
+    #[arg(long = "keep_rate", num_args = 1.., default_values_t = [1.0f64])]
+    pub keep_rate: Vec<f64>,
+    /// train.py --clc: the cross-layer cache.
+    #[arg(long)]
+    pub clc: bool,
+    /// train.py --num_clr: learned carrier tokens.
+    #[arg(long = "num_clr", default_value_t = 0)]
+    pub num_clr: usize,
+    /// train.py --ifa_head: the cross-layer aggregation (CLA) head.
+    #[arg(long = "ifa_head")]
+    pub ifa_head: bool,
+    /// train.py --clc_include_gap (store_false): passing it turns the GAP carrier OFF.
+    #[arg(long = "clc_include_gap", action = ArgAction::SetFalse)]
+    pub clc_include_gap: bool,
+    /// train.py --clc_recover_at_last (store_false): passing it turns the recovery after block depth-2 OFF.
+    #[arg(long = "clc_recover_at_last", action = ArgAction::SetFalse)]
+    pub clc_recover_at_last: bool,
+    /// train.py --clc_pool_cls: the GAP also averages the cls token.
+    #[arg(long = "clc_pool_cls")]
+    pub clc_pool_cls: bool,
+    /// train.py --clc_pool_clr: the first GAP also averages the clr tokens.
+    #[arg(long = "clc_pool_clr")]
+    pub clc_pool_clr: bool,
+    /// train.py --ifa_dws_conv_groups: the CLA conv's depth multiplier (0 = the linear variant).
+    #[arg(long = "ifa_dws_conv_groups", default_value_t = 2)]
+    pub ifa_dws_conv_groups: usize,
+}
+
+impl ModelFlags {
+    /// The `train.py` flags with `num_classes`.
+    pub fn train_flags(&self, num_classes: usize) -> clca::vit::TrainFlags {
+        clca::vit::TrainFlags {
+            input_size: self.input_size,
+            reduction_loc: self.reduction_loc.clone(),
+            keep_rate: self.keep_rate.clone(),
+            clc: self.clc,
+            num_clr: self.num_clr,
+            ifa_head: self.ifa_head,
+            ifa_dws_conv_groups: self.ifa_dws_conv_groups,
+            clc_include_gap: self.clc_include_gap,
+            clc_recover_at_last: self.clc_recover_at_last,
+            clc_pool_cls: self.clc_pool_cls,
+            clc_pool_clr: self.clc_pool_clr,
+            num_classes,
+        }
+    }
+}
+
+const TRAIN_PY_NOTE: &str = "The model flags keep train.py's names and meanings. Mind the two store_false flags: GAP carriers and\nrecover-at-last are ON unless --clc_include_gap / --clc_recover_at_last are passed (passing them turns them OFF).\n\nThe README's checkpoint: --model evit_vit_base_patch16_clip_224.laion2b --input-size 448 --reduction_loc 3 6 9\n  --keep_rate 0.1 --clc --num_clr 1 --ifa_head";
+
+/// `clca classify`: the model flags are the authors' `train.py` names.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = TRAIN_PY_NOTE)]
+pub struct ClassifyArgs {
+    /// The checkpoint: safetensors in the authors' parameter names (classes from its head).
+    #[arg(long, value_name = "W.safetensors")]
+    pub weights: PathBuf,
+    /// An image (PNG or JPEG); repeat for more, they run as one batch.
+    #[arg(long, value_name = "PATH", required = true, num_args = 1..)]
+    pub image: Vec<PathBuf>,
+    #[command(flatten)]
+    pub flags: ModelFlags,
+    /// cpu: the f32 reference; cuda: a GPU; shim: the CUDA kernels on the CPU (slow).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Storage type of the device forward (the CPU forward is f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    /// Classes shown per image.
+    #[arg(long, default_value_t = 5)]
+    pub topk: usize,
+    /// Class names, one per line in class-index order.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    /// Rayon threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// `clca random-weights` (hidden; for tests and demos): a seeded random checkpoint.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = TRAIN_PY_NOTE)]
+pub struct RandomWeightsArgs {
+    #[command(flatten)]
+    pub flags: ModelFlags,
+    /// Classes of the head.
+    #[arg(long = "num_classes", default_value_t = 1000)]
+    pub num_classes: usize,
+    /// Seed of the weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the safetensors file.
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub output: PathBuf,
+}
+
+/// `clca ops`.
+#[derive(Args, Debug, Clone)]
+pub struct OpsArgs {
+    /// Images per op.
+    #[arg(long, short, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=ops_demo::MAX_BATCH as u64))]
+    pub batch: usize,
+    /// Seed of the random inputs.
+    #[arg(long, short, default_value_t = 0)]
+    pub seed: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        None => run::main(&cli.run),
+        Some(Cmd::Run(a)) => run::main(&a),
+        Some(Cmd::Forward(a)) => forward::main(&a),
+        Some(Cmd::Classify(a)) => classify::main(&a),
+        Some(Cmd::Ops(a)) => return ops_demo::main(a.batch, a.seed),
+        Some(Cmd::RandomWeights(a)) => random_weights::main(&a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            e.report();
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn store_false_flags() {
+        let parse = |extra: &[&str]| {
+            let mut v = vec!["clca", "classify", "--weights", "w", "--image", "i.png"];
+            v.extend_from_slice(extra);
+            match Cli::try_parse_from(v) {
+                Ok(Cli {
+                    cmd: Some(Cmd::Classify(a)),
+                    ..
+                }) => a,
+                other => panic!("{other:?}"),
+            }
+        };
+        let a = parse(&[]);
+        let a = a.flags;
+        assert!(a.clc_include_gap && a.clc_recover_at_last && !a.clc);
+        assert_eq!(a.reduction_loc, vec![3, 6, 9]);
+        let a = parse(&[
+            "--clc_include_gap",
+            "--clc_recover_at_last",
+            "--reduction_loc",
+            "1",
+            "3",
+            "--keep_rate",
+            "0.25",
+        ])
+        .flags;
+        assert!(!a.clc_include_gap && !a.clc_recover_at_last);
+        assert_eq!(a.reduction_loc, vec![1, 3]);
+        assert_eq!(a.keep_rate, vec![0.25]);
+    }
+
+    #[test]
+    fn run_is_the_default() {
+        let c = match Cli::try_parse_from(["clca", "--batch", "2"]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(c.cmd.is_none());
+        assert_eq!(c.run.batch, 2);
+        assert!(Cli::try_parse_from(["clca", "--batch", "0"]).is_err());
+    }
+}

@@ -1,0 +1,342 @@
+//! The `clca` binary end to end: `forward` on a golden case (CPU and host shim) against the
+//! authors' logits, its `--json` line, `classify` on a PNG with a seeded checkpoint, and the
+//! errors (exit code 2, `error:` on stderr, never a panic).
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn clca(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clca"))
+        .args(args)
+        .output()
+        .expect("run the clca binary")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The golden directory ($CLCA_GOLDEN_DIR or ../shared/golden), or None (the test then skips).
+fn golden() -> Option<PathBuf> {
+    let d = std::env::var_os("CLCA_GOLDEN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"));
+    if d.join("A_evit_clc_ifa/config.json").is_file() {
+        Some(d)
+    } else {
+        eprintln!("skipping: golden case A not found (set CLCA_GOLDEN_DIR)");
+        None
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("clca-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d.join(name)
+}
+
+/// A float tensor of a safetensors file as f64.
+fn tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let v = match t.dtype() {
+        safetensors::Dtype::F32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        safetensors::Dtype::I64 => t
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64)
+            .collect(),
+        d => panic!("{name}: dtype {d:?}"),
+    };
+    (t.shape().to_vec(), v)
+}
+
+/// Runs `clca forward` on golden case `case` and checks `logits` within 1e-4·max|ref|.
+fn forward_case(case: &str, extra: &[&str]) {
+    let Some(g) = golden() else { return };
+    let dir = g.join(case);
+    let out = tmp(&format!("{case}-{}.safetensors", extra.join("_")));
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let o = out.to_string_lossy().into_owned();
+    let mut args = vec![
+        "forward".to_string(),
+        "--config".into(),
+        p("config.json"),
+        "--weights".into(),
+        p("weights.safetensors"),
+        "--input".into(),
+        p("input.safetensors"),
+        "--output".into(),
+        o,
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = clca(&args);
+    assert!(
+        r.status.success(),
+        "clca {args:?}: {}\n{}",
+        text(&r.stdout),
+        text(&r.stderr)
+    );
+    let (s, got) = tensor(&out, "logits");
+    let (ws, want) = tensor(&dir.join("output.safetensors"), "logits");
+    assert_eq!(s, ws, "{case}: logits shape");
+    let m = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let d = got
+        .iter()
+        .zip(&want)
+        .fold(0f64, |a, (x, y)| a.max((x - y).abs()));
+    assert!(d <= 1e-4 * m, "{case} {extra:?}: max|Δ| {d:e} > 1e-4·{m}");
+    if extra.contains(&"--trace") {
+        // Selections index for index.
+        for name in ["keep_idx.1", "keep_idx.3"] {
+            assert_eq!(
+                tensor(&out, name).1,
+                tensor(&dir.join("output.safetensors"), name).1,
+                "{case}: {name}"
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&out);
+}
+
+#[test]
+fn forward_cpu_matches_the_authors() {
+    forward_case("A_evit_clc_ifa", &[]);
+    forward_case("A_evit_clc_ifa", &["--trace"]);
+}
+
+#[test]
+fn forward_host_shim_matches_the_authors() {
+    forward_case("A_evit_clc_ifa", &["--device", "shim", "--dtype", "f32"]);
+}
+
+#[test]
+fn forward_json_line() {
+    let Some(g) = golden() else { return };
+    let dir = g.join("A_evit_clc_ifa");
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let out = tmp("json.safetensors").to_string_lossy().into_owned();
+    let r = clca(&[
+        "forward",
+        "--config",
+        &p("config.json"),
+        "--weights",
+        &p("weights.safetensors"),
+        "--input",
+        &p("input.safetensors"),
+        "--output",
+        &out,
+        "--threads",
+        "1",
+        "--warmup",
+        "1",
+        "--runs",
+        "3",
+        "--json",
+    ]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let stdout = text(&r.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one line on stdout: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
+    for k in [
+        "forward_median_s",
+        "forward_min_s",
+        "forward_max_s",
+        "batch",
+        "macs",
+        "device",
+        "dtype",
+        "threads",
+    ] {
+        assert!(v.get(k).is_some(), "key {k} missing in {v}");
+    }
+    let (lo, med, hi) = (
+        v["forward_min_s"].as_f64().expect("min"),
+        v["forward_median_s"].as_f64().expect("median"),
+        v["forward_max_s"].as_f64().expect("max"),
+    );
+    assert!(0.0 < lo && lo <= med && med <= hi, "{v}");
+    assert_eq!(v["batch"], 2);
+    assert_eq!(v["threads"], 1);
+    assert_eq!(v["device"], "cpu");
+    assert_eq!(v["dtype"], "f32");
+    assert!(v["macs"].as_u64().expect("macs") > 0);
+    let _ = std::fs::remove_file(&out);
+}
+
+/// Bad input: exit code 2, `error:` and a hint on stderr, no panic.
+fn assert_bad_input(r: &Output, needle: &str) {
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "stderr: {err}");
+    assert!(err.starts_with("error: "), "stderr: {err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn methods_not_in_this_release_are_refused() {
+    let Some(g) = golden() else { return };
+    let out = tmp("refused.safetensors").to_string_lossy().into_owned();
+    for (case, class) in [
+        ("D_tome_clc_ifa", "ToMe"),
+        ("E_dpcknn_clc_ifa", "DPCKNN"),
+        ("L_sit_clc_ifa", "SiT"),
+        ("M_patchmerger_clc_ifa", "PatchMerger"),
+        ("N_ats_clc_ifa", "ATS"),
+        ("O_dyvit_clc_ifa", "DyViT"),
+    ] {
+        let dir = g.join(case);
+        if !dir.is_dir() {
+            continue;
+        }
+        let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let r = clca(&[
+            "forward",
+            "--config",
+            &p("config.json"),
+            "--weights",
+            &p("weights.safetensors"),
+            "--input",
+            &p("input.safetensors"),
+            "--output",
+            &out,
+        ]);
+        assert_bad_input(&r, class);
+        assert!(text(&r.stderr).contains("hint: "), "{case}");
+    }
+}
+
+#[test]
+fn bad_input_exits_2() {
+    let missing = tmp("missing.json").to_string_lossy().into_owned();
+    let r = clca(&[
+        "forward",
+        "--config",
+        &missing,
+        "--weights",
+        "w",
+        "--input",
+        "i",
+        "--output",
+        "o",
+    ]);
+    assert_bad_input(&r, "cannot read");
+    // Usage errors (clap) use the same code.
+    assert_bad_input(&clca(&["forward", "--device", "gpu"]), "--device");
+    assert_bad_input(&clca(&["--batch", "0"]), "--batch");
+    if let Some(g) = golden() {
+        let dir = g.join("A_evit_clc_ifa");
+        let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let out = tmp("bad.safetensors").to_string_lossy().into_owned();
+        // f16 on the CPU reference.
+        let r = clca(&[
+            "forward",
+            "--config",
+            &p("config.json"),
+            "--weights",
+            &p("weights.safetensors"),
+            "--input",
+            &p("input.safetensors"),
+            "--output",
+            &out,
+            "--dtype",
+            "f16",
+        ]);
+        assert_bad_input(&r, "f32 only");
+        // Weights of another configuration.
+        let plain = g.join("G_vit_plain/config.json");
+        let r = clca(&[
+            "forward",
+            "--config",
+            &plain.to_string_lossy(),
+            "--weights",
+            &p("weights.safetensors"),
+            "--input",
+            &p("input.safetensors"),
+            "--output",
+            &out,
+        ]);
+        assert_bad_input(&r, "pos_embed");
+    }
+}
+
+#[test]
+fn classify_a_png() {
+    let w = tmp("tiny.safetensors").to_string_lossy().into_owned();
+    let model = [
+        "--model",
+        "evit_deit_tiny_patch16_224",
+        "--input-size",
+        "64",
+        "--reduction_loc",
+        "1",
+        "3",
+        "--keep_rate",
+        "0.5",
+        "--clc",
+        "--num_clr",
+        "1",
+        "--ifa_head",
+    ];
+    let mut args = vec!["random-weights", "--num_classes", "7", "--output", &w];
+    args.extend_from_slice(&model);
+    let r = clca(&args);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let png = tmp("leaf.png");
+    let img = image::RgbImage::from_fn(90, 70, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, 77])
+    });
+    img.save(&png).expect("write png");
+    let png = png.to_string_lossy().into_owned();
+    let mut args = vec!["classify", "--weights", &w, "--image", &png, "--topk", "3"];
+    args.extend_from_slice(&model);
+    let r = clca(&args);
+    let out = text(&r.stdout);
+    assert!(r.status.success(), "{out}\n{}", text(&r.stderr));
+    assert!(out.contains("7 classes"), "{out}");
+    let ranks = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .count();
+    assert_eq!(ranks, 3, "{out}");
+    // Without --num_clr the checkpoint does not fit: exit 2 with a hint naming the flag.
+    let mut args = vec!["classify", "--weights", &w, "--image", &png];
+    args.extend_from_slice(&model[..10]); // everything up to --clc: no --num_clr
+    args.push("--ifa_head");
+    let r = clca(&args);
+    assert_bad_input(&r, "--num_clr 1");
+}
+
+#[test]
+fn help_lists_the_authors_flags() {
+    let r = clca(&["classify", "--help"]);
+    assert!(r.status.success());
+    let h = text(&r.stdout);
+    for f in [
+        "--reduction_loc",
+        "--keep_rate",
+        "--clc",
+        "--num_clr",
+        "--ifa_head",
+        "--clc_include_gap",
+        "--clc_recover_at_last",
+        "--clc_pool_cls",
+        "--clc_pool_clr",
+        "--ifa_dws_conv_groups",
+        "--input-size",
+        "store_false",
+    ] {
+        assert!(h.contains(f), "`{f}` missing from classify --help");
+    }
+    let r = clca(&["--help"]);
+    let h = text(&r.stdout);
+    for c in ["run", "forward", "classify", "ops"] {
+        assert!(h.contains(c), "`{c}` missing from --help");
+    }
+}
