@@ -234,21 +234,7 @@ pub fn forward(
                 &mut ws.x2[..b * out_n * d],
             );
             if let Some(t) = trace.as_deref_mut() {
-                t.push_f32(&format!("cls_attn.{i}"), &[b, n - 1], scores);
-                // The authors' trace appends -1 (the fused token's slot) for Top-K too.
-                let mut keep: Vec<i64> = Vec::with_capacity(b * (k + 1));
-                for bi in 0..b {
-                    keep.extend(idx[bi * k..(bi + 1) * k].iter().map(|&v| v as i64));
-                    keep.push(-1);
-                }
-                t.push_i64(&format!("keep_idx.{i}"), &[b, k + 1], keep);
-                if evit {
-                    t.push_i64(
-                        &format!("compl_idx.{i}"),
-                        &[b, n - 1 - k],
-                        compl.iter().map(|&v| v as i64).collect(),
-                    );
-                }
+                t.push_selection(i, b, n, k, scores, &idx, evit.then_some(&compl[..]));
             }
             std::mem::swap(&mut ws.x, &mut ws.x2);
             n = out_n;

@@ -395,22 +395,22 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     dev.launch(&l)?;
                     if let Some(t) = trace.as_deref_mut() {
                         let sc = dev.download(&ws.scores)?;
-                        t.push_f32(&format!("cls_attn.{i}"), &[b, n - 1], &sc[..b * (n - 1)]);
                         let idx = dev.download(&ws.idx)?;
-                        let mut keep = Vec::with_capacity(b * (k + 1));
-                        for bi in 0..b {
-                            keep.extend(idx[bi * k..(bi + 1) * k].iter().map(|&v| v as i64));
-                            keep.push(-1);
-                        }
-                        t.push_i64(&format!("keep_idx.{i}"), &[b, k + 1], keep);
-                        if evit {
-                            let cp = dev.download(&ws.compl)?;
-                            t.push_i64(
-                                &format!("compl_idx.{i}"),
-                                &[b, n - 1 - k],
-                                cp[..b * (n - 1 - k)].iter().map(|&v| v as i64).collect(),
-                            );
-                        }
+                        let cp = if evit {
+                            Some(dev.download(&ws.compl)?)
+                        } else {
+                            None
+                        };
+                        let m = b * (n - 1 - k);
+                        t.push_selection(
+                            i,
+                            b,
+                            n,
+                            k,
+                            &sc[..b * (n - 1)],
+                            &idx[..b * k],
+                            cp.as_ref().map(|c| &c[..m]),
+                        );
                     }
                     std::mem::swap(&mut ws.x, &mut ws.x2);
                     n = mode.out_tokens(k);

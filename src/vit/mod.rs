@@ -74,6 +74,35 @@ impl Trace {
         self.tensors
             .push((name.to_string(), shape.to_vec(), TraceData::I64(v)));
     }
+    /// The selection of reduction block `i`: `cls_attn.i` (scores [b, n−1]), `keep_idx.i`
+    /// ([b, k+1]: the kept indices then −1, the fused token's slot, which the authors' trace
+    /// appends for Top-K too) and, for EViT, `compl_idx.i` ([b, n−1−k]).
+    pub fn push_selection(
+        &mut self,
+        i: usize,
+        b: usize,
+        n: usize,
+        k: usize,
+        scores: &[f32],
+        idx: &[u32],
+        compl: Option<&[u32]>,
+    ) {
+        self.push_f32(&format!("cls_attn.{i}"), &[b, n - 1], scores);
+        let mut keep: Vec<i64> = Vec::with_capacity(b * (k + 1));
+        for bi in 0..b {
+            keep.extend(idx[bi * k..(bi + 1) * k].iter().map(|&v| v as i64));
+            keep.push(-1);
+        }
+        self.push_i64(&format!("keep_idx.{i}"), &[b, k + 1], keep);
+        if let Some(c) = compl {
+            self.push_i64(
+                &format!("compl_idx.{i}"),
+                &[b, n - 1 - k],
+                c.iter().map(|&v| v as i64).collect(),
+            );
+        }
+    }
+
     /// The tensor called `name`.
     pub fn get(&self, name: &str) -> Option<(&[usize], &TraceData)> {
         self.tensors
