@@ -47,6 +47,9 @@ pub enum Error {
     /// An error from the CUDA driver or cuBLAS.
     #[error("CUDA: {0}")]
     Cuda(String),
+    /// Something this release does not implement yet (a reduction method, a model class).
+    #[error("{what} is not supported by this release (supported: {supported})")]
+    Unsupported { what: String, supported: String },
     /// A model configuration that cannot be planned (for example an empty GAP range).
     #[error("plan: {0}")]
     Plan(String),

@@ -57,14 +57,17 @@ pub fn evit_prune<T: Element>(
             let t = 1 + idx[b * k + j] as usize;
             out.extend_from_slice(&x[(b * n + t) * c..][..c]);
         }
-        for ch in 0..c {
-            let mut acc = 0f32;
-            for j in 0..m {
-                let t = compl[b * m + j] as usize;
-                acc += scores[b * (n - 1) + t] * x[(b * n + 1 + t) * c + ch].to_f32();
+        // Token-outer, so every channel still sums in ascending t (the kernel's order) while the
+        // rows are read contiguously.
+        let mut acc = vec![0f32; c];
+        for j in 0..m {
+            let t = compl[b * m + j] as usize;
+            let s = scores[b * (n - 1) + t];
+            for (a, xv) in acc.iter_mut().zip(&x[(b * n + 1 + t) * c..][..c]) {
+                *a += s * xv.to_f32();
             }
-            out.push(T::from_f32(acc));
         }
+        out.extend(acc.iter().map(|&v| T::from_f32(v)));
     }
     Ok(out)
 }

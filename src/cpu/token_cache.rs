@@ -12,12 +12,15 @@ pub fn cache_take<T: Element>(x: &[T], cache: &mut [T], a: &TakeArgs) -> Result<
         let mut s = a.slot;
         if a.gap {
             let cnt = (a.pool.end - a.pool.start) as f32;
-            for ch in 0..d {
-                let mut acc = 0f32;
-                for t in a.pool.clone() {
-                    acc += xb[t * d + ch].to_f32();
+            // Token-outer: each channel still sums in token order, rows read contiguously.
+            let mut acc = vec![0f32; d];
+            for t in a.pool.clone() {
+                for (av, xv) in acc.iter_mut().zip(&xb[t * d..(t + 1) * d]) {
+                    *av += xv.to_f32();
                 }
-                cb[s * d + ch] = T::from_f32(acc / cnt);
+            }
+            for ch in 0..d {
+                cb[s * d + ch] = T::from_f32(acc[ch] / cnt);
             }
             s += 1;
         }

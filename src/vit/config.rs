@@ -113,13 +113,10 @@ impl VitConfig {
             }
         }
         if let Some(p) = PENDING_PREFIXES.iter().find(|p| rest.starts_with(*p)) {
-            return Err(bad(
-                "model",
-                name,
-                format!(
-                    "the `{p}` method is not implemented yet (supported: plain ViT, topk_, evit_)"
-                ),
-            ));
+            return Err(Error::Unsupported {
+                what: format!("the `{p}` reduction method (model `{name}`)"),
+                supported: "plain ViT, topk_, evit_".into(),
+            });
         }
         let (arch, tag) = rest.split_once('.').unwrap_or((rest, ""));
         let family = ["vit_", "deit3_", "deit_"]
@@ -220,11 +217,10 @@ impl VitConfig {
             "models.topk.TopK" => Reduction::TopK,
             "models.vit.ViT" => Reduction::None,
             other => {
-                return Err(bad(
-                    "model_class",
-                    other,
-                    "not implemented yet (supported: ViT, TopK, EViT)",
-                ))
+                return Err(Error::Unsupported {
+                    what: format!("model class `{other}`"),
+                    supported: "models.vit.ViT, models.topk.TopK, models.evit.EViT".into(),
+                })
             }
         };
         let usizes = |x: &serde_json::Value| -> Vec<usize> {

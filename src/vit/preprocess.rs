@@ -166,6 +166,13 @@ pub fn preprocess_rgb8(src: &[u8], w: usize, h: usize, size: usize) -> Result<Ve
 /// Loads a PNG or JPEG, converts it to RGB (alpha dropped, as PIL's `convert('RGB')`), and
 /// preprocesses it: [3, size, size] f32.
 pub fn load_image(path: &Path, input_size: usize) -> Result<Vec<f32>> {
+    if !path.is_file() {
+        return Err(Error::InvalidArgument {
+            arg: "image",
+            value: path.display().to_string(),
+            why: "no such file".into(),
+        });
+    }
     let img = image::open(path).map_err(|e| Error::InvalidArgument {
         arg: "image",
         value: path.display().to_string(),

@@ -67,6 +67,10 @@ impl From<clca::Error> for CliError {
                     .to_string(),
             ),
             E::Io(_) => (BAD_INPUT, "check the path".to_string()),
+            E::Unsupported { .. } => (
+                BAD_INPUT,
+                "ToMe, DPC-KNN, SiT, PatchMerger, ATS and DynamicViT follow in a later release".to_string(),
+            ),
             E::LibraryMissing { .. } => (
                 BAD_INPUT,
                 "no NVIDIA driver here: use --device cpu (or --device shim to run the CUDA sources on the CPU)"

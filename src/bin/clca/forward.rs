@@ -41,7 +41,7 @@ pub fn read_config(p: &Path) -> CliResult<VitConfig> {
     VitConfig::from_golden_json(&v).map_err(|e| {
         let class = v["model"]["model_class"].as_str().unwrap_or("?");
         match &e {
-            clca::Error::InvalidArgument { arg, .. } if *arg == "model_class" => CliError::input(
+            clca::Error::Unsupported { .. } => CliError::input(
                 format!(
                     "{}: `{class}` is a token-reduction method this release does not run",
                     p.display()
