@@ -234,6 +234,8 @@ impl Device for CudaDevice {
         if m == 0 || n == 0 {
             return Ok(());
         }
+        // cuBLAS works on the calling thread's current context.
+        self.ctx.bind_to_thread()?;
         let ty = match dtype {
             crate::DType::F32 => blas_sys::cudaDataType::CUDA_R_32F,
             crate::DType::F16 => blas_sys::cudaDataType::CUDA_R_16F,
