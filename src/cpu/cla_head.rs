@@ -71,6 +71,16 @@ pub fn erf64(x: f64) -> f64 {
 pub fn cla_grouped_gelu<T: Element>(z: &[T], batch: usize, head: &ClaConv) -> Result<Vec<T>> {
     let (d, f, g) = (head.d, head.f, head.g);
     crate::error::check_len("z", z.len(), crate::error::mul("z", &[batch, d, f])?)?;
+    crate::error::check_len(
+        "conv weight",
+        head.weight.len(),
+        crate::error::mul("g*d*f", &[g, d, f])?,
+    )?;
+    crate::error::check_len(
+        "conv bias",
+        head.bias.len(),
+        crate::error::mul("g*d", &[g, d])?,
+    )?;
     let mut u = Vec::with_capacity(batch * g * d);
     for b in 0..batch {
         for o in 0..g * d {
@@ -89,6 +99,9 @@ pub fn cla_grouped_gelu<T: Element>(z: &[T], batch: usize, head: &ClaConv) -> Re
 pub fn cla_linear_ln<T: Element>(z: &[T], batch: usize, head: &ClaLinear) -> Result<Vec<T>> {
     let (d, f) = (head.d, head.f);
     crate::error::check_len("z", z.len(), crate::error::mul("z", &[batch, d, f])?)?;
+    crate::error::check_len("ifa linear weight", head.w.len(), f)?;
+    crate::error::check_len("ifa layernorm weight", head.gamma.len(), d)?;
+    crate::error::check_len("ifa layernorm bias", head.beta.len(), d)?;
     let mut out = Vec::with_capacity(batch * d);
     for b in 0..batch {
         let v: Vec<f32> = (0..d)

@@ -20,7 +20,7 @@ pub fn order_key(v: f32) -> u32 {
 }
 
 /// One row: the k winners (descending key, ties by lower index) and the ascending complement.
-pub fn topk_row<T: Element>(row: &[T], k: usize) -> (Vec<u32>, Vec<u32>) {
+pub(crate) fn topk_row<T: Element>(row: &[T], k: usize) -> (Vec<u32>, Vec<u32>) {
     let mut order: Vec<(u32, u32)> = row
         .iter()
         .enumerate()

@@ -149,6 +149,14 @@ impl ClaHead {
     }
     /// Validates the parameter sizes.
     pub fn check(&self) -> Result<()> {
+        if let ClaBody::Conv(c) = &self.body {
+            error::check_len(
+                "conv weight",
+                c.weight.len(),
+                error::mul("g*d*f", &[c.g, c.d, c.f])?,
+            )?;
+            error::check_len("conv bias", c.bias.len(), error::mul("g*d", &[c.g, c.d])?)?;
+        }
         if let ClaBody::Linear(l) = &self.body {
             error::check_len("ifa linear weight", l.w.len(), l.f)?;
             error::check_len("ifa layernorm weight", l.gamma.len(), l.d)?;

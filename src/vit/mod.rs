@@ -28,6 +28,7 @@ pub struct Vit {
 impl Vit {
     /// Plans `cfg` and checks `weights` against it.
     pub fn new(cfg: VitConfig, weights: TensorMap) -> Result<Self> {
+        cfg.validate()?;
         let plan = cfg.plan()?;
         if matches!(cfg.head, HeadKind::Cla { .. }) && plan.taps == 0 {
             return Err(Error::Plan(
@@ -77,7 +78,7 @@ impl Trace {
     /// The selection of reduction block `i`: `cls_attn.i` (scores [b, n−1]), `keep_idx.i`
     /// ([b, k+1]: the kept indices then −1, the fused token's slot, which the authors' trace
     /// appends for Top-K too) and, for EViT, `compl_idx.i` ([b, n−1−k]).
-    pub fn push_selection(
+    pub(crate) fn push_selection(
         &mut self,
         i: usize,
         b: usize,
