@@ -16,6 +16,10 @@ pub enum Reduction {
     TopK,
     /// Top-K plus one fused token.
     EVit,
+    /// ToMe bipartite merging: r_j = T_{j−1} − T_j tokens merged, T_j = int(P·kr^{j+1})
+    /// (T_{−1} = P), capped at ⌊(n−1)/2⌋ (SPEC §4.3). A multi-value keep-rate list is read as
+    /// the absolute targets T_j, as the authors' tome.py does.
+    ToMe,
 }
 
 /// Cross-layer cache switches (SPEC §2.1). Note the authors' `train.py` defaults:
@@ -45,8 +49,10 @@ impl Default for ClcOptions {
 pub struct BlockPlan {
     /// Tokens entering the block.
     pub len_in: usize,
-    /// Tokens kept by an in-block reduction (k), if the block reduces.
+    /// Tokens kept by an in-block pruning (k), if the block prunes (Top-K, EViT).
     pub keep: Option<usize>,
+    /// Tokens merged away in the block (ToMe's r), if the block merges.
+    pub merge: Option<usize>,
     /// Tokens leaving the block, before recovery.
     pub len_out: usize,
     /// Cached tokens appended after the block.
@@ -135,8 +141,15 @@ pub fn plan(s: &PlanSpec<'_>) -> Result<SeqPlan> {
                 ),
             ));
         }
+        let absolute = s.reduction == Reduction::ToMe && s.keep_rates.len() > 1;
         for &kr in s.keep_rates {
-            crate::ops::check_keep_rate(kr)?;
+            if absolute {
+                if !(kr >= 0.0 && kr.fract() == 0.0 && kr <= s.patches as f64) {
+                    return Err(bad("keep_rate", kr, "a ToMe keep-rate list holds absolute token targets (whole numbers <= the patch count)"));
+                }
+            } else {
+                crate::ops::check_keep_rate(kr)?;
+            }
         }
     }
     let c = s.num_clr;
@@ -187,7 +200,23 @@ pub fn plan(s: &PlanSpec<'_>) -> Result<SeqPlan> {
     for i in 0..s.depth {
         let len_in = n;
         let mut keep = None;
-        if let Some(j) = s.locs.iter().position(|&l| l == i) {
+        let mut merge = None;
+        if let (Some(j), Reduction::ToMe) = (s.locs.iter().position(|&l| l == i), s.reduction) {
+            let target = |j: usize| -> usize {
+                if s.keep_rates.len() > 1 {
+                    s.keep_rates[j] as usize
+                } else {
+                    // Python: int(P * kr ** (j + 1)).
+                    (s.patches as f64 * s.keep_rates[0].powi(j as i32 + 1)) as usize
+                }
+            };
+            let prev = if j == 0 { s.patches } else { target(j - 1) };
+            let r = prev.saturating_sub(target(j)).min((n - 1) / 2);
+            if r > 0 {
+                merge = Some(r);
+                n -= r;
+            }
+        } else if let Some(j) = s.locs.iter().position(|&l| l == i) {
             if s.reduction != Reduction::None {
                 let kr = s.keep_rates[if s.keep_rates.len() == 1 { 0 } else { j }];
                 let k = keep_count(kr, n)?;
@@ -235,6 +264,7 @@ pub fn plan(s: &PlanSpec<'_>) -> Result<SeqPlan> {
         blocks.push(BlockPlan {
             len_in,
             keep,
+            merge,
             len_out,
             recovered,
             len_after: n,

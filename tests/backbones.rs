@@ -130,9 +130,15 @@ fn model_names_map_to_the_spec_table() {
             "{name}"
         );
     }
-    let e = VitConfig::from_model_name("tome_vit_base_patch16_224.orig_in21k", &f)
+    let tome =
+        VitConfig::from_model_name("tome_vit_base_patch16_224.orig_in21k", &f).expect("tome");
+    assert_eq!(tome.reduction, clca::plan::Reduction::ToMe);
+    let e = VitConfig::from_model_name("dpcknn_vit_base_patch16_224.orig_in21k", &f)
         .expect_err("pending method");
-    assert!(e.to_string().contains("tome_"), "{e}");
+    assert!(
+        matches!(e, clca::Error::Unsupported { .. }) && e.to_string().contains("dpcknn_"),
+        "{e}"
+    );
     assert!(VitConfig::from_model_name("resnet50", &f).is_err());
 }
 

@@ -184,7 +184,6 @@ fn methods_not_in_this_release_are_refused() {
     let Some(g) = golden() else { return };
     let out = tmp("refused.safetensors").to_string_lossy().into_owned();
     for (case, class) in [
-        ("D_tome_clc_ifa", "ToMe"),
         ("E_dpcknn_clc_ifa", "DPCKNN"),
         ("L_sit_clc_ifa", "SiT"),
         ("M_patchmerger_clc_ifa", "PatchMerger"),

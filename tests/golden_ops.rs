@@ -15,6 +15,7 @@ fn reduction_of(c: &Case) -> Option<Reduction> {
         "models.evit.EViT" => Some(Reduction::EVit),
         "models.topk.TopK" => Some(Reduction::TopK),
         "models.vit.ViT" => Some(Reduction::None),
+        "models.tome.ToMeViT" => Some(Reduction::ToMe),
         _ => None,
     }
 }

@@ -91,6 +91,9 @@ fn device_case<D: clca::Device>(dev: &D) {
         let Ok(cfg) = VitConfig::from_golden_json(&c.config) else {
             continue;
         };
+        if cfg.reduction == clca::plan::Reduction::ToMe {
+            continue; // the CPU forward only, in this release
+        }
         let model = Vit::load(cfg, &dir.join("weights.safetensors")).expect("model");
         let input = std::fs::read(dir.join("input.safetensors")).expect("input");
         let (shape, images) = common::golden::tensor(&input, "images").expect("images");

@@ -42,6 +42,15 @@ fn spec_2_5_lengths_at_448() {
         [786, 786, 786, 786, 792, 792, 792, 798, 798, 798, 804, 806]
     );
     assert_eq!(outs(&spec(Reduction::None, false, 1.0)), [785; 12]);
+    // ToMe: targets 78, 7, 0 → r = 706, 71, 7, capped at ⌊(n−1)/2⌋ (392 at block 3).
+    assert_eq!(
+        outs(&spec(Reduction::ToMe, true, 0.1)),
+        [786, 786, 786, 394, 400, 400, 329, 335, 335, 328, 334, 336]
+    );
+    assert_eq!(
+        outs(&spec(Reduction::ToMe, false, 0.1)),
+        [785, 785, 785, 393, 393, 393, 322, 322, 322, 315, 315, 315]
+    );
 }
 
 #[test]
@@ -218,4 +227,9 @@ fn macs_reproduce_the_paper() {
     assert!((evit - 25.17).abs() < 0.005, "EViT+CLCA kr 0.1: {evit}");
     let evit7 = g("evit_deit3_base_patch16_224.fb_in1k", flags(0.7, true));
     assert!((evit7 - 50.85).abs() < 0.005, "EViT+CLCA kr 0.7: {evit7}");
+    let tome = g("tome_vit_base_patch16_224.orig_in21k", flags(0.1, true));
+    assert!(
+        (tome - 46.0).abs() < 0.5,
+        "ToMe+CLCA kr 0.1 (SPEC §5: about 46 G): {tome}"
+    );
 }

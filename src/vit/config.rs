@@ -94,11 +94,13 @@ fn bad(arg: &'static str, value: impl ToString, why: impl Into<String>) -> Error
 }
 
 /// The method prefixes of the authors' model names that this release runs.
-pub const METHOD_PREFIXES: &[(&str, Reduction)] =
-    &[("evit_", Reduction::EVit), ("topk_", Reduction::TopK)];
+pub const METHOD_PREFIXES: &[(&str, Reduction)] = &[
+    ("evit_", Reduction::EVit),
+    ("topk_", Reduction::TopK),
+    ("tome_", Reduction::ToMe),
+];
 /// Prefixes of the paper's other methods (not yet implemented here).
-pub const PENDING_PREFIXES: &[&str] =
-    &["tome_", "dpcknn_", "sit_", "patchmerger_", "ats_", "dyvit_"];
+pub const PENDING_PREFIXES: &[&str] = &["dpcknn_", "sit_", "patchmerger_", "ats_", "dyvit_"];
 
 impl VitConfig {
     /// From an authors' model name (`[method_]backbone[.tag]`, e.g.
@@ -115,7 +117,7 @@ impl VitConfig {
         if let Some(p) = PENDING_PREFIXES.iter().find(|p| rest.starts_with(*p)) {
             return Err(Error::Unsupported {
                 what: format!("the `{p}` reduction method (model `{name}`)"),
-                supported: "plain ViT, topk_, evit_".into(),
+                supported: "plain ViT, topk_, evit_, tome_ (CPU)".into(),
             });
         }
         let (arch, tag) = rest.split_once('.').unwrap_or((rest, ""));
@@ -216,12 +218,13 @@ impl VitConfig {
             "models.evit.EViT" => Reduction::EVit,
             "models.topk.TopK" => Reduction::TopK,
             "models.vit.ViT" => Reduction::None,
-            other => {
-                return Err(Error::Unsupported {
-                    what: format!("model class `{other}`"),
-                    supported: "models.vit.ViT, models.topk.TopK, models.evit.EViT".into(),
-                })
-            }
+            "models.tome.ToMeViT" => Reduction::ToMe,
+            other => return Err(Error::Unsupported {
+                what: format!("model class `{other}`"),
+                supported:
+                    "models.vit.ViT, models.topk.TopK, models.evit.EViT, models.tome.ToMeViT (CPU)"
+                        .into(),
+            }),
         };
         let usizes = |x: &serde_json::Value| -> Vec<usize> {
             x.as_array()

@@ -23,6 +23,10 @@ pub struct CpuWorkspace {
     cache: Vec<f32>,
     taps: Vec<f32>,
     slots: Vec<AttnScratch>,
+    /// ToMe: token sizes [batch, L] (and the merge's output), the key metric [batch, L, hd].
+    sizes: Vec<f32>,
+    sizes2: Vec<f32>,
+    metric: Vec<f32>,
 }
 
 struct AttnScratch {
@@ -70,6 +74,9 @@ impl CpuWorkspace {
             scores: vec![0.0; mul("scores", &[batch, l])?],
             cache: vec![0.0; mul("cache", &[batch, m.plan.cache_cap.max(1), d])?],
             taps: vec![0.0; mul("taps", &[batch, d, m.plan.taps.max(1)])?],
+            sizes: vec![1.0; mul("sizes", &[batch, l])?],
+            sizes2: vec![1.0; mul("sizes", &[batch, l])?],
+            metric: vec![0.0; mul("metric", &[batch, l, hd])?],
             slots: (0..nslots)
                 .map(|_| AttnScratch {
                     q: vec![0.0; l * hd],
@@ -163,6 +170,8 @@ pub fn forward(
 
     // 4. Blocks.
     let mut tap = 0;
+    // ToMe: sizes exist from the first merge on (all ones before it).
+    let mut have_sizes = false;
     let f = m.plan.taps.max(1);
     for (i, bp) in m.plan.blocks.iter().enumerate() {
         debug_assert_eq!(n, bp.len_in);
@@ -189,7 +198,7 @@ pub fn forward(
             &mut ws.qkv,
             3 * d,
         );
-        attention(m, ws, n);
+        attention(m, ws, n, have_sizes);
         linear(
             &ws.attn,
             rows,
@@ -207,6 +216,31 @@ pub fn forward(
             d,
         );
 
+        if let Some(r) = bp.merge {
+            if !have_sizes {
+                ws.sizes[..b * n].iter_mut().for_each(|v| *v = 1.0);
+            }
+            tome_metric(ws, n, c.num_heads, d);
+            let hd = d / c.num_heads;
+            let out_n = n - r;
+            for bi in 0..b {
+                tome_merge(
+                    &ws.x[bi * n * d..(bi + 1) * n * d],
+                    &ws.sizes[bi * n..(bi + 1) * n],
+                    &ws.metric[bi * n * hd..(bi + 1) * n * hd],
+                    n,
+                    d,
+                    hd,
+                    r,
+                    &mut ws.x2[bi * out_n * d..(bi + 1) * out_n * d],
+                    &mut ws.sizes2[bi * out_n..(bi + 1) * out_n],
+                );
+            }
+            std::mem::swap(&mut ws.x, &mut ws.x2);
+            std::mem::swap(&mut ws.sizes, &mut ws.sizes2);
+            have_sizes = true;
+            n = out_n;
+        }
         if let Some(k) = bp.keep {
             // Scores: mean over heads of the cls-query probabilities, keys 1..n-1.
             let hh = c.num_heads;
@@ -281,6 +315,9 @@ pub fn forward(
         );
         if let Some(t) = trace.as_deref_mut() {
             t.push_f32(&format!("block_out.{i}"), &[b, n, d], &ws.x[..rows * d]);
+            if have_sizes {
+                t.push_f32(&format!("token_size.{i}"), &[b, n, 1], &ws.sizes[..b * n]);
+            }
         }
 
         // Cache: recover, then take carriers (SPEC §2.3 steps 3-4).
@@ -295,6 +332,17 @@ pub fn forward(
                     .copy_from_slice(&ws.cache[bi * cap * d..(bi * cap + r) * d]);
             }
             std::mem::swap(&mut ws.x, &mut ws.x2);
+            if have_sizes {
+                // Recovered tokens get size 1 (SPEC §2.3 step 3).
+                for bi in (0..b).rev() {
+                    ws.sizes2[bi * nn..bi * nn + n]
+                        .copy_from_slice(&ws.sizes[bi * n..(bi + 1) * n]);
+                    ws.sizes2[bi * nn + n..(bi + 1) * nn]
+                        .iter_mut()
+                        .for_each(|v| *v = 1.0);
+                }
+                std::mem::swap(&mut ws.sizes, &mut ws.sizes2);
+            }
             n = nn;
         }
         debug_assert_eq!(n, bp.len_after);
@@ -417,7 +465,9 @@ fn prune_into(
 
 /// Multi-head attention over ws.qkv [b·n, 3D] into ws.attn [b·n, D]; keeps every head's
 /// cls-query probabilities in ws.cls_probs [b, H, n]. (q·scale)·kᵀ, softmax, ·v, per (b, h).
-fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize) {
+/// With `sizes` (ToMe's proportional attention), log(size of key t) is added to every logit
+/// after the scaled product and before the softmax (SPEC §4.3).
+fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool) {
     let c = &m.cfg;
     let (b, hh, d) = (ws.batch, c.num_heads, c.embed_dim);
     let hd = d / hh;
@@ -426,6 +476,7 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize) {
     let nslots = ws.slots.len();
     let per = pairs.div_ceil(nslots);
     let qkv = &ws.qkv;
+    let log_sizes: Option<&[f32]> = sizes.then_some(&ws.sizes[..b * n]);
     let attn = SendPtr(ws.attn.as_mut_ptr());
     let probs = SendPtr(ws.cls_probs.as_mut_ptr());
     ws.slots
@@ -466,6 +517,14 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize) {
                         false,
                         gemm::Parallelism::None,
                     );
+                }
+                if let Some(sz) = log_sizes {
+                    let sb = &sz[bi * n..(bi + 1) * n];
+                    for row in a.chunks_exact_mut(n) {
+                        for (v, s) in row.iter_mut().zip(sb) {
+                            *v += s.ln();
+                        }
+                    }
                 }
                 for row in a.chunks_exact_mut(n) {
                     softmax(row);
@@ -515,3 +574,90 @@ impl Vit {
 
 #[allow(dead_code)]
 fn _assert_weights_send(_: &VitWeights) {}
+
+/// ToMe's metric: the keys averaged over heads (before any scaling), [b, n, hd] from qkv.
+fn tome_metric(ws: &mut CpuWorkspace, n: usize, hh: usize, d: usize) {
+    let hd = d / hh;
+    let rows = ws.batch * n;
+    for t in 0..rows {
+        let k = &ws.qkv[t * 3 * d + d..t * 3 * d + 2 * d];
+        let m = &mut ws.metric[t * hd..(t + 1) * hd];
+        for j in 0..hd {
+            let mut acc = 0f32;
+            for h in 0..hh {
+                acc += k[h * hd + j];
+            }
+            m[j] = acc / hh as f32;
+        }
+    }
+}
+
+/// ToMe bipartite soft matching of one sample (SPEC §4.3): r of the even-position tokens
+/// (cls protected) merge into their most similar odd-position token, size-weighted.
+/// Output: [unmerged even tokens (ascending), all odd tokens], divided by the new sizes.
+/// Ties in the ordering by best score are broken by lower index (torch's argsort is unstable).
+#[allow(clippy::too_many_arguments)]
+fn tome_merge(
+    x: &[f32],
+    size: &[f32],
+    metric: &[f32],
+    n: usize,
+    d: usize,
+    hd: usize,
+    r: usize,
+    out: &mut [f32],
+    out_size: &mut [f32],
+) {
+    let na = n.div_ceil(2);
+    let nb = n / 2;
+    let unit: Vec<f32> = metric
+        .chunks_exact(hd)
+        .flat_map(|row| {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            row.iter().map(move |v| v / norm)
+        })
+        .collect();
+    let mut node_max = vec![f32::NEG_INFINITY; na];
+    let mut node_idx = vec![0usize; na];
+    for i in 1..na {
+        let a = &unit[2 * i * hd..(2 * i + 1) * hd];
+        for j in 0..nb {
+            let bj = &unit[(2 * j + 1) * hd..(2 * j + 2) * hd];
+            let s: f32 = a.iter().zip(bj).map(|(p, q)| p * q).sum();
+            if s > node_max[i] {
+                node_max[i] = s;
+                node_idx[i] = j;
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..na).collect();
+    order.sort_by(|&p, &q| node_max[q].total_cmp(&node_max[p]).then(p.cmp(&q)));
+    let (src, unm) = order.split_at(r);
+    let mut unm = unm.to_vec();
+    unm.sort_unstable();
+    // Size-weighted sums: dst rows start from the odd tokens, sources are added in edge order.
+    let nu = unm.len();
+    for (o, &u) in unm.iter().enumerate() {
+        for c in 0..d {
+            out[o * d + c] = x[2 * u * d + c] * size[2 * u];
+        }
+        out_size[o] = size[2 * u];
+    }
+    for j in 0..nb {
+        let t = 2 * j + 1;
+        for c in 0..d {
+            out[(nu + j) * d + c] = x[t * d + c] * size[t];
+        }
+        out_size[nu + j] = size[t];
+    }
+    for &i in src {
+        let j = node_idx[i];
+        for c in 0..d {
+            out[(nu + j) * d + c] += x[2 * i * d + c] * size[2 * i];
+        }
+        out_size[nu + j] += size[2 * i];
+    }
+    for (row, s) in out.chunks_exact_mut(d).zip(out_size.iter()) {
+        row.iter_mut().for_each(|v| *v /= s);
+    }
+}

@@ -111,6 +111,12 @@ fn ew_grid(total: usize) -> Result<[u32; 3]> {
 impl<D: Device, T: Element> DeviceVit<D, T> {
     /// Uploads the weights (GEMM weights in `T`, the rest in f32).
     pub fn new(dev: &D, model: &Vit) -> Result<Self> {
+        if model.cfg.reduction == Reduction::ToMe {
+            return Err(Error::Unsupported {
+                what: "ToMe on the device forward".into(),
+                supported: "ToMe on the CPU forward; plain ViT, Top-K and EViT on devices".into(),
+            });
+        }
         let w = &model.weights;
         let up32 = |v: &[f32]| dev.upload(v);
         let upt = |v: &[f32]| dev.upload(&cvt::<T>(v));

@@ -15,6 +15,7 @@ pub fn method_name(r: clca::plan::Reduction) -> &'static str {
         clca::plan::Reduction::None => "no reduction",
         clca::plan::Reduction::TopK => "Top-K",
         clca::plan::Reduction::EVit => "EViT",
+        clca::plan::Reduction::ToMe => "ToMe",
     }
 }
 
