@@ -80,31 +80,10 @@ pub unsafe fn gemm_nt_kernel<D: Device + ?Sized>(
     n: usize,
     y: u64,
 ) -> Result<()> {
-    use crate::error::to_u32;
-    use crate::kernels::Arg;
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let l = Launch::new(
-        "cla_head",
-        "linear",
-        dtype,
-        [
-            to_u32("n", n.div_ceil(16))?,
-            to_u32("m", m.div_ceil(16))?,
-            1,
-        ],
-        [16, 16, 1],
-        vec![
-            Arg::Ptr(x),
-            Arg::U32(to_u32("m", m)?),
-            Arg::U32(to_u32("k", k)?),
-            Arg::Ptr(w),
-            Arg::Ptr(0),
-            Arg::U32(to_u32("n", n)?),
-            Arg::Ptr(y),
-        ],
-    )?;
+    let l = crate::ops::cla_head::linear_launch(dtype, x, m, k, w, 0, n, y)?;
     // SAFETY: forwarded from the caller's contract.
     unsafe { dev.launch(&l) }
 }

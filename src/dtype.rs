@@ -85,3 +85,8 @@ impl Element for bf16 {
         bf16::from_f32(v)
     }
 }
+
+/// Converts f32 values to any element type (round to nearest even).
+pub fn from_f32_slice<T: Element>(v: &[f32]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f32(x)).collect()
+}

@@ -84,6 +84,15 @@ pub(crate) fn check_len(arg: &'static str, got: usize, expected: usize) -> Resul
     }
 }
 
+/// `Error::InvalidArgument`.
+pub(crate) fn invalid(arg: &'static str, value: impl ToString, why: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        arg,
+        value: value.to_string(),
+        why: why.into(),
+    }
+}
+
 /// Checked product of sizes.
 pub(crate) fn mul(what: &'static str, dims: &[usize]) -> Result<usize> {
     dims.iter()

@@ -96,13 +96,7 @@ pub struct PlanSpec<'a> {
     pub clc: Option<ClcOptions>,
 }
 
-fn bad(arg: &'static str, value: impl ToString, why: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        arg,
-        value: value.to_string(),
-        why: why.into(),
-    }
-}
+use crate::error::invalid as bad;
 
 /// Plans a forward (SPEC §2.3's loop, with the lengths of §2.5).
 pub fn plan(s: &PlanSpec<'_>) -> Result<SeqPlan> {
@@ -201,23 +195,25 @@ pub fn plan(s: &PlanSpec<'_>) -> Result<SeqPlan> {
         let len_in = n;
         let mut keep = None;
         let mut merge = None;
-        if let (Some(j), Reduction::ToMe) = (s.locs.iter().position(|&l| l == i), s.reduction) {
-            let target = |j: usize| -> usize {
-                if s.keep_rates.len() > 1 {
-                    s.keep_rates[j] as usize
-                } else {
-                    // Python: int(P * kr ** (j + 1)).
-                    (s.patches as f64 * s.keep_rates[0].powi(j as i32 + 1)) as usize
+        match (s.locs.iter().position(|&l| l == i), s.reduction) {
+            (None, _) | (_, Reduction::None) => {}
+            (Some(j), Reduction::ToMe) => {
+                let target = |j: usize| -> usize {
+                    if s.keep_rates.len() > 1 {
+                        s.keep_rates[j] as usize
+                    } else {
+                        // Python: int(P * kr ** (j + 1)).
+                        (s.patches as f64 * s.keep_rates[0].powi(j as i32 + 1)) as usize
+                    }
+                };
+                let prev = if j == 0 { s.patches } else { target(j - 1) };
+                let r = prev.saturating_sub(target(j)).min((n - 1) / 2);
+                if r > 0 {
+                    merge = Some(r);
+                    n -= r;
                 }
-            };
-            let prev = if j == 0 { s.patches } else { target(j - 1) };
-            let r = prev.saturating_sub(target(j)).min((n - 1) / 2);
-            if r > 0 {
-                merge = Some(r);
-                n -= r;
             }
-        } else if let Some(j) = s.locs.iter().position(|&l| l == i) {
-            if s.reduction != Reduction::None {
+            (Some(j), Reduction::TopK | Reduction::EVit) => {
                 let kr = s.keep_rates[if s.keep_rates.len() == 1 { 0 } else { j }];
                 let k = keep_count(kr, n)?;
                 // k == n-1 keeps everything: no pruning and no fused token (SPEC §4.2 item 6).

@@ -3,7 +3,6 @@
 //! Not a bench target itself (cargo only auto-discovers `benches/*.rs` and `benches/*/main.rs`).
 #![allow(dead_code)]
 
-use clca::Element;
 use criterion::Criterion;
 use std::time::Duration;
 
@@ -54,19 +53,15 @@ pub fn shapes() -> Vec<(usize, Layer, String)> {
     v
 }
 
-/// SplitMix64: tiny, seeded, deterministic.
-pub struct Rng(u64);
+/// The library's seeded generator, with the benches' helpers on top.
+pub struct Rng(clca::vit::random::Rng);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(clca::vit::random::Rng::new(seed, 0))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f32 {
@@ -115,9 +110,8 @@ pub fn cls_probs(rng: &mut Rng, batch: usize, heads: usize, n: usize) -> Vec<f32
     p
 }
 
-pub fn cvt<T: Element>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f32(x)).collect()
-}
+#[allow(unused_imports)] // not every bench target converts
+pub use clca::dtype::from_f32_slice as cvt;
 
 /// 1/sqrt(head_dim), the attention scale.
 pub fn scale() -> f32 {

@@ -2,69 +2,11 @@
 use crate::ops::cla_head::{ClaConv, ClaLinear};
 use crate::{Element, Result};
 
-fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
-}
+use crate::cpu::dense::gelu;
 
-/// erf in f32 via f64 (std has no erf); correctly rounded for all practical purposes.
-pub fn erf(x: f32) -> f32 {
-    erf64(x as f64) as f32
-}
-
-/// erf(x) in f64: Maclaurin series below 2.5 (relative error ~1e-14 after cancellation), the
-/// erfc continued fraction above (Abramowitz-Stegun 7.1.26 is too coarse for an oracle).
+/// erf(x) in f64 (libm's port of the FreeBSD erf, < 1 ulp): the oracle tests compare with.
 pub fn erf64(x: f64) -> f64 {
-    let ax = x.abs();
-    let r = if ax < 2.5 {
-        // Maclaurin series: erf x = 2/sqrt(pi) * sum (-1)^n x^(2n+1) / (n! (2n+1))
-        let mut sum = 0.0;
-        let mut term = ax;
-        let x2 = ax * ax;
-        let mut n = 0.0;
-        loop {
-            let t = term / (2.0 * n + 1.0);
-            sum += t;
-            if t.abs() < 1e-17 * sum.abs() {
-                break;
-            }
-            n += 1.0;
-            term *= -x2 / n;
-        }
-        sum * std::f64::consts::FRAC_2_SQRT_PI
-    } else if ax < 6.0 {
-        // Continued fraction for erfc (Lentz), converges fast for x >= 2.5.
-        let x2 = ax * ax;
-        let mut f = ax;
-        let tiny = 1e-300;
-        let mut c = f;
-        let mut d = 0.0;
-        for i in 1..200 {
-            let a = i as f64 / 2.0;
-            d = ax + a * d;
-            if d.abs() < tiny {
-                d = tiny;
-            }
-            d = 1.0 / d;
-            c = ax + a / c;
-            if c.abs() < tiny {
-                c = tiny;
-            }
-            let delta = c * d;
-            f *= delta;
-            if (delta - 1.0).abs() < 1e-16 {
-                break;
-            }
-        }
-        let erfc = (-x2).exp() / (f * std::f64::consts::PI.sqrt());
-        1.0 - erfc
-    } else {
-        1.0
-    };
-    if x < 0.0 {
-        -r
-    } else {
-        r
-    }
+    libm::erf(x)
 }
 
 /// u[b, o] = GELU(bias[o] + Σ_l w[o, l]·z[b, o/g, l]) → [batch, g·d].

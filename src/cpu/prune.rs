@@ -13,14 +13,8 @@ pub fn topk_prune<T: Element>(
 ) -> Result<Vec<T>> {
     check_topk_prune(x.len(), idx.len(), batch, n, c, k)?;
     crate::ops::prune::check_indices("idx", idx, n - 1)?;
-    let mut out = Vec::with_capacity(batch * (1 + k) * c);
-    for b in 0..batch {
-        out.extend_from_slice(&x[b * n * c..][..c]);
-        for j in 0..k {
-            let t = 1 + idx[b * k + j] as usize;
-            out.extend_from_slice(&x[(b * n + t) * c..][..c]);
-        }
-    }
+    let mut out = vec![T::from_f32(0.0); batch * (1 + k) * c];
+    prune_into(x, batch, n, c, idx, k, None, &mut out);
     Ok(out)
 }
 
@@ -49,25 +43,49 @@ pub fn evit_prune<T: Element>(
     )?;
     crate::ops::prune::check_indices("idx", idx, n - 1)?;
     crate::ops::prune::check_indices("compl", compl, n - 1)?;
-    let m = n - 1 - k;
-    let mut out = Vec::with_capacity(batch * (2 + k) * c);
-    for b in 0..batch {
-        out.extend_from_slice(&x[b * n * c..][..c]);
+    let mut out = vec![T::from_f32(0.0); batch * (2 + k) * c];
+    prune_into(x, batch, n, c, idx, k, Some((compl, scores)), &mut out);
+    Ok(out)
+}
+
+/// [cls, kept (, fused)] per sample from compact x [b, n, c] into compact `out`; `fuse` =
+/// (compl, scores) for EViT. Shapes and indices are the caller's to check.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn prune_into<T: Element>(
+    x: &[T],
+    b: usize,
+    n: usize,
+    c: usize,
+    idx: &[u32],
+    k: usize,
+    fuse: Option<(&[u32], &[f32])>,
+    out: &mut [T],
+) {
+    let on = if fuse.is_some() { k + 2 } else { k + 1 };
+    let mut acc = vec![0f32; if fuse.is_some() { c } else { 0 }];
+    for bi in 0..b {
+        let xs = &x[bi * n * c..(bi + 1) * n * c];
+        let os = &mut out[bi * on * c..(bi + 1) * on * c];
+        os[..c].copy_from_slice(&xs[..c]);
         for j in 0..k {
-            let t = 1 + idx[b * k + j] as usize;
-            out.extend_from_slice(&x[(b * n + t) * c..][..c]);
+            let t = 1 + idx[bi * k + j] as usize;
+            os[(1 + j) * c..(2 + j) * c].copy_from_slice(&xs[t * c..(t + 1) * c]);
         }
-        // Token-outer, so every channel still sums in ascending t (the kernel's order) while the
-        // rows are read contiguously.
-        let mut acc = vec![0f32; c];
-        for j in 0..m {
-            let t = compl[b * m + j] as usize;
-            let s = scores[b * (n - 1) + t];
-            for (a, xv) in acc.iter_mut().zip(&x[(b * n + 1 + t) * c..][..c]) {
-                *a += s * xv.to_f32();
+        if let Some((compl, scores)) = fuse {
+            // Token-outer, so every channel still sums in ascending t (the kernel's order)
+            // while the rows are read contiguously.
+            let m = n - 1 - k;
+            acc.iter_mut().for_each(|v| *v = 0.0);
+            for j in 0..m {
+                let t = compl[bi * m + j] as usize;
+                let s = scores[bi * (n - 1) + t];
+                for (a, xv) in acc.iter_mut().zip(&xs[(t + 1) * c..(t + 2) * c]) {
+                    *a += s * xv.to_f32();
+                }
+            }
+            for (o, a) in os[(1 + k) * c..].iter_mut().zip(&acc) {
+                *o = T::from_f32(*a);
             }
         }
-        out.extend(acc.iter().map(|&v| T::from_f32(v)));
     }
-    Ok(out)
 }

@@ -219,10 +219,35 @@ pub fn linear<D: Device, T: Element>(
     if m == 0 || n_out == 0 {
         return Ok(());
     }
-    let l = Launch::new(
+    let l = linear_launch(
+        T::DTYPE,
+        x.addr(),
+        m,
+        k,
+        w.addr(),
+        bias.map(|b| b.addr()).unwrap_or(0),
+        n_out,
+        y.addr_mut(),
+    )?;
+    // SAFETY: x [m,k], w [n_out,k], bias [n_out] (or null), y [m,n_out] checked above.
+    unsafe { dev.launch(&l) }
+}
+
+/// The launch of `linear_{dtype}` (bias 0 = none): 16×16 tiles over (n_out, m).
+pub(crate) fn linear_launch(
+    dtype: crate::DType,
+    x: u64,
+    m: usize,
+    k: usize,
+    w: u64,
+    bias: u64,
+    n_out: usize,
+    y: u64,
+) -> Result<Launch> {
+    Launch::new(
         "cla_head",
         "linear",
-        T::DTYPE,
+        dtype,
         [
             error::to_u32("n_out", n_out.div_ceil(16))?,
             error::to_u32("m", m.div_ceil(16))?,
@@ -230,17 +255,15 @@ pub fn linear<D: Device, T: Element>(
         ],
         [16, 16, 1],
         vec![
-            Arg::Ptr(x.addr()),
-            Arg::U32(m as u32),
-            Arg::U32(k as u32),
-            Arg::Ptr(w.addr()),
-            Arg::Ptr(bias.map(|b| b.addr()).unwrap_or(0)),
-            Arg::U32(n_out as u32),
-            Arg::Ptr(y.addr_mut()),
+            Arg::Ptr(x),
+            Arg::U32(error::to_u32("m", m)?),
+            Arg::U32(error::to_u32("k", k)?),
+            Arg::Ptr(w),
+            Arg::Ptr(bias),
+            Arg::U32(error::to_u32("n_out", n_out)?),
+            Arg::Ptr(y),
         ],
-    )?;
-    // SAFETY: x [m,k], w [n_out,k], bias [n_out] (or null), y [m,n_out] checked above.
-    unsafe { dev.launch(&l) }
+    )
 }
 
 /// A [`ClaHead`] uploaded to a device.
@@ -272,7 +295,7 @@ impl<D: Device, T: Element> DeviceClaHead<D, T> {
                 dev.upload(&l.beta)?,
             ),
         };
-        let cvt = |v: &[f32]| v.iter().map(|&x| T::from_f32(x)).collect::<Vec<T>>();
+        let cvt = crate::dtype::from_f32_slice::<T>;
         Ok(DeviceClaHead {
             w1,
             b1,

@@ -85,13 +85,7 @@ impl Default for TrainFlags {
     }
 }
 
-fn bad(arg: &'static str, value: impl ToString, why: impl Into<String>) -> Error {
-    Error::InvalidArgument {
-        arg,
-        value: value.to_string(),
-        why: why.into(),
-    }
-}
+use crate::error::invalid as bad;
 
 /// The method prefixes of the authors' model names that this release runs.
 pub const METHOD_PREFIXES: &[(&str, Reduction)] = &[

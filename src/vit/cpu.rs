@@ -1,7 +1,7 @@
 //! The CPU forward (f32): patch embed → blocks (reduce inside, per the plan) → cache → CLS taps
 //! → CLA head or final norm + head, in the order of SPEC §1.2 and §2.3. Every activation
 //! buffer is sized from the plan once per (model, batch) in [`CpuWorkspace`].
-use super::weights::{HeadWeights, VitWeights};
+use super::weights::HeadWeights;
 use super::{Trace, Vit};
 use crate::cpu::dense::{gelu, layer_norm, linear, softmax};
 use crate::plan::Reduction;
@@ -257,7 +257,7 @@ pub fn forward(
             let (idx, compl) = crate::cpu::topk::topk_select(scores, b, n - 1, k)?;
             let evit = c.reduction == Reduction::EVit;
             let out_n = if evit { k + 2 } else { k + 1 };
-            prune_into(
+            crate::cpu::prune::prune_into(
                 &ws.x[..rows * d],
                 b,
                 n,
@@ -325,12 +325,19 @@ pub fn forward(
             let r = bp.recovered;
             let cap = m.plan.cache_cap.max(1);
             let nn = n + r;
-            for bi in 0..b {
-                ws.x2[bi * nn * d..(bi * nn + n) * d]
-                    .copy_from_slice(&ws.x[bi * n * d..(bi + 1) * n * d]);
-                ws.x2[(bi * nn + n) * d..(bi + 1) * nn * d]
-                    .copy_from_slice(&ws.cache[bi * cap * d..(bi * cap + r) * d]);
-            }
+            let copy = crate::cpu::token_cache::tokens_copy;
+            copy(
+                &ws.x[..b * n * d],
+                n,
+                0,
+                &mut ws.x2[..b * nn * d],
+                nn,
+                0,
+                b,
+                n,
+                d,
+            )?;
+            copy(&ws.cache, cap, 0, &mut ws.x2[..b * nn * d], nn, n, b, r, d)?;
             std::mem::swap(&mut ws.x, &mut ws.x2);
             if have_sizes {
                 // Recovered tokens get size 1 (SPEC §2.3 step 3).
@@ -424,42 +431,6 @@ fn residual(x: &mut [f32], y: &[f32], ls: Option<&[f32]>, d: usize) {
                 }
             }),
         None => x.iter_mut().zip(y).for_each(|(a, v)| *a += v),
-    }
-}
-
-/// [cls, kept (, fused)] per sample from compact x [b, n, d] into compact out.
-#[allow(clippy::too_many_arguments)]
-fn prune_into(
-    x: &[f32],
-    b: usize,
-    n: usize,
-    d: usize,
-    idx: &[u32],
-    k: usize,
-    fuse: Option<(&[u32], &[f32])>,
-    out: &mut [f32],
-) {
-    let on = if fuse.is_some() { k + 2 } else { k + 1 };
-    for bi in 0..b {
-        let xs = &x[bi * n * d..(bi + 1) * n * d];
-        let os = &mut out[bi * on * d..(bi + 1) * on * d];
-        os[..d].copy_from_slice(&xs[..d]);
-        for j in 0..k {
-            let t = 1 + idx[bi * k + j] as usize;
-            os[(1 + j) * d..(2 + j) * d].copy_from_slice(&xs[t * d..(t + 1) * d]);
-        }
-        if let Some((compl, scores)) = fuse {
-            let m = n - 1 - k;
-            let fused = &mut os[(1 + k) * d..(2 + k) * d];
-            fused.iter_mut().for_each(|v| *v = 0.0);
-            for j in 0..m {
-                let t = compl[bi * m + j] as usize;
-                let s = scores[bi * (n - 1) + t];
-                for (fv, xv) in fused.iter_mut().zip(&xs[(t + 1) * d..(t + 2) * d]) {
-                    *fv += s * xv;
-                }
-            }
-        }
     }
 }
 
@@ -571,9 +542,6 @@ impl Vit {
         forward(self, &mut ws, images, trace)
     }
 }
-
-#[allow(dead_code)]
-fn _assert_weights_send(_: &VitWeights) {}
 
 /// ToMe's metric: the keys averaged over heads (before any scaling), [b, n, hd] from qkv.
 fn tome_metric(ws: &mut CpuWorkspace, n: usize, hh: usize, d: usize) {

@@ -74,9 +74,7 @@ pub struct DeviceWorkspace<D: Device, T: Element> {
     pub logits: D::Buf<T>,
 }
 
-fn cvt<T: Element>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f32(x)).collect()
-}
+use crate::dtype::from_f32_slice as cvt;
 
 /// Launches `module::op_{dtype}`.
 ///

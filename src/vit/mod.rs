@@ -113,32 +113,37 @@ impl Trace {
     }
     /// Writes every tensor to a safetensors file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let bytes: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = self
-            .tensors
-            .iter()
-            .map(|(n, s, d)| match d {
+        write_safetensors(
+            path,
+            self.tensors.iter().map(|(n, s, d)| match d {
                 TraceData::F32(v) => (
-                    n.clone(),
-                    s.clone(),
+                    n.as_str(),
+                    s.as_slice(),
                     safetensors::Dtype::F32,
-                    bytemuck::cast_slice(v).to_vec(),
+                    bytemuck::cast_slice(v),
                 ),
                 TraceData::I64(v) => (
-                    n.clone(),
-                    s.clone(),
+                    n.as_str(),
+                    s.as_slice(),
                     safetensors::Dtype::I64,
-                    bytemuck::cast_slice(v).to_vec(),
+                    bytemuck::cast_slice(v),
                 ),
-            })
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-            .iter()
-            .map(|(n, s, dt, b)| {
-                safetensors::tensor::TensorView::new(*dt, s.clone(), b).map(|v| (n.clone(), v))
-            })
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Weights(format!("trace: {e}")))?;
-        safetensors::serialize_to_file(views, &None, path)
-            .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))
+            }),
+        )
     }
+}
+
+/// Writes named tensors (little-endian bytes, borrowed, not copied) to a safetensors file.
+pub(crate) fn write_safetensors<'a>(
+    path: &Path,
+    tensors: impl Iterator<Item = (&'a str, &'a [usize], safetensors::Dtype, &'a [u8])>,
+) -> Result<()> {
+    let views: Vec<(String, safetensors::tensor::TensorView<'a>)> = tensors
+        .map(|(n, s, dt, b)| {
+            safetensors::tensor::TensorView::new(dt, s.to_vec(), b).map(|v| (n.to_string(), v))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Weights(format!("trace: {e}")))?;
+    safetensors::serialize_to_file(views, &None, path)
+        .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))
 }

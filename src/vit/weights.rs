@@ -66,14 +66,17 @@ impl TensorMap {
 
     /// Writes every tensor (f32) to a safetensors file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let t = super::Trace {
-            tensors: self
-                .tensors
-                .iter()
-                .map(|(n, (s, v))| (n.clone(), s.clone(), super::TraceData::F32(v.clone())))
-                .collect(),
-        };
-        t.save(path)
+        super::write_safetensors(
+            path,
+            self.tensors.iter().map(|(n, (s, v))| {
+                (
+                    n.as_str(),
+                    s.as_slice(),
+                    safetensors::Dtype::F32,
+                    bytemuck::cast_slice(v),
+                )
+            }),
+        )
     }
 
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {

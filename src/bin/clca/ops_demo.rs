@@ -68,21 +68,15 @@ pub fn main(batch: usize, seed: u64) -> ExitCode {
 // ---------------------------------------------------------------------------------------------
 // PRNG, formatting
 
-/// SplitMix64: tiny, seeded, deterministic.
-struct Rng(u64);
+/// The library's seeded generator, with the demo's helpers on top.
+struct Rng(clca::vit::random::Rng);
 
 impl Rng {
     fn new(seed: u64, stream: u64) -> Self {
-        let mut r = Rng(seed ^ stream.wrapping_mul(0xd1b5_4a32_d192_ed03));
-        r.next_u64();
-        r
+        Rng(clca::vit::random::Rng::new(seed, stream))
     }
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in [0, 1).
     fn unit(&mut self) -> f32 {
@@ -112,9 +106,7 @@ impl Rng {
     }
 }
 
-fn cvt<T: Element>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f32(x)).collect()
-}
+use clca::dtype::from_f32_slice as cvt;
 
 fn max_abs_diff<T: Element>(a: &[T], b: &[T]) -> f32 {
     if a.len() != b.len() {
