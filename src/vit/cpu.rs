@@ -353,18 +353,7 @@ pub fn forward(
             n = nn;
         }
         debug_assert_eq!(n, bp.len_after);
-        if let (Some((pool, slot)), Some(o)) = (&bp.carriers, &c.clc) {
-            let a = crate::ops::token_cache::TakeArgs {
-                batch: b,
-                x_cap: n,
-                n,
-                d,
-                pool: pool.clone(),
-                gap: o.include_gap,
-                num_clr: c.num_clr,
-                cache_cap: m.plan.cache_cap.max(1),
-                slot: *slot,
-            };
+        if let Some(a) = m.carrier_args(bp, b, n) {
             crate::cpu::token_cache::cache_take(&ws.x[..b * n * d], &mut ws.cache, &a)?;
         }
         if bp.cls_tap {

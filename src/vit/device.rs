@@ -488,18 +488,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     std::mem::swap(&mut ws.x, &mut ws.x2);
                     n = nn;
                 }
-                if let (Some((pool, slot)), Some(o)) = (&bp.carriers, &c.clc) {
-                    let a = crate::ops::token_cache::TakeArgs {
-                        batch: b,
-                        x_cap: n,
-                        n,
-                        d,
-                        pool: pool.clone(),
-                        gap: o.include_gap,
-                        num_clr: c.num_clr,
-                        cache_cap: cap,
-                        slot: *slot,
-                    };
+                if let Some(a) = m.carrier_args(bp, b, n) {
                     dev.launch(&crate::ops::token_cache::take_launch(
                         DType::F32,
                         ws.x.addr(),

@@ -39,6 +39,28 @@ impl Vit {
         Ok(Vit { cfg, plan, weights })
     }
 
+    /// The cache-take arguments of the carriers taken after block `bp`, when it takes any
+    /// (the GAP range and slot from the plan; x compact at length `n`).
+    pub(crate) fn carrier_args(
+        &self,
+        bp: &crate::plan::BlockPlan,
+        batch: usize,
+        n: usize,
+    ) -> Option<crate::ops::token_cache::TakeArgs> {
+        let ((pool, slot), o) = (bp.carriers.as_ref()?, self.cfg.clc.as_ref()?);
+        Some(crate::ops::token_cache::TakeArgs {
+            batch,
+            x_cap: n,
+            n,
+            d: self.cfg.embed_dim,
+            pool: pool.clone(),
+            gap: o.include_gap,
+            num_clr: self.cfg.num_clr,
+            cache_cap: self.plan.cache_cap.max(1),
+            slot: *slot,
+        })
+    }
+
     /// MACs of one image (SPEC §6).
     pub fn macs(&self) -> macs::MacReport {
         macs::macs(&self.cfg, &self.plan)
