@@ -133,12 +133,21 @@ fn model_names_map_to_the_spec_table() {
     let tome =
         VitConfig::from_model_name("tome_vit_base_patch16_224.orig_in21k", &f).expect("tome");
     assert_eq!(tome.reduction, clca::plan::Reduction::ToMe);
-    let e = VitConfig::from_model_name("dpcknn_vit_base_patch16_224.orig_in21k", &f)
-        .expect_err("pending method");
-    assert!(
-        matches!(e, clca::Error::Unsupported { .. }) && e.to_string().contains("dpcknn_"),
-        "{e}"
-    );
+    use clca::plan::Reduction;
+    for (prefix, r) in [
+        ("dpcknn_", Reduction::DpcKnn),
+        ("sit_", Reduction::Sit),
+        ("patchmerger_", Reduction::PatchMerger),
+        ("ats_", Reduction::Ats),
+        ("dyvit_", Reduction::DynamicVit),
+        ("evit_", Reduction::EVit),
+        ("topk_", Reduction::TopK),
+    ] {
+        let c = VitConfig::from_model_name(&format!("{prefix}vit_base_patch16_224.orig_in21k"), &f)
+            .expect(prefix);
+        assert_eq!(c.reduction, r, "{prefix}");
+        assert_eq!(r.prefix(), prefix);
+    }
     assert!(VitConfig::from_model_name("resnet50", &f).is_err());
 }
 

@@ -180,7 +180,7 @@ fn assert_bad_input(r: &Output, needle: &str) {
 }
 
 #[test]
-fn methods_not_in_this_release_are_refused() {
+fn every_method_runs_on_the_cpu_and_device_only_methods_are_refused() {
     let Some(g) = golden() else { return };
     let out = tmp("refused.safetensors").to_string_lossy().into_owned();
     for (case, class) in [
@@ -195,7 +195,7 @@ fn methods_not_in_this_release_are_refused() {
             continue;
         }
         let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
-        let r = clca(&[
+        let args = [
             "forward",
             "--config",
             &p("config.json"),
@@ -205,8 +205,13 @@ fn methods_not_in_this_release_are_refused() {
             &p("input.safetensors"),
             "--output",
             &out,
-        ]);
-        assert_bad_input(&r, class);
+        ];
+        let r = clca(&args);
+        assert!(r.status.success(), "{case} ({class}): {}", text(&r.stderr));
+        let mut dev = args.to_vec();
+        dev.extend(["--device", "shim"]);
+        let r = clca(&dev);
+        assert_bad_input(&r, "on the device forward");
         assert!(text(&r.stderr).contains("hint: "), "{case}");
     }
 }

@@ -47,6 +47,7 @@ fn spec_plan(c: &Case) -> Option<clca::plan::SeqPlan> {
     });
     Some(
         plan(&PlanSpec {
+            k_neighbors: 5,
             patches,
             num_clr,
             depth,

@@ -4,6 +4,7 @@ use clca::plan::{plan, ClcOptions, PlanSpec, Reduction};
 
 fn spec(reduction: Reduction, clc: bool, kr: f64) -> clca::plan::SeqPlan {
     plan(&PlanSpec {
+        k_neighbors: 5,
         patches: 784,
         num_clr: if clc { 1 } else { 0 },
         depth: 12,
@@ -101,6 +102,7 @@ fn keep_rate_one_and_per_layer_rates() {
         "kr 1 keeps everything, no fused token"
     );
     let p = plan(&PlanSpec {
+        k_neighbors: 5,
         patches: 784,
         num_clr: 0,
         depth: 12,
@@ -119,6 +121,7 @@ fn keep_rate_one_and_per_layer_rates() {
 #[test]
 fn bad_plans_are_errors() {
     let base = PlanSpec {
+        k_neighbors: 5,
         patches: 784,
         num_clr: 1,
         depth: 12,
@@ -179,6 +182,7 @@ fn bad_plans_are_errors() {
         ),
         (
             PlanSpec {
+                k_neighbors: 5,
                 num_clr: 0,
                 clc: Some(ClcOptions {
                     include_gap: false,

@@ -46,6 +46,38 @@ pub struct VitConfig {
     /// `--clc` and its options.
     pub clc: Option<ClcOptions>,
     pub head: HeadKind,
+    /// Options of the reduction methods that are not lengths.
+    pub method: MethodOptions,
+}
+
+/// Method options that change values but not lengths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodOptions {
+    /// DPC-KNN: neighbours for the density (`--k_neighbors`, 5).
+    pub k_neighbors: usize,
+    /// DPC-KNN: merge with equal weights instead of the learned `score` layer
+    /// (`--equal_weight`, off).
+    pub equal_weight: bool,
+    /// DPC-KNN: the authors add `torch.rand·1e-6` to every density at inference, which makes
+    /// their forward nondeterministic. `None` (the default) adds no noise; `Some(seed)` adds
+    /// U(0,1)·1e-6 from our seeded generator, deterministic for a given seed (not torch's
+    /// stream). Ties in density are then broken by lower index.
+    pub dpc_noise_seed: Option<u64>,
+    /// ATS: reproduce the authors' batch padding (SPEC §4.7: shorter samples are padded with
+    /// masked cls copies, which enter the GAP carrier and the clr tail). Off by default: each
+    /// image is then computed alone, so its result does not depend on the rest of its batch.
+    pub ats_batch_padding: bool,
+}
+
+impl Default for MethodOptions {
+    fn default() -> Self {
+        MethodOptions {
+            k_neighbors: 5,
+            equal_weight: false,
+            dpc_noise_seed: None,
+            ats_batch_padding: false,
+        }
+    }
 }
 
 /// The `train.py` flags that shape the model, with the authors' defaults (note the two
@@ -64,6 +96,10 @@ pub struct TrainFlags {
     pub clc_pool_cls: bool,
     pub clc_pool_clr: bool,
     pub num_classes: usize,
+    /// `--k_neighbors` (DPC-KNN).
+    pub k_neighbors: usize,
+    /// `--equal_weight` (DPC-KNN).
+    pub equal_weight: bool,
 }
 
 impl Default for TrainFlags {
@@ -81,20 +117,25 @@ impl Default for TrainFlags {
             clc_pool_cls: false,
             clc_pool_clr: false,
             num_classes: 1000,
+            k_neighbors: 5,
+            equal_weight: false,
         }
     }
 }
 
 use crate::error::invalid as bad;
 
-/// The method prefixes of the authors' model names that this release runs.
-pub const METHOD_PREFIXES: &[(&str, Reduction)] = &[
-    ("evit_", Reduction::EVit),
-    ("topk_", Reduction::TopK),
-    ("tome_", Reduction::ToMe),
+/// The method prefixes of the authors' model names.
+pub const METHOD_PREFIXES: &[Reduction] = &[
+    Reduction::EVit,
+    Reduction::TopK,
+    Reduction::ToMe,
+    Reduction::DpcKnn,
+    Reduction::Sit,
+    Reduction::PatchMerger,
+    Reduction::Ats,
+    Reduction::DynamicVit,
 ];
-/// Prefixes of the paper's other methods (not yet implemented here).
-pub const PENDING_PREFIXES: &[&str] = &["dpcknn_", "sit_", "patchmerger_", "ats_", "dyvit_"];
 
 impl VitConfig {
     /// From an authors' model name (`[method_]backbone[.tag]`, e.g.
@@ -102,17 +143,12 @@ impl VitConfig {
     pub fn from_model_name(name: &str, f: &TrainFlags) -> Result<Self> {
         let mut rest = name;
         let mut reduction = Reduction::None;
-        for (p, r) in METHOD_PREFIXES {
-            if let Some(s) = rest.strip_prefix(p) {
-                rest = s;
-                reduction = *r;
-            }
-        }
-        if let Some(p) = PENDING_PREFIXES.iter().find(|p| rest.starts_with(*p)) {
-            return Err(Error::Unsupported {
-                what: format!("the `{p}` reduction method (model `{name}`)"),
-                supported: "plain ViT, topk_, evit_, tome_ (CPU)".into(),
-            });
+        if let Some(r) = METHOD_PREFIXES
+            .iter()
+            .find(|r| rest.starts_with(r.prefix()))
+        {
+            rest = &rest[r.prefix().len()..];
+            reduction = *r;
         }
         let (arch, tag) = rest.split_once('.').unwrap_or((rest, ""));
         let family = ["vit_", "deit3_", "deit_"]
@@ -177,6 +213,11 @@ impl VitConfig {
             } else {
                 HeadKind::Linear
             },
+            method: MethodOptions {
+                k_neighbors: f.k_neighbors,
+                equal_weight: f.equal_weight,
+                ..MethodOptions::default()
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -213,10 +254,15 @@ impl VitConfig {
             "models.topk.TopK" => Reduction::TopK,
             "models.vit.ViT" => Reduction::None,
             "models.tome.ToMeViT" => Reduction::ToMe,
+            "models.dpcknn.DPCKNNViT" => Reduction::DpcKnn,
+            "models.sit.SiT" => Reduction::Sit,
+            "models.patchmerger.PatchMergerViT" => Reduction::PatchMerger,
+            "models.ats.ATSViT" => Reduction::Ats,
+            "models.dyvit.DyViT" => Reduction::DynamicVit,
             other => return Err(Error::Unsupported {
                 what: format!("model class `{other}`"),
                 supported:
-                    "models.vit.ViT, models.topk.TopK, models.evit.EViT, models.tome.ToMeViT (CPU)"
+                    "the classes of models/{vit,topk,evit,tome,dpcknn,sit,patchmerger,ats,dyvit}.py"
                         .into(),
             }),
         };
@@ -276,6 +322,11 @@ impl VitConfig {
             } else {
                 HeadKind::Linear
             },
+            method: MethodOptions {
+                k_neighbors: a["k_neighbors"].as_u64().unwrap_or(5) as usize,
+                equal_weight: bl(a, "equal_weight"),
+                ..MethodOptions::default()
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -312,7 +363,23 @@ impl VitConfig {
             locs: &locs,
             keep_rates: &self.keep_rate,
             clc: self.clc,
+            k_neighbors: self.method.k_neighbors,
         })
+    }
+
+    /// The width of each reduction layer's learned module (in `locs` order): clusters for
+    /// DPC-KNN, slots for SiT and PatchMerger, kept tokens for DynamicViT; empty for methods
+    /// without a module per layer.
+    pub fn method_widths(&self) -> Result<Vec<usize>> {
+        if !self.reduction.before_block() {
+            return Ok(Vec::new());
+        }
+        let plan = self.plan()?;
+        Ok(self
+            .locs()
+            .iter()
+            .map(|&l| plan.blocks[l].pre.as_ref().map_or(0, |p| p.out))
+            .collect())
     }
 
     /// Checks what can be checked without weights.

@@ -10,23 +10,29 @@ use rayon::prelude::*;
 
 /// Buffers of one forward at a given batch.
 pub struct CpuWorkspace {
-    batch: usize,
-    x: Vec<f32>,
-    x2: Vec<f32>,
-    h: Vec<f32>,
-    qkv: Vec<f32>,
-    attn: Vec<f32>,
-    mlp: Vec<f32>,
-    patches: Vec<f32>,
-    cls_probs: Vec<f32>,
-    scores: Vec<f32>,
-    cache: Vec<f32>,
-    taps: Vec<f32>,
+    pub(super) batch: usize,
+    pub(super) x: Vec<f32>,
+    pub(super) x2: Vec<f32>,
+    pub(super) h: Vec<f32>,
+    pub(super) qkv: Vec<f32>,
+    pub(super) attn: Vec<f32>,
+    pub(super) mlp: Vec<f32>,
+    pub(super) patches: Vec<f32>,
+    pub(super) cls_probs: Vec<f32>,
+    pub(super) scores: Vec<f32>,
+    pub(super) cache: Vec<f32>,
+    pub(super) taps: Vec<f32>,
     slots: Vec<AttnScratch>,
     /// ToMe: token sizes [batch, L] (and the merge's output), the key metric [batch, L, hd].
-    sizes: Vec<f32>,
-    sizes2: Vec<f32>,
-    metric: Vec<f32>,
+    pub(super) sizes: Vec<f32>,
+    pub(super) sizes2: Vec<f32>,
+    pub(super) metric: Vec<f32>,
+    /// DynamicViT's keep decisions δ [batch, L] of the non-cls tokens; ATS's padding mask
+    /// [batch, L] (1 = real token).
+    pub(super) delta: Vec<f32>,
+    pub(super) delta2: Vec<f32>,
+    /// ATS without batch padding runs each image alone in this batch-1 workspace.
+    pub(super) single: Option<Box<CpuWorkspace>>,
 }
 
 struct AttnScratch {
@@ -77,6 +83,16 @@ impl CpuWorkspace {
             sizes: vec![1.0; mul("sizes", &[batch, l])?],
             sizes2: vec![1.0; mul("sizes", &[batch, l])?],
             metric: vec![0.0; mul("metric", &[batch, l, hd])?],
+            delta: vec![1.0; mul("delta", &[batch, l])?],
+            delta2: vec![1.0; mul("delta", &[batch, l])?],
+            single: if m.cfg.reduction == Reduction::Ats
+                && !m.cfg.method.ats_batch_padding
+                && batch > 1
+            {
+                Some(Box::new(CpuWorkspace::new(m, 1)?))
+            } else {
+                None
+            },
             slots: (0..nslots)
                 .map(|_| AttnScratch {
                     q: vec![0.0; l * hd],
@@ -104,6 +120,9 @@ pub fn forward(
         images.len(),
         crate::error::mul("images", &[b, ch, img, img])?,
     )?;
+    if let Some(one) = ws.single.as_deref_mut() {
+        return super::methods::per_image(m, one, images, b, trace);
+    }
     let mut trace = trace;
     let p = c.num_patches();
     let gw = img / ps;
@@ -173,8 +192,32 @@ pub fn forward(
     // ToMe: sizes exist from the first merge on (all ones before it).
     let mut have_sizes = false;
     let f = m.plan.taps.max(1);
+    // Lengths are the plan's, except for ATS, where the plan holds upper bounds.
+    let exact = !m.plan.data_dependent;
+    // The GAP range's end (SPEC §2.3), tracked at run time for ATS.
+    let mut pool_end = n0
+        - if c.clc.is_some_and(|o| o.pool_clr) {
+            0
+        } else {
+            c.num_clr
+        };
+    ws.delta[..b * n].iter_mut().for_each(|v| *v = 1.0);
+    let mut masked = false;
+    let mut rng = c
+        .method
+        .dpc_noise_seed
+        .map(|s| super::random::Rng::new(s, 0xd9c));
+    let locs = c.locs();
     for (i, bp) in m.plan.blocks.iter().enumerate() {
-        debug_assert_eq!(n, bp.len_in);
+        if let Some(pre) = &bp.pre {
+            let j = locs.iter().position(|&l| l == i).unwrap_or(0);
+            n = super::methods::pre_reduce(m, ws, i, j, pre, rng.as_mut(), trace.as_deref_mut())?;
+        }
+        debug_assert!(if exact {
+            n == bp.len_in
+        } else {
+            n <= bp.len_in
+        });
         let bw = &w.blocks[i];
         if let Some(t) = trace.as_deref_mut() {
             t.push_f32(&format!("block_in.{i}"), &[b, n, d], &ws.x[..b * n * d]);
@@ -198,7 +241,12 @@ pub fn forward(
             &mut ws.qkv,
             3 * d,
         );
-        attention(m, ws, n, have_sizes);
+        attention(m, ws, n, have_sizes, masked);
+        if let Some(k) = bp.sample {
+            n = super::methods::ats_sample(m, ws, i, n, k, trace.as_deref_mut())?;
+            masked = ws.delta[..b * n].iter().any(|&v| v == 0.0);
+        }
+        let rows = b * n;
         linear(
             &ws.attn,
             rows,
@@ -273,7 +321,11 @@ pub fn forward(
             std::mem::swap(&mut ws.x, &mut ws.x2);
             n = out_n;
         }
-        debug_assert_eq!(n, bp.len_out);
+        debug_assert!(if exact {
+            n == bp.len_out
+        } else {
+            n <= bp.len_out
+        });
         let rows = b * n;
         layer_norm(
             &ws.x[..rows * d],
@@ -339,6 +391,14 @@ pub fn forward(
             )?;
             copy(&ws.cache, cap, 0, &mut ws.x2[..b * nn * d], nn, n, b, r, d)?;
             std::mem::swap(&mut ws.x, &mut ws.x2);
+            pool_end = n;
+            // Recovered tokens: DynamicViT decision 0 (eval), ATS mask true (SPEC §2.3).
+            let fill = if c.reduction == Reduction::DynamicVit {
+                0.0
+            } else {
+                1.0
+            };
+            super::methods::extend_rows(&mut ws.delta, &mut ws.delta2, b, n, nn, fill);
             if have_sizes {
                 // Recovered tokens get size 1 (SPEC §2.3 step 3).
                 for bi in (0..b).rev() {
@@ -352,8 +412,13 @@ pub fn forward(
             }
             n = nn;
         }
-        debug_assert_eq!(n, bp.len_after);
-        if let Some(a) = m.carrier_args(bp, b, n) {
+        debug_assert!(if exact {
+            n == bp.len_after
+        } else {
+            n <= bp.len_after
+        });
+        if let Some(mut a) = m.carrier_args(bp, b, n) {
+            a.pool = a.pool.start..pool_end;
             crate::cpu::token_cache::cache_take(&ws.x[..b * n * d], &mut ws.cache, &a)?;
         }
         if bp.cls_tap {
@@ -427,7 +492,11 @@ fn residual(x: &mut [f32], y: &[f32], ls: Option<&[f32]>, d: usize) {
 /// cls-query probabilities in ws.cls_probs [b, H, n]. (q·scale)·kᵀ, softmax, ·v, per (b, h).
 /// With `sizes` (ToMe's proportional attention), log(size of key t) is added to every logit
 /// after the scaled product and before the softmax (SPEC §4.3).
-fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool) {
+///
+/// With `masked` (ATS's batch padding), ws.delta holds the token mask [b, n]: a pair whose
+/// query or key is masked gets the logit −f32::MAX before the softmax, as the authors'
+/// `masked_fill(~mask, -finfo.max)`.
+fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool) {
     let c = &m.cfg;
     let (b, hh, d) = (ws.batch, c.num_heads, c.embed_dim);
     let hd = d / hh;
@@ -437,6 +506,7 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool) {
     let per = pairs.div_ceil(nslots);
     let qkv = &ws.qkv;
     let log_sizes: Option<&[f32]> = sizes.then_some(&ws.sizes[..b * n]);
+    let mask: Option<&[f32]> = masked.then_some(&ws.delta[..b * n]);
     let attn = SendPtr(ws.attn.as_mut_ptr());
     let probs = SendPtr(ws.cls_probs.as_mut_ptr());
     ws.slots
@@ -483,6 +553,16 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool) {
                     for row in a.chunks_exact_mut(n) {
                         for (v, s) in row.iter_mut().zip(sb) {
                             *v += s.ln();
+                        }
+                    }
+                }
+                if let Some(mk) = mask {
+                    let mb = &mk[bi * n..(bi + 1) * n];
+                    for (q, row) in a.chunks_exact_mut(n).enumerate() {
+                        for (v, &keep) in row.iter_mut().zip(mb) {
+                            if mb[q] == 0.0 || keep == 0.0 {
+                                *v = -f32::MAX;
+                            }
                         }
                     }
                 }

@@ -109,10 +109,14 @@ fn ew_grid(total: usize) -> Result<[u32; 3]> {
 impl<D: Device, T: Element> DeviceVit<D, T> {
     /// Uploads the weights (GEMM weights in `T`, the rest in f32).
     pub fn new(dev: &D, model: &Vit) -> Result<Self> {
-        if model.cfg.reduction == Reduction::ToMe {
+        if !matches!(
+            model.cfg.reduction,
+            Reduction::None | Reduction::TopK | Reduction::EVit
+        ) {
             return Err(Error::Unsupported {
-                what: "ToMe on the device forward".into(),
-                supported: "ToMe on the CPU forward; plain ViT, Top-K and EViT on devices".into(),
+                what: format!("{} on the device forward", model.cfg.reduction.name()),
+                supported: "every method on the CPU forward; plain ViT, Top-K and EViT on devices"
+                    .into(),
             });
         }
         let w = &model.weights;

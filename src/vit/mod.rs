@@ -6,6 +6,7 @@ pub mod config;
 pub mod cpu;
 pub mod device;
 pub mod macs;
+mod methods;
 pub mod preprocess;
 pub mod random;
 pub mod weights;

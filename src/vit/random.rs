@@ -7,6 +7,7 @@
 //! For demos, benchmarks and tests without a checkpoint.
 use super::config::{HeadKind, VitConfig};
 use super::weights::TensorMap;
+use crate::plan::Reduction;
 use rayon::prelude::*;
 
 /// How one tensor is drawn.
@@ -95,6 +96,43 @@ pub fn specs(cfg: &VitConfig, taps: usize) -> Vec<Spec> {
         add(n("mlp.fc2.bias"), &[d], Init::Bias);
         if cfg.layerscale {
             add(n("ls2.gamma"), &[d], Init::LayerScale);
+        }
+    }
+    let widths = cfg.method_widths().unwrap_or_default();
+    for (j, &w) in widths.iter().enumerate() {
+        let pre = |s: &str| format!("cluster_layers.{j}.{s}");
+        let sp = |s: &str| format!("score_predictor.{j}.{s}");
+        match cfg.reduction {
+            Reduction::DpcKnn if !cfg.method.equal_weight => {
+                add(pre("score.weight"), &[1, d], Init::Fan(d));
+                add(pre("score.bias"), &[1], Init::Bias);
+            }
+            Reduction::Sit => {
+                let h = super::weights::sit_hidden(d);
+                ln(&mut add, &pre("weight.0"), d);
+                add(pre("weight.1.weight"), &[h, d], Init::Fan(d));
+                add(pre("weight.1.bias"), &[h], Init::Bias);
+                add(pre("weight.3.weight"), &[w, h], Init::Fan(h));
+                add(pre("weight.3.bias"), &[w], Init::Bias);
+                add(pre("scale"), &[1, 1, 1], Init::NormWeight);
+            }
+            Reduction::PatchMerger => {
+                ln(&mut add, &pre("norm"), d);
+                add(pre("queries"), &[w, d], Init::Fan(d));
+            }
+            Reduction::DynamicVit => {
+                ln(&mut add, &sp("in_conv.0"), d);
+                for (name, o, i) in [
+                    ("in_conv.1", d, d),
+                    ("out_conv.0", d / 2, d),
+                    ("out_conv.2", d / 4, d / 2),
+                    ("out_conv.4", 2, d / 4),
+                ] {
+                    add(sp(&format!("{name}.weight")), &[o, i], Init::Fan(i));
+                    add(sp(&format!("{name}.bias")), &[o], Init::Bias);
+                }
+            }
+            _ => {}
         }
     }
     match cfg.head {

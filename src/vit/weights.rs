@@ -3,6 +3,7 @@
 //! `head.*` of CLA checkpoints and BatchNorm `num_batches_tracked` counters.
 use super::config::{HeadKind, VitConfig};
 use crate::ops::cla_head::{BatchNorm, ClaBody, ClaConv, ClaHead, ClaLinear};
+use crate::plan::Reduction;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -135,6 +136,143 @@ pub enum HeadWeights {
     Cla(ClaHead),
 }
 
+/// A Linear layer: `w` [out, inp] (PyTorch layout), `b` [out].
+#[derive(Clone, Debug)]
+pub struct Lin {
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+    pub out: usize,
+    pub inp: usize,
+}
+
+impl Lin {
+    fn take(map: &mut TensorMap, pre: &str, out: usize, inp: usize) -> Result<Self> {
+        Ok(Lin {
+            w: map.take(&format!("{pre}.weight"), &[out, inp])?,
+            b: map.take(&format!("{pre}.bias"), &[out])?,
+            out,
+            inp,
+        })
+    }
+}
+
+/// SiT's token-slimming module (`cluster_layers.j`): LN → Linear(D→D/2) → GELU →
+/// Linear(D/2→K), times the learned `scale`.
+#[derive(Clone, Debug)]
+pub struct SitWeights {
+    pub norm: (Vec<f32>, Vec<f32>),
+    pub fc1: Lin,
+    pub fc2: Lin,
+    pub scale: f32,
+}
+
+/// PatchMerger (`cluster_layers.j`): LN and the learned queries [K, D].
+#[derive(Clone, Debug)]
+pub struct PatchMergerWeights {
+    pub norm: (Vec<f32>, Vec<f32>),
+    pub queries: Vec<f32>,
+    pub k: usize,
+}
+
+/// DynamicViT's score predictor (`score_predictor.j`): `in_conv` = LN, Linear(D→D), GELU;
+/// `out_conv` = Linear(D→D/2), GELU, Linear(→D/4), GELU, Linear(→2), log-softmax.
+#[derive(Clone, Debug)]
+pub struct PredictorWeights {
+    pub norm: (Vec<f32>, Vec<f32>),
+    pub fc_in: Lin,
+    pub fc0: Lin,
+    pub fc2: Lin,
+    pub fc4: Lin,
+}
+
+/// The learned parameters of the reduction method, one entry per reduction layer.
+#[derive(Clone, Debug)]
+pub enum MethodWeights {
+    /// Top-K, EViT, ToMe, ATS and the plain ViT learn nothing.
+    None,
+    /// DPC-KNN's token score `cluster_layers.j.score` Linear(D, 1) (absent with equal_weight).
+    DpcKnn(Vec<Option<Lin>>),
+    Sit(Vec<SitWeights>),
+    PatchMerger(Vec<PatchMergerWeights>),
+    DynamicVit(Vec<PredictorWeights>),
+}
+
+impl MethodWeights {
+    fn take(cfg: &VitConfig, map: &mut TensorMap) -> Result<Self> {
+        let d = cfg.embed_dim;
+        let widths = cfg.method_widths()?;
+        let ln = |map: &mut TensorMap, pre: &str| -> Result<(Vec<f32>, Vec<f32>)> {
+            Ok((
+                map.take(&format!("{pre}.weight"), &[d])?,
+                map.take(&format!("{pre}.bias"), &[d])?,
+            ))
+        };
+        Ok(match cfg.reduction {
+            Reduction::DpcKnn => MethodWeights::DpcKnn(
+                (0..widths.len())
+                    .map(|j| {
+                        if cfg.method.equal_weight {
+                            Ok(None)
+                        } else {
+                            Lin::take(map, &format!("cluster_layers.{j}.score"), 1, d).map(Some)
+                        }
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            Reduction::Sit => MethodWeights::Sit(
+                widths
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &k)| {
+                        let pre = format!("cluster_layers.{j}");
+                        let h = sit_hidden(d);
+                        Ok(SitWeights {
+                            norm: ln(map, &format!("{pre}.weight.0"))?,
+                            fc1: Lin::take(map, &format!("{pre}.weight.1"), h, d)?,
+                            fc2: Lin::take(map, &format!("{pre}.weight.3"), k, h)?,
+                            scale: map.take(&format!("{pre}.scale"), &[1, 1, 1])?[0],
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            Reduction::PatchMerger => MethodWeights::PatchMerger(
+                widths
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &k)| {
+                        let pre = format!("cluster_layers.{j}");
+                        Ok(PatchMergerWeights {
+                            norm: ln(map, &format!("{pre}.norm"))?,
+                            queries: map.take(&format!("{pre}.queries"), &[k, d])?,
+                            k,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            Reduction::DynamicVit => MethodWeights::DynamicVit(
+                (0..widths.len())
+                    .map(|j| {
+                        let pre = format!("score_predictor.{j}");
+                        Ok(PredictorWeights {
+                            norm: ln(map, &format!("{pre}.in_conv.0"))?,
+                            fc_in: Lin::take(map, &format!("{pre}.in_conv.1"), d, d)?,
+                            fc0: Lin::take(map, &format!("{pre}.out_conv.0"), d / 2, d)?,
+                            fc2: Lin::take(map, &format!("{pre}.out_conv.2"), d / 4, d / 2)?,
+                            fc4: Lin::take(map, &format!("{pre}.out_conv.4"), 2, d / 4)?,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            _ => MethodWeights::None,
+        })
+    }
+}
+
+/// SiT's hidden width: `int(embed_dim * 0.5)`.
+pub fn sit_hidden(d: usize) -> usize {
+    d / 2
+}
+
 /// Every parameter of a model, checked against its configuration.
 #[derive(Clone, Debug)]
 pub struct VitWeights {
@@ -147,6 +285,7 @@ pub struct VitWeights {
     pub patch_b: Option<Vec<f32>>,
     pub norm_pre: Option<(Vec<f32>, Vec<f32>)>,
     pub blocks: Vec<BlockWeights>,
+    pub method: MethodWeights,
     pub head: HeadWeights,
 }
 
@@ -201,6 +340,7 @@ impl VitWeights {
                 ls2: map.take_opt(cfg.layerscale, &n("ls2.gamma"), &[d])?,
             });
         }
+        let method = MethodWeights::take(cfg, &mut map)?;
         let head = match cfg.head {
             HeadKind::Linear => HeadWeights::Linear {
                 norm: (map.take("norm.weight", &[d])?, map.take("norm.bias", &[d])?),
@@ -294,6 +434,7 @@ impl VitWeights {
             patch_b,
             norm_pre,
             blocks,
+            method,
             head,
         })
     }

@@ -109,7 +109,8 @@ pub fn main(a: &ClassifyArgs) -> CliResult<()> {
         let probe = VitConfig::from_model_name(&a.flags.model, &flags).ctx("--model")?;
         flags.input_size = Some(infer_input_size(&map, &probe).unwrap_or(448));
     }
-    let cfg = VitConfig::from_model_name(&a.flags.model, &flags).ctx("building the model")?;
+    let mut cfg = VitConfig::from_model_name(&a.flags.model, &flags).ctx("building the model")?;
+    a.flags.apply_ours(&mut cfg);
     let hint = flags_hint(&map, &flags, &cfg);
     let model = Vit::new(cfg, map)
         .ctx(format!("loading {}", a.weights.display()))

@@ -9,16 +9,6 @@ use clca::vit::{Trace, TraceData, Vit, VitConfig};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// "EViT", "Top-K", "no reduction".
-pub fn method_name(r: clca::plan::Reduction) -> &'static str {
-    match r {
-        clca::plan::Reduction::None => "no reduction",
-        clca::plan::Reduction::TopK => "Top-K",
-        clca::plan::Reduction::EVit => "EViT",
-        clca::plan::Reduction::ToMe => "ToMe",
-    }
-}
-
 /// `--config` may name config.json or the case directory holding it.
 fn config_path(p: &Path) -> PathBuf {
     if p.is_dir() {
@@ -162,7 +152,7 @@ pub fn main(a: &ForwardArgs) -> CliResult<()> {
         println!(
             "clca forward: {} ({}, {} px, depth {}, {} classes), batch {batch}",
             if c.name.is_empty() { "?" } else { &c.name },
-            method_name(c.reduction),
+            c.reduction.name(),
             c.img_size,
             c.depth,
             classes

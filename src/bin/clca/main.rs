@@ -164,6 +164,20 @@ pub struct ModelFlags {
     /// train.py --ifa_dws_conv_groups: the CLA conv's depth multiplier (0 = the linear variant).
     #[arg(long = "ifa_dws_conv_groups", default_value_t = 2)]
     pub ifa_dws_conv_groups: usize,
+    /// train.py --k_neighbors (DPC-KNN): neighbours for the density.
+    #[arg(long = "k_neighbors", default_value_t = 5)]
+    pub k_neighbors: usize,
+    /// train.py --equal_weight (DPC-KNN): merge clusters with equal weights.
+    #[arg(long = "equal_weight")]
+    pub equal_weight: bool,
+    /// Ours (DPC-KNN): add seeded U(0,1)·1e-6 noise to the densities, as the authors do
+    /// with torch.rand (off by default: deterministic, ties broken by lower index).
+    #[arg(long = "dpc-noise-seed", value_name = "SEED")]
+    pub dpc_noise_seed: Option<u64>,
+    /// Ours (ATS): pad each batch like the authors' code (padded cls copies enter the GAP
+    /// carrier, so an image's result depends on its batch). Off: each image runs alone.
+    #[arg(long = "ats-batch-padding")]
+    pub ats_batch_padding: bool,
 }
 
 impl ModelFlags {
@@ -182,7 +196,15 @@ impl ModelFlags {
             clc_pool_cls: self.clc_pool_cls,
             clc_pool_clr: self.clc_pool_clr,
             num_classes,
+            k_neighbors: self.k_neighbors,
+            equal_weight: self.equal_weight,
         }
+    }
+
+    /// The method options that are ours, not train.py's.
+    pub fn apply_ours(&self, cfg: &mut clca::vit::VitConfig) {
+        cfg.method.dpc_noise_seed = self.dpc_noise_seed;
+        cfg.method.ats_batch_padding = self.ats_batch_padding;
     }
 }
 

@@ -146,6 +146,7 @@ fn carriers_text(pool: &Range<usize>, slot: usize, len: usize) -> String {
 
 fn build_plan() -> Res<SeqPlan> {
     Ok(plan(&PlanSpec {
+        k_neighbors: 5,
         patches: PATCHES,
         num_clr: NUM_CLR,
         depth: DEPTH,
