@@ -1,8 +1,17 @@
 //! Multiply-accumulates by the closed form of SPEC §6, which reproduces the authors'
 //! `torchprofile` counts (78.49 G for ViT-B/16 at 448 px; 25.17 G for EViT+CLCA at kr 0.1,
 //! locs 3 6 9). The paper's "GFLOPs" are these MACs.
+//!
+//! Per method (the authors count every model with `torchprofile`, except ATS):
+//! - reductions before the block add their module's matmuls to that block: SiT n·D·D/2 +
+//!   n·D/2·K + K·n·D (the bmm), PatchMerger 2·K·n·D, DynamicViT's predictor
+//!   n·(D² + D·D/2 + D/2·D/4 + D/4·2), DPC-KNN's score layer n·D (torchprofile has no
+//!   handler for cdist, so the distances are not counted); n = tokens entering the module;
+//! - ATS is counted by `thop`, which sees only nn.Module layers: the q·kᵀ and A·v matmuls
+//!   are left out in every block, and the proj runs on the sampled length. ATS's lengths
+//!   depend on the data; the report uses the plan's upper bounds.
 use super::config::{HeadKind, VitConfig};
-use crate::plan::SeqPlan;
+use crate::plan::{Reduction, SeqPlan};
 
 /// MACs of one forward of one image.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,12 +42,30 @@ pub fn macs(cfg: &VitConfig, plan: &SeqPlan) -> MacReport {
     let hm = cfg.mlp_hidden as u64;
     let p = cfg.num_patches() as u64;
     let patch = p * d * (cfg.in_chans * cfg.patch_size * cfg.patch_size) as u64;
+    let ats = cfg.reduction == Reduction::Ats;
     let blocks = plan
         .blocks
         .iter()
         .map(|b| {
             let (n, nm) = (b.len_in as u64, b.len_out as u64);
-            n * 3 * d * d + 2 * n * n * d + n * d * d + nm * 2 * d * hm
+            let module = b.pre.as_ref().map_or(0, |q| {
+                let nt = (q.len_before - 1 - q.suffix) as u64;
+                let k = q.out as u64;
+                match cfg.reduction {
+                    Reduction::Sit => nt * d * (d / 2) + nt * (d / 2) * k + k * nt * d,
+                    Reduction::PatchMerger => 2 * k * nt * d,
+                    Reduction::DynamicVit => {
+                        nt * (d * d + d * (d / 2) + (d / 2) * (d / 4) + (d / 4) * 2)
+                    }
+                    Reduction::DpcKnn if !cfg.method.equal_weight => nt * d,
+                    _ => 0,
+                }
+            });
+            if ats {
+                n * 3 * d * d + nm * d * d + nm * 2 * d * hm
+            } else {
+                module + n * 3 * d * d + 2 * n * n * d + n * d * d + nm * 2 * d * hm
+            }
         })
         .collect();
     let k = cfg.num_classes as u64;
