@@ -3,9 +3,10 @@
 //!
 //! Rules (the kernels follow the same ones):
 //! - Distances `d_uv = ‖x_u − x_v‖ / √D`. For m > 25 tokens torch's cdist uses the matmul form
-//!   `√max(|u|² + |v|² − 2u·v, 0)`, so the self-distance can be slightly above 0; we use that
-//!   form too, with the dot products accumulated in f64 and rounded once. For m ≤ 25 the
-//!   direct form.
+//!   `√max(|u|² + |v|² − 2u·v, 0)` in f32, so the self-distance can be slightly above 0; we
+//!   use that form too, the dot products by an f32 GEMM (summation order differs from
+//!   torch's, so distances agree to f32 rounding, not bit for bit). For m ≤ 25 the direct
+//!   form.
 //! - Density `ρ_u = exp(−mean of the squared k smallest distances of row u)` (itself included),
 //!   plus the optional noise.
 //! - `δ_u = min {d_uv : ρ_v > ρ_u}`, or the largest distance of the sample when no token is
@@ -32,17 +33,16 @@ pub fn distances(x: &[f32], m: usize, d: usize) -> Vec<f32> {
     let mut out = vec![0f32; m * m];
     let row = |u: usize| &x[u * d..(u + 1) * d];
     if m > 25 {
-        let norms: Vec<f64> = (0..m)
-            .map(|u| row(u).iter().map(|&v| v as f64 * v as f64).sum())
+        // torch: one f32 matmul of [−2x, |x|², 1]·[x, 1, |x|²]ᵀ. Here the Gram matrix by an f32
+        // GEMM, then |u|² + |v|² − 2u·v.
+        let norms: Vec<f32> = (0..m)
+            .map(|u| row(u).iter().map(|&v| v * v).sum())
             .collect();
+        crate::cpu::dense::linear(x, m, d, x, m, None, &mut out, m);
         for u in 0..m {
             for v in 0..m {
-                let dot: f64 = row(u)
-                    .iter()
-                    .zip(row(v))
-                    .map(|(&a, &b)| a as f64 * b as f64)
-                    .sum();
-                let sq = (norms[u] + norms[v] - 2.0 * dot).max(0.0) as f32;
+                let g = out[u * m + v];
+                let sq = (norms[u] + norms[v] - 2.0 * g).max(0.0);
                 out[u * m + v] = sq.sqrt() / inv;
             }
         }
@@ -91,7 +91,9 @@ pub fn cluster(
     for u in 0..m {
         buf.clear();
         buf.extend_from_slice(&dist[u * m..(u + 1) * m]);
-        buf.sort_unstable_by(|a, b| a.total_cmp(b));
+        // The knn smallest, ascending (torch.topk(largest=False) order, which sets the sum's).
+        buf.select_nth_unstable_by(knn - 1, |a, b| a.total_cmp(b));
+        buf[..knn].sort_unstable_by(|a, b| a.total_cmp(b));
         let mean = buf[..knn].iter().map(|v| v * v).sum::<f32>() / knn as f32;
         density[u] = (-mean).exp() + noise.map_or(0.0, |z| z[u]);
     }
