@@ -344,3 +344,38 @@ fn help_lists_the_authors_flags() {
         assert!(h.contains(c), "`{c}` missing from --help");
     }
 }
+
+#[test]
+fn info_reads_method_cache_and_head_from_a_checkpoint() {
+    let Some(g) = golden() else { return };
+    for (case, method) in [
+        (
+            "L_sit_clc_ifa",
+            "SiT (learned modules at 2 layers, widths [16, 4])",
+        ),
+        ("M_patchmerger_clc_ifa", "PatchMerger"),
+        ("E_dpcknn_clc_ifa", "DPC-KNN"),
+        ("O_dyvit_clc_ifa", "DynamicViT"),
+        ("A_evit_clc_ifa", "parameter-free"),
+    ] {
+        let w = g.join(case).join("weights.safetensors");
+        if !w.is_file() {
+            continue;
+        }
+        let r = clca(&["info", &w.to_string_lossy()]);
+        let out = text(&r.stdout);
+        assert!(r.status.success(), "{case}: {}", text(&r.stderr));
+        for needle in [
+            method,
+            "1 clr token",
+            "CLA (conv, groups 2), 3 CLS taps, 10 classes",
+            "loads           yes",
+        ] {
+            assert!(out.contains(needle), "{case}: `{needle}` in\n{out}");
+        }
+    }
+    let bad = tmp("not_a_vit.safetensors");
+    std::fs::write(&bad, b"garbage").expect("write");
+    let r = clca(&["info", &bad.to_string_lossy()]);
+    assert_bad_input(&r, "not_a_vit.safetensors");
+}

@@ -14,6 +14,7 @@ mod backend;
 mod classify;
 mod error;
 mod forward;
+mod info;
 mod ops_demo;
 mod random_weights;
 mod run;
@@ -50,6 +51,8 @@ enum Cmd {
     Classify(ClassifyArgs),
     /// The op-level tour: each reduction op of the paper's configuration on the CPU reference, the host shim and the GPU.
     Ops(OpsArgs),
+    /// What a checkpoint holds (backbone, method, cache, head, parameters) and whether it loads.
+    Info(InfoArgs),
     /// Write seeded random weights for a model (train.py flags) to safetensors.
     #[command(hide = true)]
     RandomWeights(RandomWeightsArgs),
@@ -256,6 +259,14 @@ pub struct RandomWeightsArgs {
     pub output: PathBuf,
 }
 
+/// `clca info`.
+#[derive(Args, Debug, Clone)]
+pub struct InfoArgs {
+    /// A safetensors checkpoint in the authors' parameter names.
+    #[arg(value_name = "WEIGHTS.safetensors")]
+    pub weights: PathBuf,
+}
+
 /// `clca ops`.
 #[derive(Args, Debug, Clone)]
 pub struct OpsArgs {
@@ -276,6 +287,7 @@ fn main() -> ExitCode {
         Some(Cmd::Classify(a)) => classify::main(&a),
         Some(Cmd::Ops(a)) => return ops_demo::main(a.batch, a.seed),
         Some(Cmd::RandomWeights(a)) => random_weights::main(&a),
+        Some(Cmd::Info(a)) => info::main(&a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
