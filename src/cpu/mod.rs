@@ -5,4 +5,5 @@ pub mod cla_head;
 pub mod dense;
 pub mod prune;
 pub mod token_cache;
+pub mod tome;
 pub mod topk;
