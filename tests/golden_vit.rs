@@ -1,6 +1,6 @@
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 //! The whole forward against the authors' logits and per-block tensors (../shared/golden):
-//! every case whose method this release runs (plain ViT, Top-K, EViT).
+//! every case whose method this release runs (plain ViT, Top-K, EViT; ToMe on the CPU).
 mod common;
 use clca::vit::{Trace, TraceData, Vit, VitConfig};
 use common::golden::{cases, Case};
@@ -76,8 +76,8 @@ fn forward_matches_the_authors() {
     }
     if common::golden::dir().is_some() {
         assert!(
-            ran >= 4,
-            "expected the ViT, Top-K and EViT golden cases to run, ran {ran}"
+            ran >= 5,
+            "expected the ViT, Top-K, EViT and ToMe golden cases to run, ran {ran}"
         );
     }
 }
