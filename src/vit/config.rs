@@ -111,7 +111,7 @@ impl VitConfig {
         if let Some(p) = PENDING_PREFIXES.iter().find(|p| rest.starts_with(*p)) {
             return Err(Error::Unsupported {
                 what: format!("the `{p}` reduction method (model `{name}`)"),
-                supported: "plain ViT, topk_, evit_, tome_ (CPU)".into(),
+                supported: "plain ViT, topk_, evit_, tome_".into(),
             });
         }
         let (arch, tag) = rest.split_once('.').unwrap_or((rest, ""));
@@ -216,7 +216,7 @@ impl VitConfig {
             other => return Err(Error::Unsupported {
                 what: format!("model class `{other}`"),
                 supported:
-                    "models.vit.ViT, models.topk.TopK, models.evit.EViT, models.tome.ToMeViT (CPU)"
+                    "models.vit.ViT, models.topk.TopK, models.evit.EViT, models.tome.ToMeViT"
                         .into(),
             }),
         };
