@@ -15,6 +15,13 @@
 #include "host_shim.h"
 #endif
 
+// `#pragma unroll` for NVRTC; nothing for the host compiler (which does not know the pragma).
+#if defined(CLCA_DEVICE_BUILD)
+#define CLCA_UNROLL _Pragma("unroll")
+#else
+#define CLCA_UNROLL
+#endif
+
 // Largest head dimension the fused q.K score kernels stage in shared memory.
 #define CLCA_MAX_HEAD_DIM 256
 

@@ -198,6 +198,10 @@ inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float a, float b) { return a / b; }
+// Round-to-nearest products and sums that the device compiler may not contract into an FMA
+// (build.rs compiles the shim with -ffp-contract=off, so plain operators round the same way).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
 template <class T>
 inline T __ldg(const T* p) {
   return *p;

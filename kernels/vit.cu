@@ -27,11 +27,14 @@ __device__ void layernorm_rows(const float* __restrict__ x, unsigned rows, unsig
   }
 }
 
-// softmax((q_i * scale) . k_t) over the n keys of head h, then out_i = sum_t p_t v_t.
+// softmax((q_i * scale) . k_t + log size_t) over the n keys of head h, then out_i = sum_t p_t v_t.
+// The log-size term is ToMe's proportional attention (SPEC §4.3), added after the scaled product
+// and before the softmax; `sizes` [B, n] f32, or null for none.
 // One block per (query i, head h, sample b); the probabilities live in dynamic shared memory.
 template <class T>
 __device__ void attention_row(const T* __restrict__ qkv, unsigned n, unsigned heads, unsigned hd,
-                              float scale, T* __restrict__ out, float* __restrict__ cls_probs) {
+                              float scale, T* __restrict__ out, float* __restrict__ cls_probs,
+                              const float* __restrict__ sizes) {
   CLCA_DYN_SMEM(float, smem);
   float* qs = smem;        // hd
   float* p = smem + hd;    // n
@@ -47,6 +50,7 @@ __device__ void attention_row(const T* __restrict__ qkv, unsigned n, unsigned he
     const T* kt = base + (i64)t * 3 * d + d + h * hd;
     float l = 0.0f;
     for (unsigned j = 0; j < hd; ++j) l += qs[j] * to_f32(kt[j]);
+    if (sizes) l += logf(sizes[(i64)b * n + t]);
     p[t] = l;
     m = fmaxf(m, l);
   }
@@ -105,11 +109,13 @@ __device__ void attention_row(const T* __restrict__ qkv, unsigned n, unsigned he
     }                                                                                             \
   }                                                                                               \
   CLCA_HOST_ENTRY(residual_##sfx)                                                                 \
-  /* grid (n, heads, batch); dynamic smem (hd + n) floats; qkv [B, n, 3, H, hd] */                \
+  /* grid (n, heads, batch); dynamic smem (hd + n) floats; qkv [B, n, 3, H, hd]; sizes [B, n]   \
+     (ToMe's token sizes) or null */                                                              \
   extern "C" __global__ void attention_##sfx(const T* __restrict__ qkv, unsigned n,               \
                                              unsigned heads, unsigned hd, float scale,            \
-                                             T* __restrict__ out, float* __restrict__ cls_probs) { \
-    clca::attention_row<T>(qkv, n, heads, hd, scale, out, cls_probs);                             \
+                                             T* __restrict__ out, float* __restrict__ cls_probs,  \
+                                             const float* __restrict__ sizes) {                   \
+    clca::attention_row<T>(qkv, n, heads, hd, scale, out, cls_probs, sizes);                      \
   }                                                                                               \
   CLCA_HOST_ENTRY(attention_##sfx)                                                                \
   /* im2col of img [B, C, S, S] (f32) into out [B*P, C*p*p] (T), (c, ky, kx) order. */            \

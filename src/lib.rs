@@ -12,6 +12,7 @@
 //! | [`ops::topk`] | per-row top-k + complement | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
 //! | [`ops::prune`] | Top-K prune, EViT prune, fused prune | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
 //! | [`ops::token_cache`] | take carriers (GAP + clr), recover | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
+//! | [`ops::tome`] | ToMe metric, bipartite match, merge plan, size-weighted merge, recovered sizes | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
 //! | [`ops::cla_head`] | CLA head (folded BN + grouped conv + GELU; linear variant), linear | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
 //!
 //! Storage is f32, f16 or bf16; every kernel accumulates in f32. Scores are always f32,
@@ -21,6 +22,9 @@
 //! - **Selection** ([`ops::topk`]): k largest in descending order, ties by lower index;
 //!   complement ascending; −0 == +0; NaN ranks above +inf and NaNs tie; deterministic.
 //! - **Pruning** ([`ops::prune`]): [cls, kept in selection order (, fused)] (SPEC §4.2).
+//! - **ToMe** ([`ops::tome`]): best b token first index on ties; sources by descending best
+//!   score, ties by lower index, cls never; [unmerged a ascending, b]; deterministic, bit-exact
+//!   against the reference.
 //! - **Cache** ([`ops::token_cache`]): GAP first, then the last C tokens; recovered at the tail.
 //! - **Planning** ([`plan`]): every sequence length and buffer size is known before data moves.
 //!

@@ -1,6 +1,7 @@
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 //! The whole forward against the authors' logits and per-block tensors (../shared/golden):
-//! every case (all nine methods on the CPU; plain ViT, Top-K and EViT on the device forward).
+//! every case: all nine methods on the CPU; the methods the device forward runs on the host
+//! shim always and on the GPU when present.
 mod common;
 use clca::vit::{Trace, TraceData, Vit, VitConfig};
 use common::golden::{cases, Case};
@@ -108,9 +109,11 @@ fn forward_matches_the_authors() {
 }
 
 /// The device forward (host shim always, GPU when present): f32 within the same bound; f16 and
-/// bf16 with the same top-1 and selections as f32 and a relative logit error ≤ 2e-2.
+/// bf16 with the same top-1 and selections as f32 (bf16: most of them) and a relative logit
+/// error ≤ 2e-2 (bf16 ToMe: 5e-2, see below).
 fn device_case<D: clca::Device>(dev: &D) {
     use clca::vit::device::DeviceVit;
+    let mut ran = 0;
     for dir in cases() {
         let c = Case::load(&dir);
         let Ok(cfg) = VitConfig::from_golden_json(&c.config) else {
@@ -119,7 +122,7 @@ fn device_case<D: clca::Device>(dev: &D) {
         use clca::plan::Reduction;
         if !matches!(
             cfg.reduction,
-            Reduction::None | Reduction::TopK | Reduction::EVit
+            Reduction::None | Reduction::TopK | Reduction::EVit | Reduction::ToMe
         ) {
             continue; // the CPU forward only, in this release
         }
@@ -166,6 +169,17 @@ fn device_case<D: clca::Device>(dev: &D) {
             }
         }
         let f32_logits = dv.logits(dev, &ws).expect("logits");
+        let f32_err = f32_logits
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0f64, f64::max)
+            / max_ref;
+        eprintln!(
+            "{}: f32 relative logit error {f32_err:.2e} on {}",
+            c.name,
+            dev.name()
+        );
         let top1 = |l: &[f32]| -> Vec<usize> {
             l.chunks(l.len() / b)
                 .map(|r| {
@@ -197,6 +211,21 @@ fn device_case<D: clca::Device>(dev: &D) {
                 if let (TraceData::I64(v), Some((_, TraceData::I64(v32)))) = (data, trace.get(tn)) {
                     if name == "f16" {
                         assert_eq!(v, v32, "{}: {name} selection {tn}", c.name);
+                    } else if tn.starts_with("cluster_idx") {
+                        // ToMe's merge map, position by position (a near-tie similarity may
+                        // send a token to another destination in bf16).
+                        let same = v.iter().zip(v32).filter(|(a, b)| a == b).count() as f64
+                            / v32.len() as f64;
+                        assert!(
+                            same >= 0.8,
+                            "{}: bf16 merge {tn} agrees on {same:.2}",
+                            c.name
+                        );
+                        eprintln!(
+                            "{}: bf16 {tn} agrees with f32 on {:.0}% of the tokens",
+                            c.name,
+                            same * 100.0
+                        );
                     } else {
                         // bf16 keeps 8 mantissa bits: scores ~1/n differ by ~4e-3 relative, more
                         // than the k-boundary gaps of these cases (down to 3e-5), so near-ties
@@ -223,9 +252,18 @@ fn device_case<D: clca::Device>(dev: &D) {
                 .map(|(a, b)| (*a as f64 - b).abs())
                 .fold(0f64, f64::max)
                 / max_ref;
+            // bf16 ToMe: a near-tie similarity sends a token to another destination (case D: 1 of
+            // 130 tokens at block 1, 3 of 68 at block 3), and unlike a pruned token it stays in the
+            // sequence to the end: 2.6e-2 measured, while the error before the first merge is
+            // EViT's (4.9e-3 at block_out.0). Every other case and dtype: 2e-2.
+            let bound = if name == "bf16" && model.cfg.reduction == clca::plan::Reduction::ToMe {
+                5e-2
+            } else {
+                2e-2
+            };
             assert!(
-                err <= 2e-2,
-                "{}: {name} relative logit error {err:e}",
+                err <= bound,
+                "{}: {name} relative logit error {err:e} > {bound:e}",
                 c.name
             );
             eprintln!(
@@ -235,6 +273,14 @@ fn device_case<D: clca::Device>(dev: &D) {
             );
         }
         eprintln!("{}: device forward matches on {}", c.name, dev.name());
+        ran += 1;
+    }
+    if common::golden::dir().is_some() {
+        assert!(
+            ran >= 5,
+            "expected the ViT, Top-K, EViT and ToMe golden cases to run on {}, ran {ran}",
+            dev.name()
+        );
     }
 }
 

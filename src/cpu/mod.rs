@@ -9,4 +9,5 @@ pub mod dyvit;
 pub mod merge;
 pub mod prune;
 pub mod token_cache;
+pub mod tome;
 pub mod topk;

@@ -4,6 +4,7 @@ pub mod attn_score;
 pub mod cla_head;
 pub mod prune;
 pub mod token_cache;
+pub mod tome;
 pub mod topk;
 
 use crate::{Buffer, Error, Result};

@@ -23,10 +23,13 @@ pub struct CpuWorkspace {
     pub(super) cache: Vec<f32>,
     pub(super) taps: Vec<f32>,
     slots: Vec<AttnScratch>,
-    /// ToMe: token sizes [batch, L] (and the merge's output), the key metric [batch, L, hd].
+    /// ToMe: token sizes [batch, L] (and the merge's output), the unit key metric
+    /// [batch, L, hd], one sample's matching [⌈L/2⌉].
     pub(super) sizes: Vec<f32>,
     pub(super) sizes2: Vec<f32>,
     pub(super) metric: Vec<f32>,
+    node_max: Vec<f32>,
+    node_idx: Vec<u32>,
     /// DynamicViT's keep decisions δ [batch, L] of the non-cls tokens; ATS's padding mask
     /// [batch, L] (1 = real token).
     pub(super) delta: Vec<f32>,
@@ -93,6 +96,8 @@ impl CpuWorkspace {
             } else {
                 None
             },
+            node_max: vec![0.0; l.div_ceil(2)],
+            node_idx: vec![0; l.div_ceil(2)],
             slots: (0..nslots)
                 .map(|_| AttnScratch {
                     q: vec![0.0; l * hd],
@@ -265,24 +270,50 @@ pub fn forward(
         );
 
         if let Some(r) = bp.merge {
-            if !have_sizes {
-                ws.sizes[..b * n].iter_mut().for_each(|v| *v = 1.0);
-            }
-            tome_metric(ws, n, c.num_heads, d);
-            let hd = d / c.num_heads;
+            // ToMe (SPEC §4.3), with the reference ops of crate::cpu::tome; sizes are all ones
+            // before the first merge.
+            use crate::cpu::tome::{match_row, merge_into, metric_into, order_row};
+            let hd = c.head_dim();
+            let (na, _) = crate::ops::tome::split(n);
             let out_n = n - r;
+            metric_into(
+                &ws.qkv[..rows * 3 * d],
+                rows,
+                c.num_heads,
+                hd,
+                &mut ws.metric[..rows * hd],
+            );
+            // The trace's source map: every sample's unmerged tokens and matching.
+            let mut traced = trace.is_some().then(|| (Vec::new(), Vec::new()));
             for bi in 0..b {
-                tome_merge(
-                    &ws.x[bi * n * d..(bi + 1) * n * d],
-                    &ws.sizes[bi * n..(bi + 1) * n],
+                match_row(
                     &ws.metric[bi * n * hd..(bi + 1) * n * hd],
                     n,
-                    d,
                     hd,
+                    &mut ws.node_max[..na],
+                    &mut ws.node_idx[..na],
+                );
+                let (_, unm, grouped, offsets) =
+                    order_row(&ws.node_max[..na], &ws.node_idx[..na], n, r);
+                if let Some((u, ni)) = traced.as_mut() {
+                    u.extend_from_slice(&unm);
+                    ni.extend_from_slice(&ws.node_idx[..na]);
+                }
+                merge_into(
+                    &ws.x[bi * n * d..(bi + 1) * n * d],
+                    have_sizes.then(|| &ws.sizes[bi * n..(bi + 1) * n]),
+                    n,
+                    d,
                     r,
+                    &unm,
+                    &grouped,
+                    &offsets,
                     &mut ws.x2[bi * out_n * d..(bi + 1) * out_n * d],
                     &mut ws.sizes2[bi * out_n..(bi + 1) * out_n],
                 );
+            }
+            if let (Some(t), Some((u, ni))) = (trace.as_deref_mut(), traced) {
+                t.push_merge(i, b, n, r, &u, &ni);
             }
             std::mem::swap(&mut ws.x, &mut ws.x2);
             std::mem::swap(&mut ws.sizes, &mut ws.sizes2);
@@ -609,92 +640,5 @@ impl Vit {
     ) -> Result<Vec<f32>> {
         let mut ws = CpuWorkspace::new(self, batch)?;
         forward(self, &mut ws, images, trace)
-    }
-}
-
-/// ToMe's metric: the keys averaged over heads (before any scaling), [b, n, hd] from qkv.
-fn tome_metric(ws: &mut CpuWorkspace, n: usize, hh: usize, d: usize) {
-    let hd = d / hh;
-    let rows = ws.batch * n;
-    for t in 0..rows {
-        let k = &ws.qkv[t * 3 * d + d..t * 3 * d + 2 * d];
-        let m = &mut ws.metric[t * hd..(t + 1) * hd];
-        for j in 0..hd {
-            let mut acc = 0f32;
-            for h in 0..hh {
-                acc += k[h * hd + j];
-            }
-            m[j] = acc / hh as f32;
-        }
-    }
-}
-
-/// ToMe bipartite soft matching of one sample (SPEC §4.3): r of the even-position tokens
-/// (cls protected) merge into their most similar odd-position token, size-weighted.
-/// Output: [unmerged even tokens (ascending), all odd tokens], divided by the new sizes.
-/// Ties in the ordering by best score are broken by lower index (torch's argsort is unstable).
-#[allow(clippy::too_many_arguments)]
-fn tome_merge(
-    x: &[f32],
-    size: &[f32],
-    metric: &[f32],
-    n: usize,
-    d: usize,
-    hd: usize,
-    r: usize,
-    out: &mut [f32],
-    out_size: &mut [f32],
-) {
-    let na = n.div_ceil(2);
-    let nb = n / 2;
-    let unit: Vec<f32> = metric
-        .chunks_exact(hd)
-        .flat_map(|row| {
-            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-            row.iter().map(move |v| v / norm)
-        })
-        .collect();
-    let mut node_max = vec![f32::NEG_INFINITY; na];
-    let mut node_idx = vec![0usize; na];
-    for i in 1..na {
-        let a = &unit[2 * i * hd..(2 * i + 1) * hd];
-        for j in 0..nb {
-            let bj = &unit[(2 * j + 1) * hd..(2 * j + 2) * hd];
-            let s: f32 = a.iter().zip(bj).map(|(p, q)| p * q).sum();
-            if s > node_max[i] {
-                node_max[i] = s;
-                node_idx[i] = j;
-            }
-        }
-    }
-    let mut order: Vec<usize> = (0..na).collect();
-    order.sort_by(|&p, &q| node_max[q].total_cmp(&node_max[p]).then(p.cmp(&q)));
-    let (src, unm) = order.split_at(r);
-    let mut unm = unm.to_vec();
-    unm.sort_unstable();
-    // Size-weighted sums: dst rows start from the odd tokens, sources are added in edge order.
-    let nu = unm.len();
-    for (o, &u) in unm.iter().enumerate() {
-        for c in 0..d {
-            out[o * d + c] = x[2 * u * d + c] * size[2 * u];
-        }
-        out_size[o] = size[2 * u];
-    }
-    for j in 0..nb {
-        let t = 2 * j + 1;
-        for c in 0..d {
-            out[(nu + j) * d + c] = x[t * d + c] * size[t];
-        }
-        out_size[nu + j] = size[t];
-    }
-    for &i in src {
-        let j = node_idx[i];
-        for c in 0..d {
-            out[(nu + j) * d + c] += x[2 * i * d + c] * size[2 * i];
-        }
-        out_size[nu + j] += size[2 * i];
-    }
-    for (row, s) in out.chunks_exact_mut(d).zip(out_size.iter()) {
-        row.iter_mut().for_each(|v| *v /= s);
     }
 }

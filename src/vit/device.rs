@@ -2,7 +2,8 @@
 //! [`super::cpu`], one kernel launch each, no host round trip (the selections stay on the
 //! device; every length comes from the plan). Precision follows the authors' autocast: the
 //! residual stream, scores, cache and selections are f32; GEMMs, attention and the head run in
-//! `T` with f32 accumulation.
+//! `T` with f32 accumulation. ToMe's metric is taken from the qkv buffer (`T`) in f32, its merge
+//! runs on the f32 stream, and its token sizes are f32.
 use super::weights::HeadWeights;
 use super::{Trace, Vit};
 use crate::error::{mul, to_u32};
@@ -70,8 +71,24 @@ pub struct DeviceWorkspace<D: Device, T: Element> {
     taps: D::Buf<T>,
     hidden: D::Buf<T>,
     cls_h: D::Buf<T>,
+    /// ToMe only (one element otherwise): token sizes [batch, L] and the merge's output.
+    sizes: D::Buf<f32>,
+    sizes2: D::Buf<f32>,
+    tome: TomeBufs<D>,
     /// Logits [batch, classes] in `T` after [`DeviceVit::forward`].
     pub logits: D::Buf<T>,
+}
+
+/// ToMe's matching and merge plan at the longest sequence (contract in [`crate::ops::tome`]);
+/// each merge uses the compact prefix of its (n, r).
+struct TomeBufs<D: Device> {
+    metric: D::Buf<f32>,
+    node_max: D::Buf<f32>,
+    node_idx: D::Buf<u32>,
+    src: D::Buf<u32>,
+    unm: D::Buf<u32>,
+    grouped: D::Buf<u32>,
+    offsets: D::Buf<u32>,
 }
 
 use crate::dtype::from_f32_slice as cvt;
@@ -111,12 +128,13 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
     pub fn new(dev: &D, model: &Vit) -> Result<Self> {
         if !matches!(
             model.cfg.reduction,
-            Reduction::None | Reduction::TopK | Reduction::EVit
+            Reduction::None | Reduction::TopK | Reduction::EVit | Reduction::ToMe
         ) {
             return Err(Error::Unsupported {
                 what: format!("{} on the device forward", model.cfg.reduction.name()),
-                supported: "every method on the CPU forward; plain ViT, Top-K and EViT on devices"
-                    .into(),
+                supported:
+                    "every method on the CPU forward; plain ViT, Top-K, EViT and ToMe on devices"
+                        .into(),
             });
         }
         let w = &model.weights;
@@ -148,6 +166,12 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             HeadWeights::Cla(h) => DevHead::Cla(DeviceClaHead::new(dev, h)?),
         };
         let hd = model.cfg.head_dim();
+        if model.cfg.reduction == Reduction::ToMe && hd > crate::ops::tome::MAX_HEAD_DIM {
+            return Err(Error::Plan(format!(
+                "head dimension {hd} is beyond ToMe's metric kernels (at most {})",
+                crate::ops::tome::MAX_HEAD_DIM
+            )));
+        }
         if (hd + model.plan.max_len) * 4 > crate::kernels::MAX_DYN_SMEM as usize {
             return Err(Error::Plan(format!(
                 "sequence length {} is beyond the attention kernel's shared-memory limit",
@@ -187,6 +211,14 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             DevHead::Cla(h) => h.hidden(),
             DevHead::Linear { .. } => 1,
         };
+        let tome = c.reduction == Reduction::ToMe;
+        let tome_len = |dims: &[usize]| {
+            if tome {
+                mul("tome", dims)
+            } else {
+                Ok(1)
+            }
+        };
         Ok(DeviceWorkspace {
             batch,
             x: dev.zeros(mul("x", &[batch, l, d])?)?,
@@ -205,6 +237,17 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             taps: dev.zeros(mul("taps", &[batch, d, self.model.plan.taps.max(1)])?)?,
             hidden: dev.zeros(mul("hidden", &[batch, hidden])?)?,
             cls_h: dev.zeros(mul("cls", &[batch, d])?)?,
+            sizes: dev.zeros(tome_len(&[batch, l])?)?,
+            sizes2: dev.zeros(tome_len(&[batch, l])?)?,
+            tome: TomeBufs {
+                metric: dev.zeros(tome_len(&[batch, l, c.head_dim()])?)?,
+                node_max: dev.zeros(tome_len(&[batch, l.div_ceil(2)])?)?,
+                node_idx: dev.zeros(tome_len(&[batch, l.div_ceil(2)])?)?,
+                src: dev.zeros(tome_len(&[batch, l / 2])?)?,
+                unm: dev.zeros(tome_len(&[batch, l.div_ceil(2)])?)?,
+                grouped: dev.zeros(tome_len(&[batch, l / 2])?)?,
+                offsets: dev.zeros(tome_len(&[batch, l / 2 + 1])?)?,
+            },
             logits: dev.zeros(mul("logits", &[batch, c.num_classes])?)?,
         })
     }
@@ -298,6 +341,8 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 std::mem::swap(&mut ws.x, &mut ws.x2);
             }
             let mut tap = 0;
+            // ToMe: sizes exist from the first merge on (all ones, i.e. no bias, before it).
+            let mut have_sizes = false;
             for (i, bp) in m.plan.blocks.iter().enumerate() {
                 let w = &self.blocks[i];
                 if let Some(t) = trace.as_deref_mut() {
@@ -346,6 +391,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                         Arg::F32((hd as f64).powf(-0.5) as f32),
                         Arg::Ptr(ws.attn.addr_mut()),
                         Arg::Ptr(ws.cls_probs.addr_mut()),
+                        Arg::Ptr(if have_sizes { ws.sizes.addr() } else { 0 }),
                     ],
                 )?;
                 dev.gemm_nt(
@@ -360,6 +406,19 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 self.bias_act(dev, ws.h.addr_mut(), rows, d, w.proj_b.addr(), false)?;
                 self.residual(dev, ws.x.addr_mut(), ws.h.addr(), rows, d, w.ls1.as_ref())?;
 
+                if let Some(r) = bp.merge {
+                    self.merge(dev, ws, n, r, have_sizes)?;
+                    if let Some(t) = trace.as_deref_mut() {
+                        let na = crate::ops::tome::split(n).0;
+                        let unm = dev.download(&ws.tome.unm)?;
+                        let ni = dev.download(&ws.tome.node_idx)?;
+                        t.push_merge(i, b, n, r, &unm[..b * (na - r)], &ni[..b * na]);
+                    }
+                    std::mem::swap(&mut ws.x, &mut ws.x2);
+                    std::mem::swap(&mut ws.sizes, &mut ws.sizes2);
+                    have_sizes = true;
+                    n -= r;
+                }
                 if let Some(k) = bp.keep {
                     let ku = u("k", k)?;
                     go(
@@ -461,6 +520,13 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                         &[b, n, d],
                         &dev.download(&ws.x)?[..rows * d],
                     );
+                    if have_sizes {
+                        t.push_f32(
+                            &format!("token_size.{i}"),
+                            &[b, n, 1],
+                            &dev.download(&ws.sizes)?[..rows],
+                        );
+                    }
                 }
                 if bp.recovered > 0 {
                     let r = bp.recovered;
@@ -490,6 +556,17 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                         d,
                     )?)?;
                     std::mem::swap(&mut ws.x, &mut ws.x2);
+                    if have_sizes {
+                        // Recovered tokens get size 1 (SPEC §2.3 step 3).
+                        dev.launch(&crate::ops::tome::sizes_launch(
+                            ws.sizes.addr(),
+                            b,
+                            n,
+                            r,
+                            ws.sizes2.addr_mut(),
+                        )?)?;
+                        std::mem::swap(&mut ws.sizes, &mut ws.sizes2);
+                    }
                     n = nn;
                 }
                 if let Some(a) = m.carrier_args(bp, b, n) {
@@ -588,6 +665,76 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             .iter()
             .map(|x| x.to_f32())
             .collect())
+    }
+
+    /// ToMe's merge of the f32 stream `ws.x` [b, n, d] into `ws.x2` [b, n − r, d] and the sizes
+    /// into `ws.sizes2` (from `ws.sizes`, or all ones before the first merge): metric from the
+    /// qkv buffer, match, order, merge (four launches, the ops of [`crate::ops::tome`]).
+    ///
+    /// # Safety
+    /// As `forward`: every workspace buffer holds the plan's longest sequence.
+    unsafe fn merge(
+        &self,
+        dev: &D,
+        ws: &mut DeviceWorkspace<D, T>,
+        n: usize,
+        r: usize,
+        have_sizes: bool,
+    ) -> Result<()> {
+        use crate::ops::tome::{match_launch, merge_launch, metric_launch, order_launch};
+        let c = &self.model.cfg;
+        let (b, d, hd) = (ws.batch, c.embed_dim, c.head_dim());
+        let tb = &mut ws.tome;
+        let launches = [
+            metric_launch(
+                T::DTYPE,
+                ws.qkv.addr(),
+                b * n,
+                c.num_heads,
+                hd,
+                tb.metric.addr_mut(),
+            )?,
+            match_launch(
+                tb.metric.addr(),
+                b,
+                n,
+                hd,
+                tb.node_max.addr_mut(),
+                tb.node_idx.addr_mut(),
+            )?,
+            order_launch(
+                tb.node_max.addr(),
+                tb.node_idx.addr(),
+                b,
+                n,
+                r,
+                tb.src.addr_mut(),
+                tb.unm.addr_mut(),
+                tb.grouped.addr_mut(),
+                tb.offsets.addr_mut(),
+            )?,
+            merge_launch(
+                DType::F32,
+                ws.x.addr(),
+                if have_sizes { ws.sizes.addr() } else { 0 },
+                b,
+                n,
+                d,
+                r,
+                tb.unm.addr(),
+                tb.grouped.addr(),
+                tb.offsets.addr(),
+                ws.x2.addr_mut(),
+                ws.sizes2.addr_mut(),
+            )?,
+        ];
+        for l in &launches {
+            // SAFETY: forwarded from `forward`; the ToMe buffers were sized in `workspace` for
+            // the longest sequence (metric [b, L, hd], matching [b, ⌈L/2⌉], plan [b, ⌊L/2⌋ + 1]),
+            // and n ≤ L, r ≤ ⌊(n−1)/2⌋ by the plan.
+            unsafe { dev.launch(l)? };
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -81,7 +81,8 @@ pub enum TraceData {
 }
 
 /// Per-block tensors of a forward, under the names of the golden files (`block_in.i`,
-/// `block_out.i`, `cls_attn.i`, `keep_idx.i`, `compl_idx.i`, `inter_cls`, `head_in`, `logits`).
+/// `block_out.i`, `cls_attn.i`, `keep_idx.i`, `compl_idx.i`, `token_size.i`, `cluster_idx.i`,
+/// `inter_cls`, `head_in`, `logits`).
 #[derive(Clone, Debug, Default)]
 pub struct Trace {
     pub tensors: Vec<(String, Vec<usize>, TraceData)>,
@@ -125,6 +126,38 @@ impl Trace {
                 c.iter().map(|&v| v as i64).collect(),
             );
         }
+    }
+
+    /// The merge of ToMe block `i` as the authors' source map `cluster_idx.i` [b, n−1]: for each
+    /// input token t ≥ 1, the index − 1 of the output token it went into (an unmerged a token's
+    /// place among the unmerged, a b token's place after them, a source's destination's place).
+    /// `unm` [b, na − r] and `node_idx` [b, na] as in [`crate::ops::tome`].
+    pub(crate) fn push_merge(
+        &mut self,
+        i: usize,
+        b: usize,
+        n: usize,
+        r: usize,
+        unm: &[u32],
+        node_idx: &[u32],
+    ) {
+        let (na, _) = crate::ops::tome::split(n);
+        let nu = na - r;
+        let mut map = vec![0i64; b * (n - 1)];
+        for bi in 0..b {
+            let row = &mut map[bi * (n - 1)..(bi + 1) * (n - 1)];
+            let ni = &node_idx[bi * na..(bi + 1) * na];
+            for t in (2..n).step_by(2) {
+                row[t - 1] = (nu + ni[t / 2] as usize) as i64 - 1;
+            }
+            for t in (1..n).step_by(2) {
+                row[t - 1] = (nu + t / 2) as i64 - 1;
+            }
+            for (p, &a) in unm[bi * nu..(bi + 1) * nu].iter().enumerate().skip(1) {
+                row[2 * a as usize - 1] = p as i64 - 1;
+            }
+        }
+        self.push_i64(&format!("cluster_idx.{i}"), &[b, n - 1], map);
     }
 
     /// The tensor called `name`.

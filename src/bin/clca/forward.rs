@@ -38,7 +38,7 @@ pub fn read_config(p: &Path) -> CliResult<VitConfig> {
                     p.display()
                 ),
             )
-            .hint("supported: plain ViT (models.vit.ViT), Top-K (models.topk.TopK) and EViT (models.evit.EViT); ToMe, DPC-KNN, SiT, PatchMerger, ATS and DynamicViT follow"),
+            .hint("supported: plain ViT (models.vit.ViT), Top-K (models.topk.TopK), EViT (models.evit.EViT) and ToMe (models.tome.ToMeViT); DPC-KNN, SiT, PatchMerger, ATS and DynamicViT follow"),
             _ => {
                 let mut e = CliError::from(e);
                 e.msg = format!("{}: {}", p.display(), e.msg);

@@ -1,0 +1,314 @@
+//! Reference ToMe (contract in [`crate::ops::tome`]). The CPU forward ([`crate::vit::cpu`])
+//! merges with these same functions. Every sum runs in the kernels' order with one rounding per
+//! product and per sum, so the kernels reproduce it bit for bit.
+use crate::ops::tome::{check_match, check_merge, check_metric, check_n_r, plan_lens, split};
+use crate::{error, Element, Error, Result};
+
+/// The merge plan of a batch (shapes in [`crate::ops::tome`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Sources in merge order [batch, r] (a indices).
+    pub src: Vec<u32>,
+    /// Unmerged a tokens, ascending [batch, na − r].
+    pub unm: Vec<u32>,
+    /// Sources grouped by destination b token, merge order within one [batch, r].
+    pub grouped: Vec<u32>,
+    /// b token j's sources are grouped[offsets[j]..offsets[j+1]] [batch, nb + 1].
+    pub offsets: Vec<u32>,
+}
+
+/// The unit metric [batch, n, hd] of `qkv` [batch, n, 3, heads, hd].
+pub fn tome_metric<T: Element>(
+    qkv: &[T],
+    batch: usize,
+    n: usize,
+    heads: usize,
+    hd: usize,
+) -> Result<Vec<f32>> {
+    let len = error::mul("batch*n*hd", &[batch, n, hd])?;
+    check_metric(qkv.len(), len, batch, n, heads, hd)?;
+    let mut out = vec![0f32; len];
+    metric_into(qkv, batch * n, heads, hd, &mut out);
+    Ok(out)
+}
+
+/// The unit metric of `rows` rows of qkv [rows, 3·heads·hd] into `out` [rows, hd]: the keys
+/// summed over heads in order and ÷heads, then ÷ sqrt(Σ_j m_j²) (in channel order).
+pub(crate) fn metric_into<T: Element>(
+    qkv: &[T],
+    rows: usize,
+    heads: usize,
+    hd: usize,
+    out: &mut [f32],
+) {
+    let d = heads * hd;
+    for t in 0..rows {
+        let k = &qkv[t * 3 * d + d..t * 3 * d + 2 * d];
+        let m = &mut out[t * hd..(t + 1) * hd];
+        for j in 0..hd {
+            let mut acc = 0f32;
+            for h in 0..heads {
+                acc += k[h * hd + j].to_f32();
+            }
+            m[j] = acc / heads as f32;
+        }
+        let mut q = 0f32;
+        for v in m.iter() {
+            q += v * v;
+        }
+        let norm = q.sqrt();
+        m.iter_mut().for_each(|v| *v /= norm);
+    }
+}
+
+/// The best b token of every a token: (`node_max` [batch, na], `node_idx` [batch, na]).
+pub fn tome_match(
+    metric: &[f32],
+    batch: usize,
+    n: usize,
+    hd: usize,
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    let na = split(n).0;
+    let len = error::mul("batch*na", &[batch, na])?;
+    check_match(metric.len(), len, len, batch, n, hd)?;
+    let mut node_max = vec![0f32; len];
+    let mut node_idx = vec![0u32; len];
+    for b in 0..batch {
+        match_row(
+            &metric[b * n * hd..(b + 1) * n * hd],
+            n,
+            hd,
+            &mut node_max[b * na..(b + 1) * na],
+            &mut node_idx[b * na..(b + 1) * na],
+        );
+    }
+    Ok((node_max, node_idx))
+}
+
+/// One sample: for a token i ≥ 1 the largest dot product (channel order) with a b token, the
+/// first b index on ties, NaN never taken; (−inf, 0) when nothing beats −inf and for cls.
+pub(crate) fn match_row(
+    metric: &[f32],
+    n: usize,
+    hd: usize,
+    node_max: &mut [f32],
+    node_idx: &mut [u32],
+) {
+    let (na, nb) = split(n);
+    node_max[0] = f32::NEG_INFINITY;
+    node_idx[0] = 0;
+    for i in 1..na {
+        let a = &metric[2 * i * hd..(2 * i + 1) * hd];
+        let (mut best, mut arg) = (f32::NEG_INFINITY, 0u32);
+        for j in 0..nb {
+            let bj = &metric[(2 * j + 1) * hd..(2 * j + 2) * hd];
+            let mut s = 0f32;
+            for (p, q) in a.iter().zip(bj) {
+                s += p * q;
+            }
+            if s > best {
+                best = s;
+                arg = j as u32;
+            }
+        }
+        node_max[i] = best;
+        node_idx[i] = arg;
+    }
+}
+
+/// The merge plan of a batch from its matching.
+pub fn tome_order(
+    node_max: &[f32],
+    node_idx: &[u32],
+    batch: usize,
+    n: usize,
+    r: usize,
+) -> Result<Plan> {
+    check_n_r(batch, n, r)?;
+    let (na, nb) = split(n);
+    let len = error::mul("batch*na", &[batch, na])?;
+    error::check_len("node_max", node_max.len(), len)?;
+    error::check_len("node_idx", node_idx.len(), len)?;
+    crate::ops::prune::check_indices("node_idx", node_idx, nb.max(1))?;
+    let (g, u, o) = plan_lens(batch, n, r)?;
+    let mut p = Plan {
+        src: Vec::with_capacity(g),
+        unm: Vec::with_capacity(u),
+        grouped: Vec::with_capacity(g),
+        offsets: Vec::with_capacity(o),
+    };
+    for b in 0..batch {
+        let (src, unm, grouped, offsets) = order_row(
+            &node_max[b * na..(b + 1) * na],
+            &node_idx[b * na..(b + 1) * na],
+            n,
+            r,
+        );
+        p.src.extend(src);
+        p.unm.extend(unm);
+        p.grouped.extend(grouped);
+        p.offsets.extend(offsets);
+    }
+    Ok(p)
+}
+
+/// One sample: (src, unm, grouped, offsets). The sources are the top r of node_max[1..na] by the
+/// top-k contract (descending, ties by lower index, −0 == +0), so cls is never one.
+pub(crate) fn order_row(
+    node_max: &[f32],
+    node_idx: &[u32],
+    n: usize,
+    r: usize,
+) -> (Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>) {
+    let (na, nb) = split(n);
+    let (mut src, rest) = crate::cpu::topk::topk_row(&node_max[1..na], r);
+    src.iter_mut().for_each(|s| *s += 1);
+    let mut unm = Vec::with_capacity(na - r);
+    unm.push(0);
+    unm.extend(rest.iter().map(|u| u + 1));
+    // A stable sort by destination keeps the merge order within each destination.
+    let mut grouped = src.clone();
+    grouped.sort_by_key(|&s| node_idx[s as usize]);
+    let mut offsets = vec![0u32; nb + 1];
+    for &s in &src {
+        offsets[node_idx[s as usize] as usize + 1] += 1;
+    }
+    for j in 0..nb {
+        offsets[j + 1] += offsets[j];
+    }
+    (src, unm, grouped, offsets)
+}
+
+/// The size-weighted merge of `x` [batch, n, c] with `plan`: (`out` [batch, n − r, c],
+/// `out_sizes` [batch, n − r]). `sizes` [batch, n], or `None` for all ones.
+pub fn tome_merge<T: Element>(
+    x: &[T],
+    sizes: Option<&[f32]>,
+    batch: usize,
+    n: usize,
+    c: usize,
+    r: usize,
+    plan: &Plan,
+) -> Result<(Vec<T>, Vec<f32>)> {
+    check_merge(
+        x.len(),
+        sizes.map(|s| s.len()),
+        plan.unm.len(),
+        plan.grouped.len(),
+        plan.offsets.len(),
+        batch,
+        n,
+        c,
+        r,
+    )?;
+    let (na, nb) = split(n);
+    crate::ops::prune::check_indices("unm", &plan.unm, na)?;
+    crate::ops::prune::check_indices("grouped", &plan.grouped, na)?;
+    for off in plan.offsets.chunks_exact(nb + 1) {
+        if off[0] != 0 || off[nb] as usize != r || off.windows(2).any(|w| w[0] > w[1]) {
+            return Err(Error::InvalidArgument {
+                arg: "offsets",
+                value: format!("{:?}", &off[..off.len().min(8)]),
+                why: format!("must rise from 0 to r = {r}"),
+            });
+        }
+    }
+    let on = n - r;
+    let mut out = vec![T::from_f32(0.0); batch * on * c];
+    let mut out_sizes = vec![0f32; batch * on];
+    for b in 0..batch {
+        merge_into(
+            &x[b * n * c..(b + 1) * n * c],
+            sizes.map(|s| &s[b * n..(b + 1) * n]),
+            n,
+            c,
+            r,
+            &plan.unm[b * (na - r)..(b + 1) * (na - r)],
+            &plan.grouped[b * r..(b + 1) * r],
+            &plan.offsets[b * (nb + 1)..(b + 1) * (nb + 1)],
+            &mut out[b * on * c..(b + 1) * on * c],
+            &mut out_sizes[b * on..(b + 1) * on],
+        );
+    }
+    Ok((out, out_sizes))
+}
+
+/// One sample of the merge (indices are the caller's to check). Per output token and channel:
+/// x_t·s_t, plus x_i·s_i of each source in merge order, ÷ the size summed in the same order.
+pub(crate) fn merge_into<T: Element>(
+    x: &[T],
+    sizes: Option<&[f32]>,
+    n: usize,
+    c: usize,
+    r: usize,
+    unm: &[u32],
+    grouped: &[u32],
+    offsets: &[u32],
+    out: &mut [T],
+    out_sizes: &mut [f32],
+) {
+    let size = |t: usize| sizes.map_or(1.0, |s| s[t]);
+    let nu = split(n).0 - r;
+    let mut acc = vec![0f32; c];
+    for o in 0..n - r {
+        let (t, srcs) = if o < nu {
+            (2 * unm[o] as usize, &grouped[..0])
+        } else {
+            let j = o - nu;
+            (
+                2 * j + 1,
+                &grouped[offsets[j] as usize..offsets[j + 1] as usize],
+            )
+        };
+        let st = size(t);
+        for (a, v) in acc.iter_mut().zip(&x[t * c..(t + 1) * c]) {
+            *a = v.to_f32() * st;
+        }
+        let mut sz = st;
+        for &i in srcs {
+            let i = 2 * i as usize;
+            let si = size(i);
+            for (a, v) in acc.iter_mut().zip(&x[i * c..(i + 1) * c]) {
+                *a += v.to_f32() * si;
+            }
+            sz += si;
+        }
+        for (dst, a) in out[o * c..(o + 1) * c].iter_mut().zip(&acc) {
+            *dst = T::from_f32(a / sz);
+        }
+        out_sizes[o] = sz;
+    }
+}
+
+/// One whole merge layer: metric → match → order → merge.
+pub fn tome<T: Element>(
+    qkv: &[T],
+    heads: usize,
+    hd: usize,
+    x: &[T],
+    sizes: Option<&[f32]>,
+    batch: usize,
+    n: usize,
+    c: usize,
+    r: usize,
+) -> Result<(Vec<T>, Vec<f32>)> {
+    let metric = tome_metric(qkv, batch, n, heads, hd)?;
+    let (node_max, node_idx) = tome_match(&metric, batch, n, hd)?;
+    let plan = tome_order(&node_max, &node_idx, batch, n, r)?;
+    tome_merge(x, sizes, batch, n, c, r, &plan)
+}
+
+/// [batch, n + r]: the sizes (all ones for `None`) followed by r ones per sample.
+pub fn tome_sizes(sizes: Option<&[f32]>, batch: usize, n: usize, r: usize) -> Result<Vec<f32>> {
+    if let Some(s) = sizes {
+        error::check_len("sizes", s.len(), error::mul("batch*n", &[batch, n])?)?;
+    }
+    let m = n.checked_add(r).ok_or(Error::Overflow { what: "n+r" })?;
+    let mut out = vec![1f32; error::mul("batch*(n+r)", &[batch, m])?];
+    if let Some(s) = sizes {
+        for b in 0..batch {
+            out[b * m..b * m + n].copy_from_slice(&s[b * n..(b + 1) * n]);
+        }
+    }
+    Ok(out)
+}
