@@ -201,6 +201,19 @@ __device__ __forceinline__ u32 block_exclusive_scan(u32 v, u32* scratch32, u32* 
   return before + inc - v;
 }
 
+// Round-to-nearest f32 multiply/add that NVRTC never contracts into an FMA (--fmad=true is
+// our default): for kernels that must reproduce a CPU reference's rounding step by step.
+#if defined(CLCA_DEVICE_BUILD)
+__device__ __forceinline__ float fmul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ float fadd_rn(float a, float b) { return __fadd_rn(a, b); }
+#else
+inline float fmul_rn(float a, float b) {
+  volatile float r = a * b;  // a separate rounding, whatever -ffp-contract says
+  return r;
+}
+inline float fadd_rn(float a, float b) { return a + b; }
+#endif
+
 __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
 }  // namespace clca

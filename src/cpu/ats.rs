@@ -8,6 +8,24 @@
 //! `|p − c|`), first index on ties. The result is the sorted unique token indices (1-based,
 //! cls = 0 not included).
 
+/// The significance `s[t−1] = Σ_h probs[h, t]·‖v[t, h]‖₂` for t = 1..n−1 of one sample, from
+/// the cls-row probabilities `probs` [heads, n] and `qkv` [n, 3d] (v = the third d-block, head
+/// h at `h·d/heads`); f32, the norm summed in channel order and the heads in order.
+pub fn significance(probs: &[f32], qkv: &[f32], heads: usize, n: usize, d: usize) -> Vec<f32> {
+    let hd = d / heads;
+    (1..n)
+        .map(|t| {
+            let mut acc = 0f32;
+            for h in 0..heads {
+                let v = &qkv[t * 3 * d + 2 * d + h * hd..][..hd];
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                acc += probs[h * n + t] * norm;
+            }
+            acc
+        })
+        .collect()
+}
+
 /// The sampled tokens (sorted, unique, in 1..n) from the significance `sig` [n−1], the key
 /// mask `mask` [n−1] (true = real token) and the sample points.
 pub fn sample(sig: &[f32], mask: &[bool], steps: &[f32]) -> Vec<u32> {

@@ -150,21 +150,16 @@ pub(crate) fn ats_sample(
 ) -> Result<usize> {
     let c = &m.cfg;
     let (b, d, hh) = (ws.batch, c.embed_dim, c.num_heads);
-    let hd = d / hh;
     let steps: Vec<f32> = crate::plan::ats_steps(k).collect();
     let mut picks: Vec<Vec<u32>> = Vec::with_capacity(b);
     for bi in 0..b {
-        let sig: Vec<f32> = (1..n)
-            .map(|t| {
-                let mut acc = 0f32;
-                for h in 0..hh {
-                    let v = &ws.qkv[(bi * n + t) * 3 * d + 2 * d + h * hd..][..hd];
-                    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                    acc += ws.cls_probs[(bi * hh + h) * n + t] * norm;
-                }
-                acc
-            })
-            .collect();
+        let sig = crate::cpu::ats::significance(
+            &ws.cls_probs[bi * hh * n..(bi + 1) * hh * n],
+            &ws.qkv[bi * n * 3 * d..(bi + 1) * n * 3 * d],
+            hh,
+            n,
+            d,
+        );
         let mask: Vec<bool> = ws.delta[bi * n + 1..(bi + 1) * n]
             .iter()
             .map(|&v| v != 0.0)
