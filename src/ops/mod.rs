@@ -2,6 +2,8 @@
 //! that launch the kernels on any [`Device`](crate::Device). One module per op family.
 pub mod attn_score;
 pub mod cla_head;
+pub mod dyvit;
+pub mod merge;
 pub mod prune;
 pub mod token_cache;
 pub mod topk;
