@@ -14,6 +14,8 @@
 //! | [`ops::token_cache`] | take carriers (GAP + clr), recover | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
 //! | [`ops::tome`] | ToMe metric, bipartite match, merge plan, size-weighted merge, recovered sizes | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
 //! | [`ops::cla_head`] | CLA head (folded BN + grouped conv + GELU; linear variant), linear | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
+//! | [`ops::merge`] | SiT / PatchMerger soft merge (token-axis softmax + weighted sum, one launch) | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
+//! | [`ops::dyvit`] | DynamicViT predictor: δ-weighted pooling of the upper half, 2-class log-softmax + keep score | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
 //!
 //! Storage is f32, f16 or bf16; every kernel accumulates in f32. Scores are always f32,
 //! indices u32.

@@ -16,18 +16,7 @@ pub fn predict(p: &PredictorWeights, x: &[f32], n: usize, d: usize, delta: &[f32
     let mut h = vec![0f32; n * d];
     linear(&y, n, d, &p.fc_in.w, d, Some(&p.fc_in.b), &mut h, d);
     h.iter_mut().for_each(|v| *v = gelu(*v));
-    let half = d / 2;
-    let mut g = vec![0f32; d - half];
-    for (u, row) in h.chunks_exact(d).enumerate() {
-        for (a, &v) in g.iter_mut().zip(&row[half..]) {
-            *a += v * delta[u];
-        }
-    }
-    let den: f32 = delta.iter().sum();
-    g.iter_mut().for_each(|v| *v = *v / den + 1e-6);
-    for row in h.chunks_exact_mut(d) {
-        row[half..].copy_from_slice(&g);
-    }
+    pool_global(&mut h, n, d, delta);
     let (d2, d4) = (p.fc0.out, p.fc2.out);
     let mut a = vec![0f32; n * d2];
     linear(&h, n, d, &p.fc0.w, d2, Some(&p.fc0.b), &mut a, d2);
@@ -37,12 +26,34 @@ pub fn predict(p: &PredictorWeights, x: &[f32], n: usize, d: usize, delta: &[f32
     b.iter_mut().for_each(|v| *v = gelu(*v));
     let mut o = vec![0f32; n * 2];
     linear(&b, n, d4, &p.fc4.w, 2, Some(&p.fc4.b), &mut o, 2);
+    log_softmax2(&mut o);
+    o
+}
+
+/// In place on `h` [n, d] with `delta` [n]: channels `[⌊d/2⌋, d)` of every token become the δ-weighted mean over
+/// the tokens, `(Σ_u δ_u·h_u[c]) / (Σ_u δ_u) + 1e-6`, both sums in f32 in ascending u.
+/// Σδ = 0 gives NaN (0/0), as the authors' code.
+pub fn pool_global(h: &mut [f32], n: usize, d: usize, delta: &[f32]) {
+    let half = d / 2;
+    let mut g = vec![0f32; d - half];
+    for (u, row) in h.chunks_exact(d).take(n).enumerate() {
+        for (a, &v) in g.iter_mut().zip(&row[half..]) {
+            *a += v * delta[u];
+        }
+    }
+    let den: f32 = delta.iter().sum();
+    g.iter_mut().for_each(|v| *v = *v / den + 1e-6);
+    for row in h.chunks_exact_mut(d).take(n) {
+        row[half..].copy_from_slice(&g);
+    }
+}
+
+/// In place on rows of two logits: torch's `log_softmax`, `x − max − ln Σ exp(x − max)`.
+pub fn log_softmax2(o: &mut [f32]) {
     for r in o.chunks_exact_mut(2) {
-        // torch log_softmax: x − max − log Σ exp(x − max).
         let m = r[0].max(r[1]);
         let lse = ((r[0] - m).exp() + (r[1] - m).exp()).ln();
         r[0] = r[0] - m - lse;
         r[1] = r[1] - m - lse;
     }
-    o
 }

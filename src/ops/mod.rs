@@ -4,6 +4,8 @@ pub mod ats;
 pub mod attn_score;
 pub mod cla_head;
 pub mod dpcknn;
+pub mod dyvit;
+pub mod merge;
 pub mod prune;
 pub mod token_cache;
 pub mod tome;

@@ -249,7 +249,7 @@ pub fn forward(
         attention(m, ws, n, have_sizes, masked);
         if let Some(k) = bp.sample {
             n = super::methods::ats_sample(m, ws, i, n, k, trace.as_deref_mut())?;
-            masked = ws.delta[..b * n].iter().any(|&v| v == 0.0);
+            masked = ws.delta[..b * n].contains(&0.0);
         }
         let rows = b * n;
         linear(

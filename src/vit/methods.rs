@@ -16,7 +16,7 @@ pub(crate) fn pre_reduce(
     j: usize,
     pre: &PreReduce,
     mut rng: Option<&mut super::random::Rng>,
-    mut trace: Option<&mut Trace>,
+    trace: Option<&mut Trace>,
 ) -> Result<usize> {
     let (b, d) = (ws.batch, m.cfg.embed_dim);
     let n = pre.len_before;
@@ -117,7 +117,7 @@ pub(crate) fn pre_reduce(
     if let MethodWeights::DynamicVit(_) = m.weights.method {
         std::mem::swap(&mut ws.delta, &mut ws.delta2);
     }
-    if let Some(t) = trace.as_deref_mut() {
+    if let Some(t) = trace {
         match &m.weights.method {
             MethodWeights::Sit(_) => t.push_f32(&format!("sit_assign.{i}"), &[b, k, nt], &rec_f32),
             MethodWeights::PatchMerger(_) => {
