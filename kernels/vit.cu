@@ -87,12 +87,14 @@ __device__ void attention_row(const T* __restrict__ qkv, unsigned n, unsigned he
   CLCA_HOST_ENTRY(layernorm_##sfx)                                                                \
   /* y[r, c] = act(y[r, c] + bias[c]); act = GELU(erf) when gelu != 0. Grid-stride. */            \
   extern "C" __global__ void bias_act_##sfx(T* __restrict__ y, long long rows, unsigned n,        \
-                                            const float* __restrict__ bias, unsigned gelu) {      \
+                                            const float* __restrict__ bias, unsigned act) {       \
+    /* act: 0 none, 1 exact GELU, 2 exp (DPC-KNN's token weights). */                             \
     const long long total = rows * (long long)n;                                                  \
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;               \
          e += (long long)gridDim.x * blockDim.x) {                                                \
       float v = clca::to_f32(y[e]) + (bias ? bias[e % n] : 0.0f);                                 \
-      if (gelu) v = clca::gelu_erf(v);                                                            \
+      if (act == 1) v = clca::gelu_erf(v);                                                        \
+      else if (act == 2) v = expf(v);                                                             \
       y[e] = clca::from_f32<T>(v);                                                                \
     }                                                                                             \
   }                                                                                               \

@@ -120,10 +120,7 @@ fn device_case<D: clca::Device>(dev: &D) {
             continue;
         };
         use clca::plan::Reduction;
-        if !matches!(
-            cfg.reduction,
-            Reduction::None | Reduction::TopK | Reduction::EVit | Reduction::ToMe
-        ) {
+        if cfg.reduction == Reduction::Ats {
             continue; // the CPU forward only, in this release
         }
         let model = Vit::load(cfg, &dir.join("weights.safetensors")).expect("model");
@@ -207,43 +204,36 @@ fn device_case<D: clca::Device>(dev: &D) {
             ("bf16", reduced::<D, clca::bf16>(dev, &model, &img, b)),
         ] {
             assert_eq!(top1(&l), top1(&f32_logits), "{}: {name} top-1", c.name);
+            // Selections: identical to f32, or (at a near-tie the storage type cannot resolve)
+            // agreeing on most tokens. bf16 keeps 8 mantissa bits: scores ~1/n differ by ~4e-3
+            // relative, more than the k-boundary gaps of these cases (down to 3e-5); f16 keeps
+            // 11 and flips only at tighter ties (case O: DynamicViT's 16th and 17th tokens at
+            // block 1 differ by 7.6e-5 in log-probability, 1e-4 relative).
+            let mut identical = true;
             for (tn, _, data) in &t.tensors {
                 if let (TraceData::I64(v), Some((_, TraceData::I64(v32)))) = (data, trace.get(tn)) {
-                    if name == "f16" {
-                        assert_eq!(v, v32, "{}: {name} selection {tn}", c.name);
-                    } else if tn.starts_with("cluster_idx") {
-                        // ToMe's merge map, position by position (a near-tie similarity may
-                        // send a token to another destination in bf16).
-                        let same = v.iter().zip(v32).filter(|(a, b)| a == b).count() as f64
-                            / v32.len() as f64;
-                        assert!(
-                            same >= 0.8,
-                            "{}: bf16 merge {tn} agrees on {same:.2}",
-                            c.name
-                        );
-                        eprintln!(
-                            "{}: bf16 {tn} agrees with f32 on {:.0}% of the tokens",
-                            c.name,
-                            same * 100.0
-                        );
-                    } else {
-                        // bf16 keeps 8 mantissa bits: scores ~1/n differ by ~4e-3 relative, more
-                        // than the k-boundary gaps of these cases (down to 3e-5), so near-ties
-                        // may flip. Require the kept sets to agree on most tokens.
-                        let a: std::collections::BTreeSet<_> = v.iter().collect();
-                        let same =
-                            v32.iter().filter(|x| a.contains(x)).count() as f64 / v32.len() as f64;
-                        assert!(
-                            same >= 0.8,
-                            "{}: bf16 selection {tn} agrees on {same:.2}",
-                            c.name
-                        );
-                        eprintln!(
-                            "{}: bf16 {tn} agrees with f32 on {:.0}% of the kept tokens",
-                            c.name,
-                            same * 100.0
-                        );
+                    if v == v32 {
+                        continue;
                     }
+                    identical = false;
+                    let same = if tn.starts_with("cluster_idx") || tn.starts_with("dpc_idx_cluster")
+                    {
+                        // A merge map, position by position.
+                        v.iter().zip(v32).filter(|(a, b)| a == b).count() as f64 / v32.len() as f64
+                    } else {
+                        let a: std::collections::BTreeSet<_> = v.iter().collect();
+                        v32.iter().filter(|x| a.contains(x)).count() as f64 / v32.len() as f64
+                    };
+                    assert!(
+                        same >= 0.8,
+                        "{}: {name} selection {tn} agrees on {same:.2}",
+                        c.name
+                    );
+                    eprintln!(
+                        "{}: {name} {tn} agrees with f32 on {:.0}% of the tokens",
+                        c.name,
+                        same * 100.0
+                    );
                 }
             }
             let err = l
@@ -256,10 +246,17 @@ fn device_case<D: clca::Device>(dev: &D) {
             // 130 tokens at block 1, 3 of 68 at block 3), and unlike a pruned token it stays in the
             // sequence to the end: 2.6e-2 measured, while the error before the first merge is
             // EViT's (4.9e-3 at block_out.0). Every other case and dtype: 2e-2.
+            // With identical selections the storage type's rounding bounds the logits (2e-2);
+            // bf16 ToMe: a near-tie similarity sends a token to another destination (case D: 1
+            // of 130 tokens at block 1, 3 of 68 at block 3), and unlike a pruned token it stays
+            // in the sequence to the end: 2.6e-2 measured. A flipped pruning selection changes
+            // which tokens exist, so only the top-1 and the agreement above are required then.
             let bound = if name == "bf16" && model.cfg.reduction == clca::plan::Reduction::ToMe {
                 5e-2
-            } else {
+            } else if identical {
                 2e-2
+            } else {
+                f64::INFINITY
             };
             assert!(
                 err <= bound,
@@ -275,13 +272,15 @@ fn device_case<D: clca::Device>(dev: &D) {
         eprintln!("{}: device forward matches on {}", c.name, dev.name());
         ran += 1;
     }
-    if common::golden::dir().is_some() {
-        assert!(
-            ran >= 5,
-            "expected the ViT, Top-K, EViT and ToMe golden cases to run on {}, ran {ran}",
-            dev.name()
-        );
-    }
+    // Every case but ATS (CPU only in this release) runs on the device forward.
+    let expected = cases()
+        .iter()
+        .filter(|d| {
+            VitConfig::from_golden_json(&Case::load(d).config)
+                .is_ok_and(|c| c.reduction != clca::plan::Reduction::Ats)
+        })
+        .count();
+    assert_eq!(ran, expected, "golden cases run on {}", dev.name());
 }
 
 #[test]

@@ -49,8 +49,13 @@ pub struct DeviceVit<D: Device, T: Element> {
     pos: D::Buf<f32>,
     norm_pre: Option<(D::Buf<f32>, D::Buf<f32>)>,
     blocks: Vec<DevBlock<D, T>>,
+    method: DevMethod<D>,
     head: DevHead<D, T>,
 }
+
+#[path = "device_methods.rs"]
+mod methods;
+use methods::{DevMethod, PreBufs};
 
 /// The activations of one forward at a given batch, sized from the plan.
 pub struct DeviceWorkspace<D: Device, T: Element> {
@@ -77,6 +82,14 @@ pub struct DeviceWorkspace<D: Device, T: Element> {
     tome: TomeBufs<D>,
     /// Logits [batch, classes] in `T` after [`DeviceVit::forward`].
     pub logits: D::Buf<T>,
+    /// Per block, the buffers of a reduction before it.
+    pre: Vec<Option<PreBufs<D>>>,
+    /// DynamicViT only (one element otherwise): keep decisions δ [batch, L] per token (cls at
+    /// 0), the next δ, all-ones to reset it, zeros for recovered tokens.
+    delta: D::Buf<f32>,
+    delta2: D::Buf<f32>,
+    ones: D::Buf<f32>,
+    zeros: D::Buf<f32>,
 }
 
 /// ToMe's matching and merge plan at the longest sequence (contract in [`crate::ops::tome`]);
@@ -92,6 +105,41 @@ struct TomeBufs<D: Device> {
 }
 
 use crate::dtype::from_f32_slice as cvt;
+
+/// y = act(y + bias) on `rows`×`n` elements of `dtype`; act 0 none, 1 GELU, 2 exp.
+///
+/// # Safety
+/// `y` holds rows·n elements of `dtype` and `bias` (or 0) n f32.
+unsafe fn bias_act_dt<D: Device>(
+    dev: &D,
+    dtype: DType,
+    y: u64,
+    rows: usize,
+    n: usize,
+    bias: u64,
+    act: u32,
+) -> Result<()> {
+    let args = vec![
+        Arg::Ptr(y),
+        Arg::I64(rows as i64),
+        Arg::U32(to_u32("n", n)?),
+        Arg::Ptr(bias),
+        Arg::U32(act),
+    ];
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        go(
+            dev,
+            "vit",
+            "bias_act",
+            dtype,
+            ew_grid(rows * n)?,
+            [EW_THREADS, 1, 1],
+            0,
+            args,
+        )
+    }
+}
 
 /// Launches `module::op_{dtype}`.
 ///
@@ -128,13 +176,19 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
     pub fn new(dev: &D, model: &Vit) -> Result<Self> {
         if !matches!(
             model.cfg.reduction,
-            Reduction::None | Reduction::TopK | Reduction::EVit | Reduction::ToMe
+            Reduction::None
+                | Reduction::TopK
+                | Reduction::EVit
+                | Reduction::ToMe
+                | Reduction::DpcKnn
+                | Reduction::Sit
+                | Reduction::PatchMerger
+                | Reduction::DynamicVit
         ) {
             return Err(Error::Unsupported {
                 what: format!("{} on the device forward", model.cfg.reduction.name()),
-                supported:
-                    "every method on the CPU forward; plain ViT, Top-K, EViT and ToMe on devices"
-                        .into(),
+                supported: "every method on the CPU forward; every method but ATS on devices"
+                    .into(),
             });
         }
         let w = &model.weights;
@@ -191,6 +245,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 .transpose()?,
             blocks,
             head,
+            method: DevMethod::new(dev, &w.method)?,
             model: model.clone(),
         })
     }
@@ -210,6 +265,14 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         let hidden = match &self.head {
             DevHead::Cla(h) => h.hidden(),
             DevHead::Linear { .. } => 1,
+        };
+        let dyvit = c.reduction == Reduction::DynamicVit;
+        let dy_len = |dims: &[usize]| {
+            if dyvit {
+                mul("delta", dims)
+            } else {
+                Ok(1)
+            }
         };
         let tome = c.reduction == Reduction::ToMe;
         let tome_len = |dims: &[usize]| {
@@ -249,6 +312,11 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 offsets: dev.zeros(tome_len(&[batch, l / 2 + 1])?)?,
             },
             logits: dev.zeros(mul("logits", &[batch, c.num_classes])?)?,
+            pre: methods::pre_buffers(dev, &self.model, batch)?,
+            delta: dev.zeros(dy_len(&[batch, l])?)?,
+            delta2: dev.zeros(dy_len(&[batch, l])?)?,
+            ones: dev.upload(&vec![1f32; dy_len(&[batch, l])?])?,
+            zeros: dev.zeros(dy_len(&[batch, self.model.plan.cache_cap.max(1)])?)?,
         })
     }
 
@@ -343,7 +411,28 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             let mut tap = 0;
             // ToMe: sizes exist from the first merge on (all ones, i.e. no bias, before it).
             let mut have_sizes = false;
+            let dyvit = c.reduction == Reduction::DynamicVit;
+            if dyvit {
+                let l = m.plan.max_len;
+                dev.launch(&crate::ops::token_cache::copy_launch(
+                    DType::F32,
+                    ws.ones.addr(),
+                    l,
+                    0,
+                    ws.delta.addr_mut(),
+                    n,
+                    0,
+                    b,
+                    n,
+                    1,
+                )?)?;
+            }
+            let locs = c.locs();
             for (i, bp) in m.plan.blocks.iter().enumerate() {
+                if let Some(pre) = &bp.pre {
+                    let j = locs.iter().position(|&l| l == i).unwrap_or(0);
+                    n = self.pre_reduce(dev, ws, i, j, pre, trace.as_deref_mut())?;
+                }
                 let w = &self.blocks[i];
                 if let Some(t) = trace.as_deref_mut() {
                     t.push_f32(
@@ -567,6 +656,35 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                         )?)?;
                         std::mem::swap(&mut ws.sizes, &mut ws.sizes2);
                     }
+                    if dyvit {
+                        // Recovered tokens get δ = 0 in eval (SPEC §4.8).
+                        let cp = crate::ops::token_cache::copy_launch;
+                        dev.launch(&cp(
+                            DType::F32,
+                            ws.delta.addr(),
+                            n,
+                            0,
+                            ws.delta2.addr_mut(),
+                            nn,
+                            0,
+                            b,
+                            n,
+                            1,
+                        )?)?;
+                        dev.launch(&cp(
+                            DType::F32,
+                            ws.zeros.addr(),
+                            cap,
+                            0,
+                            ws.delta2.addr_mut(),
+                            nn,
+                            n,
+                            b,
+                            r,
+                            1,
+                        )?)?;
+                        std::mem::swap(&mut ws.delta, &mut ws.delta2);
+                    }
                     n = nn;
                 }
                 if let Some(a) = m.carrier_args(bp, b, n) {
@@ -749,6 +867,24 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         be: &D::Buf<f32>,
         y: u64,
     ) -> Result<()> {
+        // SAFETY: forwarded.
+        unsafe { self.layernorm_eps::<O>(dev, x, rows, d, xs, g, be, None, y) }
+    }
+
+    /// [`Self::layernorm`] with its own eps (the methods' modules use nn.LayerNorm's 1e-5).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn layernorm_eps<O: Element>(
+        &self,
+        dev: &D,
+        x: u64,
+        rows: usize,
+        d: usize,
+        xs: usize,
+        g: &D::Buf<f32>,
+        be: &D::Buf<f32>,
+        eps: Option<f64>,
+        y: u64,
+    ) -> Result<()> {
         let grid = [
             to_u32("rows", rows.clamp(1, crate::kernels::ROW_GRID_CAP as usize))?,
             1,
@@ -761,7 +897,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             Arg::I64(xs as i64),
             Arg::Ptr(g.addr()),
             Arg::Ptr(be.addr()),
-            Arg::F32(self.model.cfg.ln_eps as f32),
+            Arg::F32(eps.unwrap_or(self.model.cfg.ln_eps) as f32),
             Arg::Ptr(y),
         ];
         // SAFETY: forwarded from `forward`.
@@ -788,26 +924,8 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         bias: u64,
         gelu: bool,
     ) -> Result<()> {
-        let args = vec![
-            Arg::Ptr(y),
-            Arg::I64(rows as i64),
-            Arg::U32(to_u32("n", n)?),
-            Arg::Ptr(bias),
-            Arg::U32(gelu as u32),
-        ];
-        // SAFETY: forwarded from `forward`.
-        unsafe {
-            go(
-                dev,
-                "vit",
-                "bias_act",
-                T::DTYPE,
-                ew_grid(rows * n)?,
-                [EW_THREADS, 1, 1],
-                0,
-                args,
-            )
-        }
+        // SAFETY: forwarded.
+        unsafe { bias_act_dt(dev, T::DTYPE, y, rows, n, bias, gelu as u32) }
     }
 
     unsafe fn residual(

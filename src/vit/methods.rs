@@ -98,6 +98,7 @@ pub(crate) fn pre_reduce(
                 let logp = crate::cpu::dyvit::predict(&layers[j], mid, nt, d, delta);
                 let score: Vec<f32> = logp.chunks_exact(2).map(|r| r[0]).collect();
                 let (keep, _) = crate::cpu::topk::topk_row(&score, k);
+                rec_i64.extend(keep.iter().map(|&u| u as i64));
                 for (o, &u) in keep.iter().enumerate() {
                     let u = u as usize;
                     merged[o * d..(o + 1) * d].copy_from_slice(&mid[u * d..(u + 1) * d]);
@@ -124,7 +125,9 @@ pub(crate) fn pre_reduce(
                 t.push_f32(&format!("patchmerger_attn.{i}"), &[b, k, nt], &rec_f32)
             }
             MethodWeights::DynamicVit(_) => {
-                t.push_f32(&format!("dyvit_pred_logprob.{i}"), &[b, nt, 2], &rec_f32)
+                t.push_f32(&format!("dyvit_pred_logprob.{i}"), &[b, nt, 2], &rec_f32);
+                // Ours (not in the authors' trace): the kept tokens, in score order.
+                t.push_i64(&format!("dyvit_keep_idx.{i}"), &[b, k], rec_i64);
             }
             _ => {
                 t.push_f32(&format!("dpc_tokens_in.{i}"), &[b, nt, d], &rec_f32);

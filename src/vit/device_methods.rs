@@ -1,0 +1,606 @@
+//! The device forward's reductions before the block (SPEC §4.4–§4.6, §4.8): DPC-KNN, SiT,
+//! PatchMerger and DynamicViT. Their learned modules are small and their outputs are
+//! selections or mixtures, so they run in f32 whatever the storage type (the residual stream is
+//! f32 already); each layer has its own exact-size buffers, sized from the plan.
+use super::*;
+use crate::ops::token_cache::copy_launch;
+use crate::plan::PreReduce;
+use crate::vit::weights::MethodWeights;
+
+/// One Linear in f32: weight [out, in], bias [out].
+pub(super) struct Lin32<D: Device> {
+    w: D::Buf<f32>,
+    b: D::Buf<f32>,
+    out: usize,
+}
+
+fn lin<D: Device>(dev: &D, l: &crate::vit::weights::Lin) -> Result<Lin32<D>> {
+    Ok(Lin32 {
+        w: dev.upload(&l.w)?,
+        b: dev.upload(&l.b)?,
+        out: l.out,
+    })
+}
+
+/// A method's modules on the device, one entry per reduction layer.
+pub(super) enum DevMethod<D: Device> {
+    None,
+    Sit(Vec<(Norm<D>, Lin32<D>, Lin32<D>, f32)>),
+    PatchMerger(Vec<(Norm<D>, D::Buf<f32>)>),
+    DynamicVit(Vec<(Norm<D>, [Lin32<D>; 4])>),
+    DpcKnn(Vec<Option<Lin32<D>>>),
+}
+
+type Norm<D> = (<D as Device>::Buf<f32>, <D as Device>::Buf<f32>);
+
+impl<D: Device> DevMethod<D> {
+    pub(super) fn new(dev: &D, m: &MethodWeights) -> Result<Self> {
+        let norm = |n: &(Vec<f32>, Vec<f32>)| -> Result<Norm<D>> {
+            Ok((dev.upload(&n.0)?, dev.upload(&n.1)?))
+        };
+        Ok(match m {
+            MethodWeights::None => DevMethod::None,
+            MethodWeights::Sit(v) => DevMethod::Sit(
+                v.iter()
+                    .map(|l| {
+                        Ok((
+                            norm(&l.norm)?,
+                            lin(dev, &l.fc1)?,
+                            lin(dev, &l.fc2)?,
+                            l.scale,
+                        ))
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            MethodWeights::PatchMerger(v) => DevMethod::PatchMerger(
+                v.iter()
+                    .map(|l| Ok((norm(&l.norm)?, dev.upload(&l.queries)?)))
+                    .collect::<Result<_>>()?,
+            ),
+            MethodWeights::DynamicVit(v) => DevMethod::DynamicVit(
+                v.iter()
+                    .map(|p| {
+                        Ok((
+                            norm(&p.norm)?,
+                            [
+                                lin(dev, &p.fc_in)?,
+                                lin(dev, &p.fc0)?,
+                                lin(dev, &p.fc2)?,
+                                lin(dev, &p.fc4)?,
+                            ],
+                        ))
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            MethodWeights::DpcKnn(v) => DevMethod::DpcKnn(
+                v.iter()
+                    .map(|l| l.as_ref().map(|l| lin(dev, l)).transpose())
+                    .collect::<Result<_>>()?,
+            ),
+        })
+    }
+}
+
+/// The buffers of one reduction before a block, for `batch` samples: `nt` tokens reduced to
+/// `k` (exact sizes).
+pub(super) struct PreBufs<D: Device> {
+    mid: D::Buf<f32>,
+    y: D::Buf<f32>,
+    h: D::Buf<f32>,
+    s: D::Buf<f32>,
+    out: D::Buf<f32>,
+    w: D::Buf<f32>,
+    dy: Option<DyBufs<D>>,
+    dpc: Option<DpcBufs<D>>,
+}
+
+struct DyBufs<D: Device> {
+    a: D::Buf<f32>,
+    c: D::Buf<f32>,
+    lp: D::Buf<f32>,
+    score: D::Buf<f32>,
+    idx: D::Buf<u32>,
+    compl: D::Buf<u32>,
+    dmid: D::Buf<f32>,
+}
+
+struct DpcBufs<D: Device> {
+    ws: crate::ops::dpcknn::DpcWorkspace<D>,
+    idx_cluster: D::Buf<u32>,
+    centers: D::Buf<u32>,
+    weight: D::Buf<f32>,
+    noise: Option<D::Buf<f32>>,
+}
+
+/// Buffers for every block that reduces before it (None elsewhere). DPC-KNN's noise is drawn
+/// here, in the CPU forward's order, so both forwards add the same noise.
+pub(super) fn pre_buffers<D: Device>(
+    dev: &D,
+    model: &Vit,
+    batch: usize,
+) -> Result<Vec<Option<PreBufs<D>>>> {
+    let c = &model.cfg;
+    let d = c.embed_dim;
+    let mut rng = c
+        .method
+        .dpc_noise_seed
+        .map(|s| crate::vit::random::Rng::new(s, 0xd9c));
+    let z = |dims: &[usize]| -> Result<D::Buf<f32>> { dev.zeros(mul("method", dims)?) };
+    model
+        .plan
+        .blocks
+        .iter()
+        .map(|bp| {
+            let Some(pre) = &bp.pre else { return Ok(None) };
+            let nt = pre.len_before - 1 - pre.suffix;
+            let k = pre.out;
+            let hidden = match c.reduction {
+                Reduction::Sit => crate::vit::weights::sit_hidden(d),
+                _ => d,
+            };
+            let dy = if c.reduction == Reduction::DynamicVit {
+                Some(DyBufs {
+                    a: z(&[batch, nt, d / 2])?,
+                    c: z(&[batch, nt, d / 4])?,
+                    lp: z(&[batch, nt, 2])?,
+                    score: z(&[batch, nt])?,
+                    idx: dev.zeros(mul("idx", &[batch, k])?)?,
+                    compl: dev.zeros(mul("compl", &[batch, nt - k])?)?,
+                    dmid: z(&[batch, nt])?,
+                })
+            } else {
+                None
+            };
+            let dpc = if c.reduction == Reduction::DpcKnn {
+                let noise = match rng.as_mut() {
+                    Some(r) => {
+                        let v: Vec<f32> =
+                            (0..batch * nt).map(|_| r.uniform() as f32 * 1e-6).collect();
+                        Some(dev.upload(&v)?)
+                    }
+                    None => None,
+                };
+                Some(DpcBufs {
+                    ws: crate::ops::dpcknn::DpcWorkspace::new(dev, batch, nt, k)?,
+                    idx_cluster: dev.zeros(mul("idx_cluster", &[batch, nt])?)?,
+                    centers: dev.zeros(mul("centers", &[batch, k])?)?,
+                    weight: z(&[batch, nt])?,
+                    noise,
+                })
+            } else {
+                None
+            };
+            Ok(Some(PreBufs {
+                mid: z(&[batch, nt, d])?,
+                y: z(&[batch, nt, d])?,
+                h: z(&[batch, nt, hidden])?,
+                s: z(&[batch, nt, k])?,
+                out: z(&[batch, k, d])?,
+                w: z(&[batch, k, nt])?,
+                dy,
+                dpc,
+            }))
+        })
+        .collect()
+}
+
+fn to_i64(v: &[u32]) -> Vec<i64> {
+    v.iter().map(|&x| x as i64).collect()
+}
+
+impl<D: Device, T: Element> DeviceVit<D, T> {
+    /// The reduction before block `i` (the `j`-th reduction layer) of `ws.x` [b, n, D] into
+    /// `ws.x` [b, 1 + k + suffix, D]; returns the new length.
+    ///
+    /// # Safety
+    /// `ws` was made by [`DeviceVit::workspace`] for this model.
+    pub(super) unsafe fn pre_reduce(
+        &self,
+        dev: &D,
+        ws: &mut DeviceWorkspace<D, T>,
+        i: usize,
+        j: usize,
+        pre: &PreReduce,
+        trace: Option<&mut Trace>,
+    ) -> Result<usize> {
+        let c = &self.model.cfg;
+        let (b, d) = (ws.batch, c.embed_dim);
+        let n = pre.len_before;
+        let k = pre.out;
+        let sfx = pre.suffix;
+        let nt = n - 1 - sfx;
+        let out_n = 1 + k + sfx;
+        let f32t = DType::F32;
+        let Some(pb) = ws.pre.get_mut(i).and_then(Option::as_mut) else {
+            return Err(Error::Plan(format!(
+                "block {i}: no buffers for the reduction before it"
+            )));
+        };
+        // SAFETY (every launch): the buffers of `pb` were sized in `pre_buffers` for exactly
+        // (batch, nt, k, d) of this block; x and x2 hold max_len ≥ n tokens per sample.
+        unsafe {
+            dev.launch(&copy_launch(
+                f32t,
+                ws.x.addr(),
+                n,
+                1,
+                pb.mid.addr_mut(),
+                nt,
+                0,
+                b,
+                nt,
+                d,
+            )?)?;
+            let mut gathered = false;
+            match &self.method {
+                DevMethod::Sit(layers) => {
+                    let (norm, fc1, fc2, scale) = &layers[j];
+                    self.layernorm_eps::<f32>(
+                        dev,
+                        pb.mid.addr(),
+                        b * nt,
+                        d,
+                        d,
+                        &norm.0,
+                        &norm.1,
+                        Some(1e-5),
+                        pb.y.addr_mut(),
+                    )?;
+                    dev.gemm_nt(
+                        f32t,
+                        pb.y.addr(),
+                        b * nt,
+                        d,
+                        fc1.w.addr(),
+                        fc1.out,
+                        pb.h.addr_mut(),
+                    )?;
+                    bias_act_dt(dev, f32t, pb.h.addr_mut(), b * nt, fc1.out, fc1.b.addr(), 1)?;
+                    if k > 0 {
+                        dev.gemm_nt(
+                            f32t,
+                            pb.h.addr(),
+                            b * nt,
+                            fc1.out,
+                            fc2.w.addr(),
+                            k,
+                            pb.s.addr_mut(),
+                        )?;
+                        bias_act_dt(dev, f32t, pb.s.addr_mut(), b * nt, k, fc2.b.addr(), 0)?;
+                        crate::ops::merge::softmax_merge::<D, f32>(
+                            dev,
+                            &pb.s,
+                            &pb.mid,
+                            b,
+                            nt,
+                            k,
+                            d,
+                            *scale,
+                            &mut pb.out,
+                            Some(&mut pb.w),
+                        )?;
+                    }
+                }
+                DevMethod::PatchMerger(layers) => {
+                    let (norm, q) = &layers[j];
+                    self.layernorm_eps::<f32>(
+                        dev,
+                        pb.mid.addr(),
+                        b * nt,
+                        d,
+                        d,
+                        &norm.0,
+                        &norm.1,
+                        Some(1e-5),
+                        pb.y.addr_mut(),
+                    )?;
+                    if k > 0 {
+                        dev.gemm_nt(f32t, pb.y.addr(), b * nt, d, q.addr(), k, pb.s.addr_mut())?;
+                        crate::ops::merge::softmax_merge::<D, f32>(
+                            dev,
+                            &pb.s,
+                            &pb.y,
+                            b,
+                            nt,
+                            k,
+                            d,
+                            1.0,
+                            &mut pb.out,
+                            Some(&mut pb.w),
+                        )?;
+                    }
+                }
+                DevMethod::DynamicVit(layers) => {
+                    let (norm, [fin, f0, f2, f4]) = &layers[j];
+                    let Some(dy) = pb.dy.as_mut() else {
+                        return Err(Error::Plan("DynamicViT buffers missing".into()));
+                    };
+                    self.layernorm_eps::<f32>(
+                        dev,
+                        pb.mid.addr(),
+                        b * nt,
+                        d,
+                        d,
+                        &norm.0,
+                        &norm.1,
+                        Some(1e-5),
+                        pb.y.addr_mut(),
+                    )?;
+                    dev.gemm_nt(
+                        f32t,
+                        pb.y.addr(),
+                        b * nt,
+                        d,
+                        fin.w.addr(),
+                        d,
+                        pb.h.addr_mut(),
+                    )?;
+                    bias_act_dt(dev, f32t, pb.h.addr_mut(), b * nt, d, fin.b.addr(), 1)?;
+                    // δ of the non-cls tokens, contiguous per sample.
+                    dev.launch(&copy_launch(
+                        f32t,
+                        ws.delta.addr(),
+                        n,
+                        1,
+                        dy.dmid.addr_mut(),
+                        nt,
+                        0,
+                        b,
+                        nt,
+                        1,
+                    )?)?;
+                    crate::ops::dyvit::pool_global::<D, f32>(dev, &mut pb.h, &dy.dmid, b, nt, d)?;
+                    dev.gemm_nt(
+                        f32t,
+                        pb.h.addr(),
+                        b * nt,
+                        d,
+                        f0.w.addr(),
+                        f0.out,
+                        dy.a.addr_mut(),
+                    )?;
+                    bias_act_dt(dev, f32t, dy.a.addr_mut(), b * nt, f0.out, f0.b.addr(), 1)?;
+                    dev.gemm_nt(
+                        f32t,
+                        dy.a.addr(),
+                        b * nt,
+                        f0.out,
+                        f2.w.addr(),
+                        f2.out,
+                        dy.c.addr_mut(),
+                    )?;
+                    bias_act_dt(dev, f32t, dy.c.addr_mut(), b * nt, f2.out, f2.b.addr(), 1)?;
+                    dev.gemm_nt(
+                        f32t,
+                        dy.c.addr(),
+                        b * nt,
+                        f2.out,
+                        f4.w.addr(),
+                        2,
+                        dy.lp.addr_mut(),
+                    )?;
+                    bias_act_dt(dev, f32t, dy.lp.addr_mut(), b * nt, 2, f4.b.addr(), 0)?;
+                    crate::ops::dyvit::log_softmax2::<D, f32>(
+                        dev,
+                        &mut dy.lp,
+                        b,
+                        nt,
+                        &mut dy.score,
+                    )?;
+                    if k > 0 {
+                        crate::ops::topk::topk_select::<D, f32>(
+                            dev,
+                            &dy.score,
+                            b,
+                            nt,
+                            k,
+                            &mut dy.idx,
+                            &mut dy.compl,
+                        )?;
+                        let mode = crate::ops::prune::PruneMode::TopK;
+                        let g = |x: u64, dd: usize, out: u64| {
+                            crate::ops::prune::gather_launch(
+                                f32t,
+                                mode,
+                                x,
+                                b,
+                                n,
+                                dd,
+                                dy.idx.addr(),
+                                k,
+                                0,
+                                0,
+                                out,
+                            )
+                        };
+                        dev.launch(&g(ws.x.addr(), d, ws.x2.addr_mut())?)?;
+                        dev.launch(&g(ws.delta.addr(), 1, ws.delta2.addr_mut())?)?;
+                    } else {
+                        dev.launch(&copy_launch(
+                            f32t,
+                            ws.x.addr(),
+                            n,
+                            0,
+                            ws.x2.addr_mut(),
+                            1,
+                            0,
+                            b,
+                            1,
+                            d,
+                        )?)?;
+                        dev.launch(&copy_launch(
+                            f32t,
+                            ws.delta.addr(),
+                            n,
+                            0,
+                            ws.delta2.addr_mut(),
+                            1,
+                            0,
+                            b,
+                            1,
+                            1,
+                        )?)?;
+                    }
+                    std::mem::swap(&mut ws.delta, &mut ws.delta2);
+                    gathered = true;
+                }
+                DevMethod::DpcKnn(layers) => {
+                    let Some(dp) = pb.dpc.as_mut() else {
+                        return Err(Error::Plan("DPC-KNN buffers missing".into()));
+                    };
+                    if let Some(score) = &layers[j] {
+                        dev.gemm_nt(
+                            f32t,
+                            pb.mid.addr(),
+                            b * nt,
+                            d,
+                            score.w.addr(),
+                            1,
+                            dp.weight.addr_mut(),
+                        )?;
+                        bias_act_dt(
+                            dev,
+                            f32t,
+                            dp.weight.addr_mut(),
+                            b * nt,
+                            1,
+                            score.b.addr(),
+                            2,
+                        )?;
+                    }
+                    crate::ops::dpcknn::cluster::<D, f32>(
+                        dev,
+                        &pb.mid,
+                        b,
+                        nt,
+                        d,
+                        k,
+                        c.method.k_neighbors,
+                        dp.noise.as_ref(),
+                        &mut dp.ws,
+                        &mut dp.idx_cluster,
+                        &mut dp.centers,
+                    )?;
+                    let weight = layers[j].as_ref().map(|_| &dp.weight);
+                    crate::ops::dpcknn::merge::<D, f32>(
+                        dev,
+                        &pb.mid,
+                        b,
+                        nt,
+                        d,
+                        &dp.idx_cluster,
+                        k,
+                        weight,
+                        &mut pb.out,
+                    )?;
+                }
+                DevMethod::None => {
+                    return Err(Error::Plan(format!(
+                        "block {i}: a reduction before the block without its method's weights"
+                    )))
+                }
+            }
+            if !gathered {
+                // [cls, the k merged tokens, the protected suffix].
+                dev.launch(&copy_launch(
+                    f32t,
+                    ws.x.addr(),
+                    n,
+                    0,
+                    ws.x2.addr_mut(),
+                    out_n,
+                    0,
+                    b,
+                    1,
+                    d,
+                )?)?;
+                if k > 0 {
+                    dev.launch(&copy_launch(
+                        f32t,
+                        pb.out.addr(),
+                        k,
+                        0,
+                        ws.x2.addr_mut(),
+                        out_n,
+                        1,
+                        b,
+                        k,
+                        d,
+                    )?)?;
+                }
+                if sfx > 0 {
+                    dev.launch(&copy_launch(
+                        f32t,
+                        ws.x.addr(),
+                        n,
+                        1 + nt,
+                        ws.x2.addr_mut(),
+                        out_n,
+                        1 + k,
+                        b,
+                        sfx,
+                        d,
+                    )?)?;
+                }
+            }
+            std::mem::swap(&mut ws.x, &mut ws.x2);
+        }
+        if let Some(t) = trace {
+            let pb = ws.pre[i]
+                .as_ref()
+                .ok_or_else(|| Error::Plan("buffers".into()))?;
+            match &self.method {
+                DevMethod::Sit(_) => t.push_f32(
+                    &format!("sit_assign.{i}"),
+                    &[b, k, nt],
+                    &dev.download(&pb.w)?[..b * k * nt],
+                ),
+                DevMethod::PatchMerger(_) => t.push_f32(
+                    &format!("patchmerger_attn.{i}"),
+                    &[b, k, nt],
+                    &dev.download(&pb.w)?[..b * k * nt],
+                ),
+                DevMethod::DynamicVit(_) => {
+                    if let Some(dy) = &pb.dy {
+                        t.push_f32(
+                            &format!("dyvit_pred_logprob.{i}"),
+                            &[b, nt, 2],
+                            &dev.download(&dy.lp)?,
+                        );
+                        t.push_i64(
+                            &format!("dyvit_keep_idx.{i}"),
+                            &[b, k],
+                            to_i64(&dev.download(&dy.idx)?),
+                        );
+                    }
+                }
+                DevMethod::DpcKnn(_) => {
+                    if let Some(dp) = &pb.dpc {
+                        t.push_f32(
+                            &format!("dpc_tokens_in.{i}"),
+                            &[b, nt, d],
+                            &dev.download(&pb.mid)?,
+                        );
+                        t.push_f32(
+                            &format!("dpc_tokens_out.{i}"),
+                            &[b, k, d],
+                            &dev.download(&pb.out)?[..b * k * d],
+                        );
+                        t.push_i64(
+                            &format!("dpc_idx_cluster.{i}"),
+                            &[b, nt],
+                            to_i64(&dev.download(&dp.idx_cluster)?),
+                        );
+                        t.push_i64(
+                            &format!("dpc_idx_centers.{i}"),
+                            &[b, k],
+                            to_i64(&dev.download(&dp.centers)?),
+                        );
+                    }
+                }
+                DevMethod::None => {}
+            }
+        }
+        Ok(out_n)
+    }
+}
