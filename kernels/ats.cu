@@ -31,14 +31,14 @@ __device__ __forceinline__ float ats_point(u32 k, u32 i) {
 // s[b, t−1] = Σ_h probs[b, h, t]·‖v[b, t, h]‖ for t = 1..n−1; v = qkv[b, t, 2d + h·hd ..].
 // grid (ceil((n−1)/blockDim.x), batch); one thread per token, sums in the reference's order.
 template <class T>
-__device__ void ats_significance(const T* __restrict__ probs, const T* __restrict__ qkv, u32 heads,
+__device__ void ats_significance(const float* __restrict__ probs, const T* __restrict__ qkv, u32 heads,
                                  u32 n, u32 d, float* __restrict__ sig) {
   const u32 b = blockIdx.y;
   const u32 t = 1 + blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= n) return;
   const u32 hd = d / heads;
   const T* v = qkv + ((i64)b * n + t) * 3 * d + 2 * d;
-  const T* p = probs + (i64)b * heads * n + t;
+  const float* p = probs + (i64)b * heads * n + t;
   float acc = 0.0f;
   for (u32 h = 0; h < heads; ++h) {
     float s = 0.0f;
@@ -46,7 +46,7 @@ __device__ void ats_significance(const T* __restrict__ probs, const T* __restric
       const float x = to_f32(v[h * hd + i]);
       s = fadd_rn(s, fmul_rn(x, x));
     }
-    acc = fadd_rn(acc, fmul_rn(to_f32(p[(i64)h * n]), sqrtf(s)));
+    acc = fadd_rn(acc, fmul_rn(p[(i64)h * n], sqrtf(s)));
   }
   sig[(i64)b * (n - 1) + t - 1] = acc;
 }
@@ -134,7 +134,7 @@ __device__ void ats_sample(const float* __restrict__ sig, const float* __restric
 
 #define ATS_ENTRIES(T, sfx)                                                                       \
   /* grid (ceil((n-1)/blockDim.x), batch) */                                                      \
-  extern "C" __global__ void ats_significance_##sfx(const T* __restrict__ probs,                  \
+  extern "C" __global__ void ats_significance_##sfx(const float* __restrict__ probs,              \
                                                     const T* __restrict__ qkv, unsigned batch,    \
                                                     unsigned heads, unsigned n, unsigned d,       \
                                                     float* __restrict__ sig) {                    \

@@ -36,5 +36,20 @@
     T* o = dst + ((long long)b * dst_cap + dst_off + t) * d;                                      \
     for (unsigned i = threadIdx.x; i < d; i += blockDim.x) o[i] = s[i];                           \
   }                                                                                               \
-  CLCA_HOST_ENTRY(tokens_copy_##sfx)
+  CLCA_HOST_ENTRY(tokens_copy_##sfx)                                                              \
+  /* grid (count, batch): dst[b, dst_off + t] = src[b, idx[b * idx_stride + t]] for t < count;   \
+     an index ≥ src_cap writes nothing (ATS's sampled ids are gathered with it). */               \
+  extern "C" __global__ void tokens_gather_##sfx(                                                 \
+      const T* __restrict__ src, unsigned src_cap, const unsigned* __restrict__ idx,              \
+      unsigned idx_stride, T* __restrict__ dst, unsigned dst_cap, unsigned dst_off,               \
+      unsigned batch, unsigned count, unsigned d) {                                               \
+    const unsigned b = blockIdx.y, t = blockIdx.x;                                                \
+    if (b >= batch || t >= count) return;                                                         \
+    const unsigned from = idx[(long long)b * idx_stride + t];                                     \
+    if (from >= src_cap) return;                                                                  \
+    const T* s = src + ((long long)b * src_cap + from) * d;                                       \
+    T* o = dst + ((long long)b * dst_cap + dst_off + t) * d;                                      \
+    for (unsigned i = threadIdx.x; i < d; i += blockDim.x) o[i] = s[i];                           \
+  }                                                                                               \
+  CLCA_HOST_ENTRY(tokens_gather_##sfx)
 CLCA_FOR_EACH_FLOAT(CACHE_ENTRIES)

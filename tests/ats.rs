@@ -166,16 +166,17 @@ fn run_significance<D: Device, T: Element>(
     seed: u64,
 ) {
     let mut rng = TRng(seed);
-    let probs: Vec<T> = random_probs(&mut rng, b * heads, n)
+    // The cls-row probabilities are f32 (the forwards keep them in f32); qkv is in T.
+    let probs: Vec<f32> = random_probs(&mut rng, b * heads, n)
         .iter()
-        .map(|&v| T::from_f32(v as f32))
+        .map(|&v| v as f32)
         .collect();
     let qkv: Vec<T> = rng.normals(b * n * 3 * d);
     let (pb, qb) = (up(dev, &probs), up(dev, &qkv));
     let mut sig = sentinel(dev, b * (n - 1), f32::NAN);
     ops::ats::significance(dev, &pb, &qb, b, heads, n, d, &mut sig).expect("kernel");
     let got = down(dev, &sig);
-    let pf: Vec<f32> = probs.iter().map(|v| v.to_f32()).collect();
+    let pf: Vec<f32> = probs.clone();
     let qf: Vec<f32> = qkv.iter().map(|v| v.to_f32()).collect();
     for bi in 0..b {
         let want = cpu::ats::significance(

@@ -1,7 +1,7 @@
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 //! The whole forward against the authors' logits and per-block tensors (../shared/golden):
-//! every case: all nine methods on the CPU; the methods the device forward runs on the host
-//! shim always and on the GPU when present.
+//! every case, on the CPU forward and on the device forward (host shim always, GPU when
+//! present).
 mod common;
 use clca::vit::{Trace, TraceData, Vit, VitConfig};
 use common::golden::{cases, Case};
@@ -119,10 +119,6 @@ fn device_case<D: clca::Device>(dev: &D) {
         let Ok(cfg) = VitConfig::from_golden_json(&c.config) else {
             continue;
         };
-        use clca::plan::Reduction;
-        if cfg.reduction == Reduction::Ats {
-            continue; // the CPU forward only, in this release
-        }
         let model = Vit::load(cfg, &dir.join("weights.safetensors")).expect("model");
         let input = std::fs::read(dir.join("input.safetensors")).expect("input");
         let (shape, images) = common::golden::tensor(&input, "images").expect("images");
@@ -272,13 +268,10 @@ fn device_case<D: clca::Device>(dev: &D) {
         eprintln!("{}: device forward matches on {}", c.name, dev.name());
         ran += 1;
     }
-    // Every case but ATS (CPU only in this release) runs on the device forward.
+    // Every case runs on the device forward.
     let expected = cases()
         .iter()
-        .filter(|d| {
-            VitConfig::from_golden_json(&Case::load(d).config)
-                .is_ok_and(|c| c.reduction != clca::plan::Reduction::Ats)
-        })
+        .filter(|d| VitConfig::from_golden_json(&Case::load(d).config).is_ok())
         .count();
     assert_eq!(ran, expected, "golden cases run on {}", dev.name());
 }

@@ -1,7 +1,7 @@
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 //! Token cache kernels vs the CPU reference, on random shapes and ranges.
 mod common;
-use clca::ops::token_cache::{cache_take, recover, tokens_copy, TakeArgs};
+use clca::ops::token_cache::{cache_take, recover, tokens_copy, tokens_gather, TakeArgs};
 use clca::{bf16, cpu, f16, Device, Element};
 use common::*;
 use proptest::prelude::*;
@@ -139,4 +139,74 @@ fn bad_arguments_are_errors() {
     let mut y = dev.zeros::<f32>(10 * 4).expect("zeros");
     let e = tokens_copy(&dev, &x, 10, 8, &mut y, 10, 0, 1, 3, 4).expect_err("src overflow");
     assert!(e.to_string().contains("src"), "{e}");
+}
+
+fn run_gather<D: Device, T: Element>(
+    dev: &D,
+    b: usize,
+    src_cap: usize,
+    count: usize,
+    dst_off: usize,
+    d: usize,
+    seed: u64,
+) {
+    let mut rng = TRng(seed);
+    let src: Vec<T> = rng.normals(b * src_cap * d);
+    let dst_cap = dst_off + count + 1;
+    let init: Vec<T> = rng.normals(b * dst_cap * d);
+    // Indices in range, repeated, and some out of range (skipped).
+    let stride = count + 2;
+    let idx: Vec<u32> = (0..b * stride)
+        .map(|_| (rng.next_u64() % (src_cap as u64 + 2)) as u32)
+        .collect();
+    let mut want = init.clone();
+    cpu::token_cache::tokens_gather(
+        &src, src_cap, &idx, stride, &mut want, dst_cap, dst_off, b, count, d,
+    )
+    .expect("ref");
+    let (sb, ib) = (up(dev, &src), up(dev, &idx));
+    let mut db = up(dev, &init);
+    tokens_gather(
+        dev, &sb, src_cap, &ib, stride, &mut db, dst_cap, dst_off, b, count, d,
+    )
+    .expect("kernel");
+    let got: Vec<T> = down(dev, &db);
+    assert!(
+        got.iter()
+            .zip(&want)
+            .all(|(a, w)| a.to_f32().to_bits() == w.to_f32().to_bits()),
+        "tokens_gather b {b} src_cap {src_cap} count {count} off {dst_off} d {d} on {}",
+        dev.name()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn gather_matches_reference(
+        b in 1usize..4,
+        src_cap in 1usize..40,
+        count in 0usize..30,
+        dst_off in 0usize..3,
+        d in prop_oneof![Just(1usize), Just(7), Just(96), Just(1025)],
+        seed in any::<u64>(),
+    ) {
+        let dev = clca::HostShim;
+        run_gather::<_, f32>(&dev, b, src_cap, count, dst_off, d, seed);
+        run_gather::<_, f16>(&dev, b, src_cap, count, dst_off, d, seed);
+        run_gather::<_, bf16>(&dev, b, src_cap, count, dst_off, d, seed);
+    }
+}
+
+#[test]
+fn gather_bad_arguments_are_errors() {
+    let dev = clca::HostShim;
+    let src = dev.upload(&[0f32; 8]).expect("up");
+    let idx = dev.upload(&[0u32; 2]).expect("up");
+    let mut dst = dev.upload(&[0f32; 8]).expect("up");
+    // Three indices read from a buffer of two.
+    assert!(tokens_gather(&dev, &src, 4, &idx, 0, &mut dst, 4, 1, 1, 3, 2).is_err());
+    // The destination range past its capacity.
+    assert!(tokens_gather(&dev, &src, 4, &idx, 0, &mut dst, 4, 3, 1, 2, 2).is_err());
+    assert!(tokens_gather(&dev, &src, 4, &idx, 0, &mut dst, 4, 2, 1, 2, 2).is_ok());
 }

@@ -62,3 +62,41 @@ pub fn tokens_copy<T: Element>(
     }
     Ok(())
 }
+
+/// Reference of [`crate::ops::token_cache::tokens_gather`].
+#[allow(clippy::too_many_arguments)]
+pub fn tokens_gather<T: Element>(
+    src: &[T],
+    src_cap: usize,
+    idx: &[u32],
+    idx_stride: usize,
+    dst: &mut [T],
+    dst_cap: usize,
+    dst_off: usize,
+    batch: usize,
+    count: usize,
+    d: usize,
+) -> Result<()> {
+    crate::ops::token_cache::check_gather(
+        src.len(),
+        src_cap,
+        idx.len(),
+        idx_stride,
+        dst.len(),
+        dst_cap,
+        dst_off,
+        batch,
+        count,
+        d,
+    )?;
+    for b in 0..batch {
+        for t in 0..count {
+            let from = idx[b * idx_stride + t] as usize;
+            if from < src_cap {
+                let s = &src[(b * src_cap + from) * d..][..d];
+                dst[(b * dst_cap + dst_off + t) * d..][..d].copy_from_slice(s);
+            }
+        }
+    }
+    Ok(())
+}

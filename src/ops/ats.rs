@@ -25,11 +25,12 @@ use crate::{error, Buffer, Device, Element, Result};
 
 const THREADS: u32 = 256;
 
-/// `sig` [batch, n−1] from `probs` [batch, heads, n] and `qkv` [batch, n, 3d].
+/// `sig` [batch, n−1] from the cls-row probabilities `probs` [batch, heads, n] (f32) and
+/// `qkv` [batch, n, 3d] (in `T`).
 #[allow(clippy::too_many_arguments)]
 pub fn significance<D: Device, T: Element>(
     dev: &D,
-    probs: &D::Buf<T>,
+    probs: &D::Buf<f32>,
     qkv: &D::Buf<T>,
     batch: usize,
     heads: usize,
@@ -57,25 +58,15 @@ pub fn significance<D: Device, T: Element>(
     if batch == 0 || n == 1 {
         return Ok(());
     }
-    let l = Launch::new(
-        "ats",
-        "ats_significance",
+    let l = significance_launch(
         T::DTYPE,
-        [
-            error::to_u32("n", (n - 1).div_ceil(THREADS as usize))?,
-            error::to_u32("batch", batch)?,
-            1,
-        ],
-        [THREADS, 1, 1],
-        vec![
-            Arg::Ptr(probs.addr()),
-            Arg::Ptr(qkv.addr()),
-            Arg::U32(error::to_u32("batch", batch)?),
-            Arg::U32(error::to_u32("heads", heads)?),
-            Arg::U32(error::to_u32("n", n)?),
-            Arg::U32(error::to_u32("d", d)?),
-            Arg::Ptr(sig.addr_mut()),
-        ],
+        probs.addr(),
+        qkv.addr(),
+        batch,
+        heads,
+        n,
+        d,
+        sig.addr_mut(),
     )?;
     // SAFETY: probs holds batch*heads*n, qkv batch*n*3d and sig batch*(n-1) elements (checked
     // above), which is what ats_significance_* reads and writes.
@@ -113,31 +104,100 @@ pub fn sample<D: Device>(
     if batch == 0 {
         return Ok(());
     }
-    let l = Launch::new(
+    let l = sample_launch(
+        sig.addr(),
+        mask.map_or(0, |mk| mk.addr()),
+        batch,
+        n,
+        k,
+        cdf.addr_mut(),
+        ids.addr_mut(),
+        count.addr_mut(),
+    )?;
+    // SAFETY: sig and cdf hold batch*(n-1), mask (when given) batch*n, ids batch*points and
+    // count batch elements (checked above); ats_sample_f32 reads and writes exactly those and
+    // one shared byte per token (n-1 bytes, within the dynamic shared memory limit).
+    unsafe { dev.launch(&l) }
+}
+
+/// The launch of `ats_significance_{dtype}` (dimensions validated, not the buffers).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn significance_launch(
+    dtype: crate::DType,
+    probs: u64,
+    qkv: u64,
+    batch: usize,
+    heads: usize,
+    n: usize,
+    d: usize,
+    sig: u64,
+) -> Result<Launch> {
+    if heads == 0 || d % heads != 0 || n < 2 {
+        return Err(error::invalid(
+            "heads, n",
+            format!("{heads}, {n}"),
+            format!("heads must divide d = {d}, and n >= 2"),
+        ));
+    }
+    Launch::new(
+        "ats",
+        "ats_significance",
+        dtype,
+        [
+            error::to_u32("n", (n - 1).div_ceil(THREADS as usize))?,
+            error::to_u32("batch", batch)?,
+            1,
+        ],
+        [THREADS, 1, 1],
+        vec![
+            Arg::Ptr(probs),
+            Arg::Ptr(qkv),
+            Arg::U32(error::to_u32("batch", batch)?),
+            Arg::U32(error::to_u32("heads", heads)?),
+            Arg::U32(error::to_u32("n", n)?),
+            Arg::U32(error::to_u32("d", d)?),
+            Arg::Ptr(sig),
+        ],
+    )
+}
+
+/// The launch of `ats_sample_f32` (dimensions validated, not the buffers); `mask` may be 0.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sample_launch(
+    sig: u64,
+    mask: u64,
+    batch: usize,
+    n: usize,
+    k: usize,
+    cdf: u64,
+    ids: u64,
+    count: u64,
+) -> Result<Launch> {
+    if n == 0 {
+        return Err(error::invalid("n", n, "the sequence needs its cls token"));
+    }
+    let n1 = n - 1;
+    Launch::new(
         "ats",
         "ats_sample",
         crate::DType::F32,
         [
-            error::to_u32("batch", batch.min(ROW_GRID_CAP as usize))?,
+            error::to_u32("batch", batch.clamp(1, ROW_GRID_CAP as usize))?,
             1,
             1,
         ],
         [THREADS, 1, 1],
         vec![
-            Arg::Ptr(sig.addr()),
-            Arg::Ptr(mask.map_or(0, |mk| mk.addr())),
+            Arg::Ptr(sig),
+            Arg::Ptr(mask),
             Arg::U32(error::to_u32("batch", batch)?),
             Arg::U32(error::to_u32("n", n1)?),
             Arg::U32(error::to_u32("k", k)?),
-            Arg::U32(error::to_u32("points", points)?),
-            Arg::Ptr(cdf.addr_mut()),
-            Arg::Ptr(ids.addr_mut()),
-            Arg::Ptr(count.addr_mut()),
+            Arg::U32(error::to_u32("points", crate::plan::ats_points(k))?),
+            Arg::Ptr(cdf),
+            Arg::Ptr(ids),
+            Arg::Ptr(count),
         ],
     )?
-    .with_smem(n1)?;
-    // SAFETY: sig and cdf hold batch*(n-1), mask (when given) batch*n, ids batch*points and
-    // count batch elements (checked above); ats_sample_f32 reads and writes exactly those and
-    // one shared byte per token (n-1 bytes, within the dynamic shared memory limit).
-    unsafe { dev.launch(&l) }
+    .with_smem(n1)
 }

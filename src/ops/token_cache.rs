@@ -286,3 +286,134 @@ pub(crate) fn copy_launch(
         ],
     )
 }
+
+pub(crate) fn check_gather(
+    src_len: usize,
+    src_cap: usize,
+    idx_len: usize,
+    idx_stride: usize,
+    dst_len: usize,
+    dst_cap: usize,
+    dst_off: usize,
+    batch: usize,
+    count: usize,
+    d: usize,
+) -> Result<()> {
+    // The destination range as a copy's; the source only by its shape (indices may repeat).
+    check_copy(src_len, src_cap, 0, dst_len, dst_cap, dst_off, batch, 0, d)?;
+    if dst_off + count > dst_cap {
+        return Err(Error::InvalidArgument {
+            arg: "count",
+            value: count.to_string(),
+            why: format!("dst_off + count exceeds dst capacity {dst_cap}"),
+        });
+    }
+    if batch > 0 && count > 0 {
+        let need = error::mul("(batch-1)*idx_stride", &[batch - 1, idx_stride])? + count;
+        if idx_len < need {
+            return Err(Error::Shape {
+                arg: "idx",
+                expected: format!("at least {need} indices"),
+                got: idx_len.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Gather whole tokens: dst[b, dst_off + t] = src[b, idx[b·idx_stride + t]] for t < count;
+/// an index ≥ src_cap writes nothing (the destination row keeps its value).
+#[allow(clippy::too_many_arguments)]
+pub fn tokens_gather<D: Device, T: Element>(
+    dev: &D,
+    src: &D::Buf<T>,
+    src_cap: usize,
+    idx: &D::Buf<u32>,
+    idx_stride: usize,
+    dst: &mut D::Buf<T>,
+    dst_cap: usize,
+    dst_off: usize,
+    batch: usize,
+    count: usize,
+    d: usize,
+) -> Result<()> {
+    check_gather(
+        src.len(),
+        src_cap,
+        idx.len(),
+        idx_stride,
+        dst.len(),
+        dst_cap,
+        dst_off,
+        batch,
+        count,
+        d,
+    )?;
+    if batch == 0 || count == 0 || d == 0 {
+        return Ok(());
+    }
+    let l = gather_launch(
+        T::DTYPE,
+        src.addr(),
+        src_cap,
+        idx.addr(),
+        idx_stride,
+        dst.addr_mut(),
+        dst_cap,
+        dst_off,
+        batch,
+        count,
+        d,
+    )?;
+    // SAFETY: src and dst hold batch·cap·d elements, the destination range lies inside dst_cap,
+    // idx holds the (batch−1)·stride + count indices read, and out-of-range indices are skipped.
+    unsafe { dev.launch(&l) }
+}
+
+/// The launch of `tokens_gather_{dtype}`: dst[b, dst_off + t] = src[b, idx[b·idx_stride + t]]
+/// for t < count (an index ≥ src_cap writes nothing).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gather_launch(
+    dtype: crate::DType,
+    src: u64,
+    src_cap: usize,
+    idx: u64,
+    idx_stride: usize,
+    dst: u64,
+    dst_cap: usize,
+    dst_off: usize,
+    batch: usize,
+    count: usize,
+    d: usize,
+) -> Result<Launch> {
+    if dst_off + count > dst_cap {
+        return Err(Error::InvalidArgument {
+            arg: "count",
+            value: count.to_string(),
+            why: format!("dst_off + count exceeds dst capacity {dst_cap}"),
+        });
+    }
+    Launch::new(
+        "token_cache",
+        "tokens_gather",
+        dtype,
+        [
+            error::to_u32("count", count.max(1))?,
+            error::to_u32("batch", batch.max(1))?,
+            1,
+        ],
+        [THREADS, 1, 1],
+        vec![
+            Arg::Ptr(src),
+            Arg::U32(error::to_u32("src_cap", src_cap)?),
+            Arg::Ptr(idx),
+            Arg::U32(error::to_u32("idx_stride", idx_stride)?),
+            Arg::Ptr(dst),
+            Arg::U32(error::to_u32("dst_cap", dst_cap)?),
+            Arg::U32(error::to_u32("dst_off", dst_off)?),
+            Arg::U32(error::to_u32("batch", batch)?),
+            Arg::U32(error::to_u32("count", count)?),
+            Arg::U32(error::to_u32("d", d)?),
+        ],
+    )
+}

@@ -90,6 +90,11 @@ pub struct DeviceWorkspace<D: Device, T: Element> {
     delta2: D::Buf<f32>,
     ones: D::Buf<f32>,
     zeros: D::Buf<f32>,
+    /// ATS: its sampling buffers (batch 1), and at batch > 1 the batch-1 workspace each image
+    /// runs in, with its image.
+    ats: Option<methods::AtsBufs<D>>,
+    single: Option<Box<DeviceWorkspace<D, T>>>,
+    img1: Option<D::Buf<f32>>,
 }
 
 /// ToMe's matching and merge plan at the longest sequence (contract in [`crate::ops::tome`]);
@@ -184,10 +189,20 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 | Reduction::Sit
                 | Reduction::PatchMerger
                 | Reduction::DynamicVit
-        ) {
+                | Reduction::Ats
+        ) || (model.cfg.reduction == Reduction::Ats && model.cfg.method.ats_batch_padding)
+        {
             return Err(Error::Unsupported {
-                what: format!("{} on the device forward", model.cfg.reduction.name()),
-                supported: "every method on the CPU forward; every method but ATS on devices"
+                what: format!(
+                    "{}{} on the device forward",
+                    model.cfg.reduction.name(),
+                    if model.cfg.method.ats_batch_padding {
+                        " with the authors' batch padding"
+                    } else {
+                        ""
+                    }
+                ),
+                supported: "every method on both forwards; ATS's batch padding on the CPU only"
                     .into(),
             });
         }
@@ -317,6 +332,17 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             delta2: dev.zeros(dy_len(&[batch, l])?)?,
             ones: dev.upload(&vec![1f32; dy_len(&[batch, l])?])?,
             zeros: dev.zeros(dy_len(&[batch, self.model.plan.cache_cap.max(1)])?)?,
+            ats: methods::ats_buffers(dev, &self.model)?,
+            single: if c.reduction == Reduction::Ats && batch > 1 {
+                Some(Box::new(self.workspace(dev, 1)?))
+            } else {
+                None
+            },
+            img1: if c.reduction == Reduction::Ats && batch > 1 {
+                Some(dev.zeros(mul("image", &[c.in_chans, c.img_size, c.img_size])?)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -336,6 +362,10 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         crate::error::check_len("images", images.len(), mul("images", &[b, ch, s, s])?)?;
         if b == 0 {
             return Ok(());
+        }
+        if ws.single.is_some() {
+            // SAFETY: ws was made by `workspace` for this model.
+            return unsafe { self.per_image(dev, ws, images, trace) };
         }
         let dt = T::DTYPE;
         let p = c.num_patches();
@@ -428,6 +458,12 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 )?)?;
             }
             let locs = c.locs();
+            let mut pool_end = n0
+                - if c.clc.is_some_and(|o| o.pool_clr) {
+                    0
+                } else {
+                    c.num_clr
+                };
             for (i, bp) in m.plan.blocks.iter().enumerate() {
                 if let Some(pre) = &bp.pre {
                     let j = locs.iter().position(|&l| l == i).unwrap_or(0);
@@ -483,6 +519,10 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                         Arg::Ptr(if have_sizes { ws.sizes.addr() } else { 0 }),
                     ],
                 )?;
+                if let Some(k) = bp.sample {
+                    n = self.ats_sample(dev, ws, i, n, k, trace.as_deref_mut())?;
+                }
+                let rows = b * n;
                 dev.gemm_nt(
                     dt,
                     ws.attn.addr(),
@@ -645,6 +685,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                         d,
                     )?)?;
                     std::mem::swap(&mut ws.x, &mut ws.x2);
+                    pool_end = n;
                     if have_sizes {
                         // Recovered tokens get size 1 (SPEC §2.3 step 3).
                         dev.launch(&crate::ops::tome::sizes_launch(
@@ -687,7 +728,9 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     }
                     n = nn;
                 }
-                if let Some(a) = m.carrier_args(bp, b, n) {
+                if let Some(mut a) = m.carrier_args(bp, b, n) {
+                    // The GAP range ends where the last recovery began (ATS: at run time).
+                    a.pool = a.pool.start..pool_end;
                     dev.launch(&crate::ops::token_cache::take_launch(
                         DType::F32,
                         ws.x.addr(),

@@ -604,3 +604,237 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         Ok(out_n)
     }
 }
+
+/// ATS's buffers at batch 1 (the device runs ATS one image at a time).
+pub(super) struct AtsBufs<D: Device> {
+    sig: D::Buf<f32>,
+    cdf: D::Buf<f32>,
+    ids: D::Buf<u32>,
+    count: D::Buf<u32>,
+}
+
+pub(super) fn ats_buffers<D: Device>(dev: &D, model: &Vit) -> Result<Option<AtsBufs<D>>> {
+    if model.cfg.reduction != Reduction::Ats {
+        return Ok(None);
+    }
+    let l = model.plan.max_len;
+    let points = model
+        .plan
+        .blocks
+        .iter()
+        .filter_map(|b| b.sample)
+        .map(crate::plan::ats_points)
+        .max()
+        .unwrap_or(0);
+    Ok(Some(AtsBufs {
+        sig: dev.zeros(l)?,
+        cdf: dev.zeros(l)?,
+        ids: dev.zeros(points.max(1))?,
+        count: dev.zeros(1)?,
+    }))
+}
+
+impl<D: Device, T: Element> DeviceVit<D, T> {
+    /// ATS in block `i` with sample count `k` at batch 1, after the attention (SPEC §4.7):
+    /// significance and sampling on the device, then the sampled query rows of `ws.attn` (into
+    /// `ws.mlp`) and of the residual stream. The sample count is the one value read back: the
+    /// GEMMs that follow need the length. Returns the new length.
+    ///
+    /// # Safety
+    /// `ws` was made by [`DeviceVit::workspace`] for this model at batch 1, and `ws.attn`,
+    /// `ws.cls_probs` and `ws.qkv` hold block `i`'s attention over `n` tokens.
+    pub(super) unsafe fn ats_sample(
+        &self,
+        dev: &D,
+        ws: &mut DeviceWorkspace<D, T>,
+        i: usize,
+        n: usize,
+        k: usize,
+        trace: Option<&mut Trace>,
+    ) -> Result<usize> {
+        let c = &self.model.cfg;
+        let d = c.embed_dim;
+        if ws.batch != 1 {
+            return Err(Error::Plan(
+                "ATS runs one image at a time on the device".into(),
+            ));
+        }
+        let Some(ab) = ws.ats.as_mut() else {
+            return Err(Error::Plan("ATS buffers missing".into()));
+        };
+        if n < 2 {
+            return Ok(n);
+        }
+        // SAFETY: sig and cdf hold max_len ≥ n floats, ids the most points of any layer, count
+        // one; probs [1, H, n] and qkv [1, n, 3D] are this block's; x, x2 and mlp hold
+        // max_len ≥ n tokens (mlp is wider than D).
+        let picked = unsafe {
+            dev.launch(&crate::ops::ats::significance_launch(
+                T::DTYPE,
+                ws.cls_probs.addr(),
+                ws.qkv.addr(),
+                1,
+                c.num_heads,
+                n,
+                d,
+                ab.sig.addr_mut(),
+            )?)?;
+            dev.launch(&crate::ops::ats::sample_launch(
+                ab.sig.addr(),
+                0,
+                1,
+                n,
+                k,
+                ab.cdf.addr_mut(),
+                ab.ids.addr_mut(),
+                ab.count.addr_mut(),
+            )?)?;
+            let picked = dev.download(&ab.count)?[0] as usize;
+            if picked > crate::plan::ats_points(k) || picked > n - 1 {
+                return Err(Error::Plan(format!(
+                    "block {i}: ATS sampled {picked} tokens of {n}"
+                )));
+            }
+            let out_n = 1 + picked;
+            let cp = crate::ops::token_cache::copy_launch;
+            let ga = crate::ops::token_cache::gather_launch;
+            // [cls, sampled…] of the attention output (T) and of the residual stream (f32).
+            dev.launch(&cp(
+                T::DTYPE,
+                ws.attn.addr(),
+                n,
+                0,
+                ws.mlp.addr_mut(),
+                out_n,
+                0,
+                1,
+                1,
+                d,
+            )?)?;
+            dev.launch(&cp(
+                DType::F32,
+                ws.x.addr(),
+                n,
+                0,
+                ws.x2.addr_mut(),
+                out_n,
+                0,
+                1,
+                1,
+                d,
+            )?)?;
+            if picked > 0 {
+                let ids = ab.ids.addr();
+                dev.launch(&ga(
+                    T::DTYPE,
+                    ws.attn.addr(),
+                    n,
+                    ids,
+                    0,
+                    ws.mlp.addr_mut(),
+                    out_n,
+                    1,
+                    1,
+                    picked,
+                    d,
+                )?)?;
+                dev.launch(&ga(
+                    DType::F32,
+                    ws.x.addr(),
+                    n,
+                    ids,
+                    0,
+                    ws.x2.addr_mut(),
+                    out_n,
+                    1,
+                    1,
+                    picked,
+                    d,
+                )?)?;
+            }
+            dev.launch(&cp(
+                T::DTYPE,
+                ws.mlp.addr(),
+                out_n,
+                0,
+                ws.attn.addr_mut(),
+                out_n,
+                0,
+                1,
+                out_n,
+                d,
+            )?)?;
+            std::mem::swap(&mut ws.x, &mut ws.x2);
+            picked
+        };
+        if let Some(t) = trace {
+            let ids = dev.download(&ab.ids)?;
+            let mut v = vec![0i64];
+            v.extend(ids[..picked].iter().map(|&x| x as i64));
+            t.push_i64(&format!("sample_ids.{i}"), &[1, 1 + picked], v);
+        }
+        Ok(1 + picked)
+    }
+
+    /// ATS at batch > 1: each image runs alone in `single` (its result does not depend on the
+    /// batch, as on the CPU forward); logits are copied into `ws.logits`.
+    ///
+    /// # Safety
+    /// `ws` was made by [`DeviceVit::workspace`] for this model.
+    pub(super) unsafe fn per_image(
+        &self,
+        dev: &D,
+        ws: &mut DeviceWorkspace<D, T>,
+        images: &D::Buf<f32>,
+        trace: Option<&mut Trace>,
+    ) -> Result<()> {
+        let c = &self.model.cfg;
+        let b = ws.batch;
+        let per = c.in_chans * c.img_size * c.img_size;
+        let k = c.num_classes;
+        let (Some(one), Some(img1)) = (ws.single.as_deref_mut(), ws.img1.as_mut()) else {
+            return Err(Error::Plan("per-image buffers missing".into()));
+        };
+        let mut traces = Vec::new();
+        for bi in 0..b {
+            // SAFETY: images hold b·per floats (checked by `forward`), img1 per, the logits
+            // b·k and one's logits k.
+            unsafe {
+                dev.launch(&copy_launch(
+                    DType::F32,
+                    images.addr(),
+                    b,
+                    bi,
+                    img1.addr_mut(),
+                    1,
+                    0,
+                    1,
+                    1,
+                    per,
+                )?)?;
+            }
+            let mut t = trace.is_some().then(Trace::default);
+            self.forward(dev, one, img1, t.as_mut())?;
+            // SAFETY: as above.
+            unsafe {
+                dev.launch(&copy_launch(
+                    T::DTYPE,
+                    one.logits.addr(),
+                    1,
+                    0,
+                    ws.logits.addr_mut(),
+                    b,
+                    bi,
+                    1,
+                    1,
+                    k,
+                )?)?;
+            }
+            traces.extend(t);
+        }
+        if let Some(out) = trace {
+            crate::vit::methods::stack_traces(traces, b, out);
+        }
+        Ok(())
+    }
+}

@@ -243,48 +243,54 @@ pub(crate) fn per_image(
         traces.extend(t);
     }
     if let Some(out) = trace {
-        let first = std::mem::take(&mut traces[0].tensors);
-        for (idx, (name, shape, data)) in first.into_iter().enumerate() {
-            let same = traces[1..].iter().all(|t| {
-                t.tensors
-                    .get(idx)
-                    .is_some_and(|x| x.0 == name && x.1 == shape)
-            });
-            if same {
-                let mut s = shape.clone();
-                s[0] = b;
-                let joined = match data {
-                    TraceData::F32(mut v) => {
-                        for t in &traces[1..] {
-                            if let TraceData::F32(w) = &t.tensors[idx].2 {
-                                v.extend_from_slice(w);
-                            }
+        stack_traces(traces, b, out);
+    }
+    Ok(logits)
+}
+
+/// Stacks per-image traces along the batch: tensors whose shapes agree across images become
+/// one [b, …] tensor; the others are kept per image as `name@img{i}`.
+pub(crate) fn stack_traces(mut traces: Vec<Trace>, b: usize, out: &mut Trace) {
+    if traces.is_empty() {
+        return;
+    }
+    let first = std::mem::take(&mut traces[0].tensors);
+    for (idx, (name, shape, data)) in first.into_iter().enumerate() {
+        let same = traces[1..].iter().all(|t| {
+            t.tensors
+                .get(idx)
+                .is_some_and(|x| x.0 == name && x.1 == shape)
+        });
+        if same {
+            let mut s = shape.clone();
+            s[0] = b;
+            let joined = match data {
+                TraceData::F32(mut v) => {
+                    for t in &traces[1..] {
+                        if let TraceData::F32(w) = &t.tensors[idx].2 {
+                            v.extend_from_slice(w);
                         }
-                        TraceData::F32(v)
                     }
-                    TraceData::I64(mut v) => {
-                        for t in &traces[1..] {
-                            if let TraceData::I64(w) = &t.tensors[idx].2 {
-                                v.extend_from_slice(w);
-                            }
+                    TraceData::F32(v)
+                }
+                TraceData::I64(mut v) => {
+                    for t in &traces[1..] {
+                        if let TraceData::I64(w) = &t.tensors[idx].2 {
+                            v.extend_from_slice(w);
                         }
-                        TraceData::I64(v)
                     }
-                };
-                out.tensors.push((name, s, joined));
-            } else {
-                out.tensors.push((format!("{name}@img0"), shape, data));
-                for (bi, t) in traces[1..].iter().enumerate() {
-                    if let Some(x) = t.tensors.iter().find(|x| x.0 == name) {
-                        out.tensors.push((
-                            format!("{name}@img{}", bi + 1),
-                            x.1.clone(),
-                            x.2.clone(),
-                        ));
-                    }
+                    TraceData::I64(v)
+                }
+            };
+            out.tensors.push((name, s, joined));
+        } else {
+            out.tensors.push((format!("{name}@img0"), shape, data));
+            for (bi, t) in traces[1..].iter().enumerate() {
+                if let Some(x) = t.tensors.iter().find(|x| x.0 == name) {
+                    out.tensors
+                        .push((format!("{name}@img{}", bi + 1), x.1.clone(), x.2.clone()));
                 }
             }
         }
     }
-    Ok(logits)
 }

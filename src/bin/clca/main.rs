@@ -126,6 +126,13 @@ pub struct ForwardArgs {
     /// Print one JSON line (forward_median_s, forward_min_s, forward_max_s, batch, macs, device, dtype, threads, …) and nothing else on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Ours (DPC-KNN): add seeded U(0,1)·1e-6 noise to the densities, as the authors do
+    /// with torch.rand (off by default).
+    #[arg(long = "dpc-noise-seed", value_name = "SEED")]
+    pub dpc_noise_seed: Option<u64>,
+    /// Ours (ATS): pad the batch as the authors' code does (CPU forward only).
+    #[arg(long = "ats-batch-padding")]
+    pub ats_batch_padding: bool,
 }
 
 /// The model flags, with the authors' `train.py` names and defaults.
