@@ -11,11 +11,13 @@
 //! | [`ops::attn_score`] | CLS-attention scores from probs / fused from q·K; fused score→top-k | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
 //! | [`ops::topk`] | per-row top-k + complement | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
 //! | [`ops::prune`] | Top-K prune, EViT prune, fused prune | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
-//! | [`ops::token_cache`] | take carriers (GAP + clr), recover | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
+//! | [`ops::token_cache`] | take carriers (GAP + clr), recover, copy and gather tokens | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
 //! | [`ops::tome`] | ToMe metric, bipartite match, merge plan, size-weighted merge, recovered sizes | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
 //! | [`ops::cla_head`] | CLA head (folded BN + grouped conv + GELU; linear variant), linear | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
 //! | [`ops::merge`] | SiT / PatchMerger soft merge (token-axis softmax + weighted sum, one launch) | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
 //! | [`ops::dyvit`] | DynamicViT predictor: δ-weighted pooling of the upper half, 2-class log-softmax + keep score | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
+//! | [`ops::dpcknn`] | DPC-KNN distances, k-NN density, δ·ρ, centres, assignment, weighted merge | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
+//! | [`ops::ats`] | ATS significance, CDF, sampling, sorted unique ids (count on the device) | ✓ | ✓ | ✓ | ✓ | ✓ | ✓ |
 //!
 //! Storage is f32, f16 or bf16; every kernel accumulates in f32. Scores are always f32,
 //! indices u32.
