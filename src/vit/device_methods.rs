@@ -22,10 +22,13 @@ fn lin<D: Device>(dev: &D, l: &crate::vit::weights::Lin) -> Result<Lin32<D>> {
     })
 }
 
+/// SiT's module: LN, Linear(D→D/2), Linear(D/2→K), scale.
+type SitDev<D> = (Norm<D>, Lin32<D>, Lin32<D>, f32);
+
 /// A method's modules on the device, one entry per reduction layer.
 pub(super) enum DevMethod<D: Device> {
     None,
-    Sit(Vec<(Norm<D>, Lin32<D>, Lin32<D>, f32)>),
+    Sit(Vec<SitDev<D>>),
     PatchMerger(Vec<(Norm<D>, D::Buf<f32>)>),
     DynamicVit(Vec<(Norm<D>, [Lin32<D>; 4])>),
     DpcKnn(Vec<Option<Lin32<D>>>),
