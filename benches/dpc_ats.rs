@@ -134,7 +134,7 @@ mod gpu {
     fn ats_bench<T: Element>(c: &mut Criterion, dev: &CudaDevice) {
         let mut rng = Rng::new(22);
         let (probs, qkv) = ats_inputs(&mut rng);
-        let probs = dev.upload(&cvt::<T>(&probs)).expect("upload");
+        let probs = dev.upload(&probs).expect("upload");
         let qkv = dev.upload(&cvt::<T>(&qkv)).expect("upload");
         let points = clca::plan::ats_points(K_ATS);
         let mut sig = dev.zeros::<f32>(N_ATS - 1).expect("alloc");
