@@ -701,59 +701,18 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             let out_n = 1 + picked;
             let cp = crate::ops::token_cache::copy_launch;
             let ga = crate::ops::token_cache::gather_launch;
-            // [cls, sampled…] of the attention output (T) and of the residual stream (f32).
-            dev.launch(&cp(
-                T::DTYPE,
-                ws.attn.addr(),
-                n,
-                0,
-                ws.mlp.addr_mut(),
-                out_n,
-                0,
-                1,
-                1,
-                d,
-            )?)?;
-            dev.launch(&cp(
-                DType::F32,
-                ws.x.addr(),
-                n,
-                0,
-                ws.x2.addr_mut(),
-                out_n,
-                0,
-                1,
-                1,
-                d,
-            )?)?;
-            if picked > 0 {
-                let ids = ab.ids.addr();
-                dev.launch(&ga(
-                    T::DTYPE,
-                    ws.attn.addr(),
-                    n,
-                    ids,
-                    0,
-                    ws.mlp.addr_mut(),
-                    out_n,
-                    1,
-                    1,
-                    picked,
-                    d,
-                )?)?;
-                dev.launch(&ga(
-                    DType::F32,
-                    ws.x.addr(),
-                    n,
-                    ids,
-                    0,
-                    ws.x2.addr_mut(),
-                    out_n,
-                    1,
-                    1,
-                    picked,
-                    d,
-                )?)?;
+            // [cls, sampled…] of the attention output (T, into mlp) and of the residual stream
+            // (f32, into x2).
+            let pairs = [
+                (T::DTYPE, ws.attn.addr(), ws.mlp.addr_mut()),
+                (DType::F32, ws.x.addr(), ws.x2.addr_mut()),
+            ];
+            for (dt, src, dst) in pairs {
+                dev.launch(&cp(dt, src, n, 0, dst, out_n, 0, 1, 1, d)?)?;
+                if picked > 0 {
+                    let ids = ab.ids.addr();
+                    dev.launch(&ga(dt, src, n, ids, 0, dst, out_n, 1, 1, picked, d)?)?;
+                }
             }
             dev.launch(&cp(
                 T::DTYPE,
