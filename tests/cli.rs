@@ -389,3 +389,47 @@ fn info_reads_method_cache_and_head_from_a_checkpoint() {
     let r = clca(&["info", &bad.to_string_lossy()]);
     assert_bad_input(&r, "not_a_vit.safetensors");
 }
+
+#[test]
+fn bench_sweeps_methods_and_keep_rates_into_a_table_and_csv() {
+    let csv = tmp("bench.csv");
+    let r = clca(&[
+        "bench",
+        "--methods",
+        "evit,dyvit,sit",
+        "--keep-rates",
+        "0.25,0.5",
+        "--backbone",
+        "deit_tiny_patch16_224",
+        "--input-size",
+        "64",
+        "--reduction_loc",
+        "1",
+        "3",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--csv",
+        &csv.to_string_lossy(),
+    ]);
+    let out = text(&r.stdout);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    for needle in ["EViT", "DynamicViT", "SiT", "GMACs/img", "vs unreduced"] {
+        assert!(out.contains(needle), "`{needle}` in\n{out}");
+    }
+    let rows = std::fs::read_to_string(&csv).expect("csv");
+    let lines: Vec<&str> = rows.lines().collect();
+    assert_eq!(lines.len(), 1 + 3 * 2, "{rows}");
+    assert!(lines[0].starts_with("method,keep_rate,batch,gmacs_per_image"));
+    // Smaller keep rates cost fewer MACs.
+    let macs = |l: &str| {
+        l.split(',')
+            .nth(3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("macs")
+    };
+    assert!(macs(lines[1]) < macs(lines[2]), "{rows}");
+    let r = clca(&["bench", "--methods", "nope"]);
+    assert_bad_input(&r, "unknown method `nope`");
+}

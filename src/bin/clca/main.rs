@@ -11,6 +11,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod backend;
+mod bench;
 mod classify;
 mod error;
 mod forward;
@@ -53,6 +54,8 @@ enum Cmd {
     Ops(OpsArgs),
     /// What a checkpoint holds (backbone, method, cache, head, parameters) and whether it loads.
     Info(InfoArgs),
+    /// MACs and forward time against keep rate, for methods and batch sizes (random weights).
+    Bench(BenchArgs),
     /// Write seeded random weights for a model (train.py flags) to safetensors.
     #[command(hide = true)]
     RandomWeights(RandomWeightsArgs),
@@ -266,6 +269,59 @@ pub struct RandomWeightsArgs {
     pub output: PathBuf,
 }
 
+/// `clca bench`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Methods, comma-separated: vit, topk, evit, tome, dpcknn, sit, patchmerger, ats, dyvit.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "evit,tome,dpcknn,sit,patchmerger,ats,dyvit"
+    )]
+    pub methods: Vec<String>,
+    /// Keep rates, comma-separated (train.py's --keep_rate, one value per point).
+    #[arg(
+        long = "keep-rates",
+        value_delimiter = ',',
+        default_value = "0.1,0.25,0.5,0.7"
+    )]
+    pub keep_rates: Vec<f64>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
+    /// The backbone (the authors' model name without the method prefix).
+    #[arg(long, default_value = "vit_base_patch16_224")]
+    pub backbone: String,
+    /// train.py --input-size.
+    #[arg(long = "input-size", default_value_t = 448)]
+    pub input_size: usize,
+    /// train.py --reduction_loc.
+    #[arg(long = "reduction_loc", num_args = 1.., default_values_t = vec![3usize, 6, 9])]
+    pub reduction_loc: Vec<usize>,
+    /// The methods alone: no cache, no clr, linear head (default: the paper's CLCA).
+    #[arg(long = "no-clca")]
+    pub no_clca: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    /// Timed forwards per point (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Untimed forwards per point first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Rayon threads of the CPU forward (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seed of the random weights and images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the rows as CSV.
+    #[arg(long, value_name = "FILE.csv")]
+    pub csv: Option<PathBuf>,
+}
+
 /// `clca info`.
 #[derive(Args, Debug, Clone)]
 pub struct InfoArgs {
@@ -295,6 +351,7 @@ fn main() -> ExitCode {
         Some(Cmd::Ops(a)) => return ops_demo::main(a.batch, a.seed),
         Some(Cmd::RandomWeights(a)) => random_weights::main(&a),
         Some(Cmd::Info(a)) => info::main(&a),
+        Some(Cmd::Bench(a)) => bench::main(&a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
