@@ -14,3 +14,10 @@ cargo test
 
 section "cargo test --features cuda"
 cargo test --features cuda
+
+section "examples (numbered by what they teach)"
+for e in examples/[0-9][0-9]_*.rs; do
+  name="$(basename "$e" .rs)"
+  printf -- '-- %s\n' "$name"
+  cargo run --quiet --example "$name"
+done
