@@ -12,6 +12,7 @@ pub(super) struct Lin32<D: Device> {
     w: D::Buf<f32>,
     b: D::Buf<f32>,
     out: usize,
+    inp: usize,
 }
 
 fn lin<D: Device>(dev: &D, l: &crate::vit::weights::Lin) -> Result<Lin32<D>> {
@@ -19,7 +20,22 @@ fn lin<D: Device>(dev: &D, l: &crate::vit::weights::Lin) -> Result<Lin32<D>> {
         w: dev.upload(&l.w)?,
         b: dev.upload(&l.b)?,
         out: l.out,
+        inp: l.inp,
     })
+}
+
+impl<D: Device> Lin32<D> {
+    /// y [rows, out] = act(x [rows, in] · wᵀ + b) in f32; act as [`bias_act_dt`].
+    ///
+    /// # Safety
+    /// `x` holds rows·in and `y` rows·out f32.
+    unsafe fn apply(&self, dev: &D, x: u64, rows: usize, y: u64, act: u32) -> Result<()> {
+        // SAFETY: forwarded; the weights hold out·in and the bias out floats.
+        unsafe {
+            dev.gemm_nt(DType::F32, x, rows, self.inp, self.w.addr(), self.out, y)?;
+            bias_act_dt(dev, DType::F32, y, rows, self.out, self.b.addr(), act)
+        }
+    }
 }
 
 /// SiT's module: LN, Linear(D→D/2), Linear(D/2→K), scale.
@@ -234,42 +250,35 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 nt,
                 d,
             )?)?;
+            // SiT, PatchMerger and DynamicViT start with their own LayerNorm (nn.LayerNorm,
+            // eps 1e-5) of the reduced tokens, into y.
+            let norm = match &self.method {
+                DevMethod::Sit(l) => Some(&l[j].0),
+                DevMethod::PatchMerger(l) => Some(&l[j].0),
+                DevMethod::DynamicVit(l) => Some(&l[j].0),
+                _ => None,
+            };
+            if let Some((g, be)) = norm {
+                self.layernorm_eps::<f32>(
+                    dev,
+                    pb.mid.addr(),
+                    b * nt,
+                    d,
+                    d,
+                    g,
+                    be,
+                    Some(1e-5),
+                    pb.y.addr_mut(),
+                )?;
+            }
+            let rows = b * nt;
             let mut gathered = false;
             match &self.method {
                 DevMethod::Sit(layers) => {
-                    let (norm, fc1, fc2, scale) = &layers[j];
-                    self.layernorm_eps::<f32>(
-                        dev,
-                        pb.mid.addr(),
-                        b * nt,
-                        d,
-                        d,
-                        &norm.0,
-                        &norm.1,
-                        Some(1e-5),
-                        pb.y.addr_mut(),
-                    )?;
-                    dev.gemm_nt(
-                        f32t,
-                        pb.y.addr(),
-                        b * nt,
-                        d,
-                        fc1.w.addr(),
-                        fc1.out,
-                        pb.h.addr_mut(),
-                    )?;
-                    bias_act_dt(dev, f32t, pb.h.addr_mut(), b * nt, fc1.out, fc1.b.addr(), 1)?;
+                    let (_, fc1, fc2, scale) = &layers[j];
+                    fc1.apply(dev, pb.y.addr(), rows, pb.h.addr_mut(), 1)?;
                     if k > 0 {
-                        dev.gemm_nt(
-                            f32t,
-                            pb.h.addr(),
-                            b * nt,
-                            fc1.out,
-                            fc2.w.addr(),
-                            k,
-                            pb.s.addr_mut(),
-                        )?;
-                        bias_act_dt(dev, f32t, pb.s.addr_mut(), b * nt, k, fc2.b.addr(), 0)?;
+                        fc2.apply(dev, pb.h.addr(), rows, pb.s.addr_mut(), 0)?;
                         crate::ops::merge::softmax_merge::<D, f32>(
                             dev,
                             &pb.s,
@@ -285,20 +294,9 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     }
                 }
                 DevMethod::PatchMerger(layers) => {
-                    let (norm, q) = &layers[j];
-                    self.layernorm_eps::<f32>(
-                        dev,
-                        pb.mid.addr(),
-                        b * nt,
-                        d,
-                        d,
-                        &norm.0,
-                        &norm.1,
-                        Some(1e-5),
-                        pb.y.addr_mut(),
-                    )?;
+                    let (_, q) = &layers[j];
                     if k > 0 {
-                        dev.gemm_nt(f32t, pb.y.addr(), b * nt, d, q.addr(), k, pb.s.addr_mut())?;
+                        dev.gemm_nt(f32t, pb.y.addr(), rows, d, q.addr(), k, pb.s.addr_mut())?;
                         crate::ops::merge::softmax_merge::<D, f32>(
                             dev,
                             &pb.s,
@@ -314,31 +312,11 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     }
                 }
                 DevMethod::DynamicVit(layers) => {
-                    let (norm, [fin, f0, f2, f4]) = &layers[j];
+                    let (_, [fin, f0, f2, f4]) = &layers[j];
                     let Some(dy) = pb.dy.as_mut() else {
                         return Err(Error::Plan("DynamicViT buffers missing".into()));
                     };
-                    self.layernorm_eps::<f32>(
-                        dev,
-                        pb.mid.addr(),
-                        b * nt,
-                        d,
-                        d,
-                        &norm.0,
-                        &norm.1,
-                        Some(1e-5),
-                        pb.y.addr_mut(),
-                    )?;
-                    dev.gemm_nt(
-                        f32t,
-                        pb.y.addr(),
-                        b * nt,
-                        d,
-                        fin.w.addr(),
-                        d,
-                        pb.h.addr_mut(),
-                    )?;
-                    bias_act_dt(dev, f32t, pb.h.addr_mut(), b * nt, d, fin.b.addr(), 1)?;
+                    fin.apply(dev, pb.y.addr(), rows, pb.h.addr_mut(), 1)?;
                     // δ of the non-cls tokens, contiguous per sample.
                     dev.launch(&copy_launch(
                         f32t,
@@ -353,36 +331,9 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                         1,
                     )?)?;
                     crate::ops::dyvit::pool_global::<D, f32>(dev, &mut pb.h, &dy.dmid, b, nt, d)?;
-                    dev.gemm_nt(
-                        f32t,
-                        pb.h.addr(),
-                        b * nt,
-                        d,
-                        f0.w.addr(),
-                        f0.out,
-                        dy.a.addr_mut(),
-                    )?;
-                    bias_act_dt(dev, f32t, dy.a.addr_mut(), b * nt, f0.out, f0.b.addr(), 1)?;
-                    dev.gemm_nt(
-                        f32t,
-                        dy.a.addr(),
-                        b * nt,
-                        f0.out,
-                        f2.w.addr(),
-                        f2.out,
-                        dy.c.addr_mut(),
-                    )?;
-                    bias_act_dt(dev, f32t, dy.c.addr_mut(), b * nt, f2.out, f2.b.addr(), 1)?;
-                    dev.gemm_nt(
-                        f32t,
-                        dy.c.addr(),
-                        b * nt,
-                        f2.out,
-                        f4.w.addr(),
-                        2,
-                        dy.lp.addr_mut(),
-                    )?;
-                    bias_act_dt(dev, f32t, dy.lp.addr_mut(), b * nt, 2, f4.b.addr(), 0)?;
+                    f0.apply(dev, pb.h.addr(), rows, dy.a.addr_mut(), 1)?;
+                    f2.apply(dev, dy.a.addr(), rows, dy.c.addr_mut(), 1)?;
+                    f4.apply(dev, dy.c.addr(), rows, dy.lp.addr_mut(), 0)?;
                     crate::ops::dyvit::log_softmax2::<D, f32>(
                         dev,
                         &mut dy.lp,
@@ -452,24 +403,8 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                         return Err(Error::Plan("DPC-KNN buffers missing".into()));
                     };
                     if let Some(score) = &layers[j] {
-                        dev.gemm_nt(
-                            f32t,
-                            pb.mid.addr(),
-                            b * nt,
-                            d,
-                            score.w.addr(),
-                            1,
-                            dp.weight.addr_mut(),
-                        )?;
-                        bias_act_dt(
-                            dev,
-                            f32t,
-                            dp.weight.addr_mut(),
-                            b * nt,
-                            1,
-                            score.b.addr(),
-                            2,
-                        )?;
+                        // w = exp(score(x)), the authors' token weights.
+                        score.apply(dev, pb.mid.addr(), rows, dp.weight.addr_mut(), 2)?;
                     }
                     crate::ops::dpcknn::cluster::<D, f32>(
                         dev,
