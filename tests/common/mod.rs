@@ -83,10 +83,19 @@ pub fn random_probs(rng: &mut TRng, rows: usize, n: usize) -> Vec<f64> {
 #[macro_export]
 macro_rules! on_devices {
     ($body:ident) => {{
-        $body(&clca::HostShim);
+        // CLCA_GPU_ONLY=1 (the GPU script) leaves the host-shim bodies to CI.
+        if std::env::var_os("CLCA_GPU_ONLY").is_none() {
+            $body(&clca::HostShim);
+        }
         #[cfg(feature = "cuda")]
         match $crate::common::gpu() {
             Some(d) => $body(d),
+            // CLCA_REQUIRE_GPU=1 (the GPU script) turns the skip into a failure.
+            None if std::env::var_os("CLCA_REQUIRE_GPU").is_some() => panic!(
+                "CLCA_REQUIRE_GPU is set but the GPU run of {} cannot start: {}",
+                stringify!($body),
+                $crate::common::gpu_reason()
+            ),
             None => eprintln!(
                 "skipping the GPU run of {}: {}",
                 stringify!($body),
