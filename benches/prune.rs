@@ -93,6 +93,55 @@ mod gpu {
         layer::<f32>(c, dev);
         layer::<f16>(c, dev);
         layer::<bf16>(c, dev);
+        b256::<f32>(c, dev);
+        b256::<bf16>(c, dev);
+    }
+
+    /// The issue-6 point: the fused pruning layer at batch 256 (N = 786, k = 79, C = 768), next
+    /// to a device-to-device copy of the same bytes (the bandwidth ceiling). The probabilities
+    /// [B, H, N, N] are zeros except the cls row of each head (all the op reads), written row
+    /// by row so that the 256-image tensor never exists on the host.
+    fn b256<T: Element>(c: &mut Criterion, dev: &CudaDevice) {
+        let (b, l) = (256, super::common::LAYERS[0]);
+        let mut rng = Rng::new(13);
+        let mut g = c.benchmark_group(format!("cuda_prune_b256_{}", T::DTYPE));
+        let x = dev
+            .upload(&cvt::<T>(&rng.vec_sym(b * l.n * C)))
+            .expect("upload");
+        let mut probs = dev.zeros::<T>(b * H * l.n * l.n).expect("alloc");
+        for bh in 0..b * H {
+            let row = cvt::<T>(&super::common::softmax_rows(&mut rng, 1, l.n));
+            dev.write_at(&mut probs, bh * l.n * l.n, &row).expect("write");
+        }
+        let src: ScoreSource<'_, CudaDevice, T> = ScoreSource::Probs {
+            probs: &probs,
+            heads: H,
+        };
+        let mut sel = Selection::new(dev, b, l.n, l.k).expect("alloc");
+        let mut out = dev
+            .zeros::<T>(b * PruneMode::EVit.out_tokens(l.k) * C)
+            .expect("alloc");
+        let bytes = evit_bytes::<T>(b, l);
+        g.throughput(Throughput::Bytes(bytes));
+        g.bench_function(BenchmarkId::new("evit_prune_layer", "B256_N786"), |bn| {
+            bn.iter_custom(|iters| {
+                time_device(
+                    iters,
+                    || dev.synchronize(),
+                    || prune(dev, &src, &x, C, PruneMode::EVit, &mut sel, &mut out),
+                )
+            })
+        });
+        // Half the counted bytes in, half out: a copy moving the same total.
+        let half = (bytes as usize / 2) / T::DTYPE.size();
+        let cs = dev.zeros::<T>(half).expect("alloc");
+        let mut cd = dev.zeros::<T>(half).expect("alloc");
+        g.bench_function(BenchmarkId::new("copy_d2d_same_bytes", "B256_N786"), |bn| {
+            bn.iter_custom(|iters| {
+                time_device(iters, || dev.synchronize(), || dev.copy(&cs, &mut cd))
+            })
+        });
+        g.finish();
     }
 
     fn gathers<T: Element>(c: &mut Criterion, dev: &CudaDevice) {

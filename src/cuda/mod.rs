@@ -281,6 +281,48 @@ impl Device for CudaDevice {
     }
 }
 
+impl CudaDevice {
+    /// Whether GEMMs go to cuBLAS (else to the crate's tiled `linear` kernel).
+    pub fn has_cublas(&self) -> bool {
+        self.blas.is_some()
+    }
+
+    /// Copies `src` into `dst` on the device (same length): the copy-bandwidth ceiling that
+    /// the benches compare the memory-bound kernels with.
+    pub fn copy<T: Pod>(&self, src: &CudaBuf<T>, dst: &mut CudaBuf<T>) -> Result<()> {
+        crate::error::check_len("dst", dst.len, src.len)?;
+        let n = src.len * std::mem::size_of::<T>();
+        if n == 0 {
+            return Ok(());
+        }
+        let mut d = dst.bytes.slice_mut(0..n);
+        self.stream.memcpy_dtod(&src.bytes.slice(0..n), &mut d)?;
+        Ok(())
+    }
+
+    /// Writes `data` into `buf` from element `offset` on (host to device).
+    pub fn write_at<T: Pod>(&self, buf: &mut CudaBuf<T>, offset: usize, data: &[T]) -> Result<()> {
+        let end = offset
+            .checked_add(data.len())
+            .ok_or(Error::Overflow { what: "write_at end" })?;
+        if end > buf.len {
+            return Err(Error::Shape {
+                arg: "write_at",
+                expected: format!("offset + data ≤ {} elements", buf.len),
+                got: format!("{offset} + {}", data.len()),
+            });
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let sz = std::mem::size_of::<T>();
+        let src: &[u8] = bytemuck::cast_slice(data);
+        let mut d = buf.bytes.slice_mut(offset * sz..end * sz);
+        self.stream.memcpy_htod(src, &mut d)?;
+        Ok(())
+    }
+}
+
 /// Opens GPU 0, or says why not (for tests and benches that skip without a GPU).
 pub fn try_default() -> std::result::Result<CudaDevice, String> {
     CudaDevice::new(0).map_err(|e| e.to_string())

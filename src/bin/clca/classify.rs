@@ -99,25 +99,29 @@ fn read_labels(p: &std::path::Path, classes: usize) -> CliResult<Vec<String>> {
     Ok(v)
 }
 
-pub fn main(a: &ClassifyArgs) -> CliResult<()> {
-    init_threads(a.threads)?;
-    let map = TensorMap::load(&a.weights).ctx("reading the weights")?;
-    let mut flags = a
-        .flags
-        .train_flags(infer_num_classes(&map, a.flags.ifa_head)?);
+/// The model of `flags` (the authors' `train.py` names) over the checkpoint `weights`: classes
+/// from its head, the input size from its `pos_embed` unless `--input-size` is given.
+pub fn model_from_flags(weights: &std::path::Path, f: &crate::ModelFlags) -> CliResult<Vit> {
+    let map = TensorMap::load(weights).ctx("reading the weights")?;
+    let mut flags = f.train_flags(infer_num_classes(&map, f.ifa_head)?);
     if flags.input_size.is_none() {
-        let probe = VitConfig::from_model_name(&a.flags.model, &flags).ctx("--model")?;
+        let probe = VitConfig::from_model_name(&f.model, &flags).ctx("--model")?;
         flags.input_size = Some(infer_input_size(&map, &probe).unwrap_or(448));
     }
-    let mut cfg = VitConfig::from_model_name(&a.flags.model, &flags).ctx("building the model")?;
-    a.flags.apply_ours(&mut cfg);
+    let mut cfg = VitConfig::from_model_name(&f.model, &flags).ctx("building the model")?;
+    f.apply_ours(&mut cfg);
     let hint = flags_hint(&map, &flags, &cfg);
-    let model = Vit::new(cfg, map)
-        .ctx(format!("loading {}", a.weights.display()))
+    Vit::new(cfg, map)
+        .ctx(format!("loading {}", weights.display()))
         .map_err(|e| match e.code {
             crate::error::BAD_INPUT => e.hint(hint),
             _ => e,
-        })?;
+        })
+}
+
+pub fn main(a: &ClassifyArgs) -> CliResult<()> {
+    init_threads(a.threads)?;
+    let model = model_from_flags(&a.weights, &a.flags)?;
     let c = &model.cfg;
     let labels = match &a.labels {
         Some(p) => Some(read_labels(p, c.num_classes)?),

@@ -85,10 +85,14 @@ pub fn read_images(p: &Path, cfg: &VitConfig) -> CliResult<(usize, Vec<f32>)> {
 
 pub fn main(a: &ForwardArgs) -> CliResult<()> {
     let threads = init_threads(a.threads)?;
-    let mut cfg = read_config(&a.config)?;
-    cfg.method.dpc_noise_seed = a.dpc_noise_seed;
-    cfg.method.ats_batch_padding = a.ats_batch_padding;
-    let model = Vit::load(cfg, &a.weights).ctx(format!("loading {}", a.weights.display()))?;
+    let model = match &a.config {
+        Some(p) => {
+            let mut cfg = read_config(p)?;
+            a.flags.apply_ours(&mut cfg);
+            Vit::load(cfg, &a.weights).ctx(format!("loading {}", a.weights.display()))?
+        }
+        None => crate::classify::model_from_flags(&a.weights, &a.flags)?,
+    };
     let (batch, images) = read_images(&a.input, &model.cfg)?;
     let macs = model.macs();
     let classes = model.cfg.num_classes;

@@ -96,9 +96,10 @@ pub struct RunArgs {
 /// `clca forward`.
 #[derive(Args, Debug, Clone)]
 pub struct ForwardArgs {
-    /// A golden case's config.json (or its directory).
+    /// A golden case's config.json (or its directory). Without it, the model is built from the
+    /// train.py flags below (as `clca classify` does).
     #[arg(long, value_name = "DIR/config.json")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
     /// The weights, safetensors in the authors' parameter names.
     #[arg(long, value_name = "W.safetensors")]
     pub weights: PathBuf,
@@ -129,13 +130,10 @@ pub struct ForwardArgs {
     /// Print one JSON line (forward_median_s, forward_min_s, forward_max_s, batch, macs, device, dtype, threads, …) and nothing else on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Ours (DPC-KNN): add seeded U(0,1)·1e-6 noise to the densities, as the authors do
-    /// with torch.rand (off by default).
-    #[arg(long = "dpc-noise-seed", value_name = "SEED")]
-    pub dpc_noise_seed: Option<u64>,
-    /// Ours (ATS): pad the batch as the authors' code does (CPU forward only).
-    #[arg(long = "ats-batch-padding")]
-    pub ats_batch_padding: bool,
+    /// The model, when no --config is given (train.py names; --dpc-noise-seed and
+    /// --ats-batch-padding apply with --config too).
+    #[command(flatten)]
+    pub flags: ModelFlags,
 }
 
 /// The model flags, with the authors' `train.py` names and defaults.
