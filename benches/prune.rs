@@ -111,7 +111,8 @@ mod gpu {
         let mut probs = dev.zeros::<T>(b * H * l.n * l.n).expect("alloc");
         for bh in 0..b * H {
             let row = cvt::<T>(&super::common::softmax_rows(&mut rng, 1, l.n));
-            dev.write_at(&mut probs, bh * l.n * l.n, &row).expect("write");
+            dev.write_at(&mut probs, bh * l.n * l.n, &row)
+                .expect("write");
         }
         let src: ScoreSource<'_, CudaDevice, T> = ScoreSource::Probs {
             probs: &probs,

@@ -63,6 +63,110 @@ pub trait Device {
     ) -> Result<()> {
         gemm_nt_kernel(self, dtype, x, m, k, w, n, y)
     }
+
+    /// Batched [`Device::gemm_nt`]: `y_z` [m, n] = `x_z` [m, k] · `w_z` [n, k]ᵀ for z < `batch`,
+    /// the matrices `sx`, `sw`, `sy` elements apart; `y` is f32 when `f32_out` (the attention
+    /// scores), else `dtype`. The default launches our `bgemm_nt*` kernel; the CUDA device uses
+    /// cuBLAS's strided batched GEMM when it is available.
+    ///
+    /// # Safety
+    /// `x`, `w` and `y` must be addresses of this device holding the `batch` matrices at
+    /// their strides.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_nt_batched(
+        &self,
+        dtype: crate::DType,
+        f32_out: bool,
+        x: u64,
+        m: usize,
+        k: usize,
+        sx: usize,
+        w: u64,
+        n: usize,
+        sw: usize,
+        y: u64,
+        sy: usize,
+        batch: usize,
+    ) -> Result<()> {
+        gemm_nt_batched_kernel(self, dtype, f32_out, x, m, k, sx, w, n, sw, y, sy, batch)
+    }
+}
+
+/// The `bgemm_nt*` kernels as a batched GEMM (see [`Device::gemm_nt_batched`]); batches beyond
+/// the grid's z limit go in several launches.
+///
+/// # Safety
+/// As [`Device::gemm_nt_batched`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_nt_batched_kernel<D: Device + ?Sized>(
+    dev: &D,
+    dtype: crate::DType,
+    f32_out: bool,
+    x: u64,
+    m: usize,
+    k: usize,
+    sx: usize,
+    w: u64,
+    n: usize,
+    sw: usize,
+    y: u64,
+    sy: usize,
+    batch: usize,
+) -> Result<()> {
+    use crate::kernels::{Arg, Launch};
+    const ZMAX: usize = 65535;
+    let u = |what: &'static str, v: usize| {
+        u32::try_from(v).map_err(|_| Error::LaunchLimit {
+            what,
+            value: v as u64,
+            limit: u32::MAX as u64,
+        })
+    };
+    let i = |v: usize| {
+        i64::try_from(v).map_err(|_| Error::Overflow {
+            what: "gemm stride",
+        })
+    };
+    let (es, ys) = (
+        dtype.size() as u64,
+        if f32_out { 4 } else { dtype.size() as u64 },
+    );
+    let op = if f32_out {
+        "bgemm_nt_f32out"
+    } else {
+        "bgemm_nt"
+    };
+    let mut z0 = 0;
+    while z0 < batch {
+        let nz = (batch - z0).min(ZMAX);
+        let off = |s: usize, e: u64| (z0 as u64) * (s as u64) * e;
+        let l = Launch::new(
+            "vit",
+            op,
+            dtype,
+            [
+                u("n", n.div_ceil(16))?,
+                u("m", m.div_ceil(16))?,
+                u("batch", nz)?,
+            ],
+            [16, 16, 1],
+            vec![
+                Arg::Ptr(x + off(sx, es)),
+                Arg::U32(u("m", m)?),
+                Arg::U32(u("k", k)?),
+                Arg::I64(i(sx)?),
+                Arg::Ptr(w + off(sw, es)),
+                Arg::U32(u("n", n)?),
+                Arg::I64(i(sw)?),
+                Arg::Ptr(y + off(sy, ys)),
+                Arg::I64(i(sy)?),
+            ],
+        )?;
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { dev.launch(&l)? };
+        z0 += nz;
+    }
+    Ok(())
 }
 
 /// The `linear_*` kernel as a GEMM (see [`Device::gemm_nt`]).

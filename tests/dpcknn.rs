@@ -119,6 +119,15 @@ fn exact_case<D: Device, T: Element>(
             } as f64;
             assert!(close(g, w, 0.0, 3e-7), "density[{u}] {g} vs {w} {what}");
         }
+        // On the shim the densities are the reference's bit for bit. On a GPU they may differ
+        // by an ulp, which reorders exact ties of δ·ρ: there the selection is checked against
+        // the reference's selection from the GPU's own densities.
+        let dens = &got.density[bi * m..(bi + 1) * m];
+        let want = if dev.name().starts_with("host shim") {
+            want
+        } else {
+            cpu::dpcknn::cluster_from_density(&dr, dens, m, k).expect("reference")
+        };
         assert_eq!(
             &got.centers[bi * k..(bi + 1) * k],
             &want.centers[..],

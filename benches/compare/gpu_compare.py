@@ -75,7 +75,7 @@ def run_clca(clca, args):
     return r.stdout
 
 
-def end_to_end(clca, out, batches, compile_batches, classes=200):
+def end_to_end(clca, out, batches, compile_batches, compile_models, classes=200):
     cases = [
         ("evit_clca_kr0.1", Flags("evit", (3, 6, 9), (0.1,), clc=True, num_clr=1, ifa_head=True)),
         ("plain", Flags("vit", (3, 6, 9), (1.0,), clc=False, num_clr=0, ifa_head=False)),
@@ -125,7 +125,7 @@ def end_to_end(clca, out, batches, compile_batches, classes=200):
                                 return model(x)
                     t = cuda_time(fn, warmup=3, runs=runs)
                 emit(what="e2e", model=name, impl="torch_eager", dtype=dt, batch=b, **t)
-            if b in compile_batches:
+            if b in compile_batches and name in compile_models:
                 cm = torch.compile(model)
                 def fc():
                     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -170,6 +170,7 @@ def main():
     ap.add_argument("--work", default="/tmp/clca-compare", help="weights and images (large)")
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--compile-batches", default="64")
+    ap.add_argument("--compile-models", default="evit_clca_kr0.1")
     ap.add_argument("--skip", default="", help="comma list of: copy,prune,e2e")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -178,7 +179,8 @@ def main():
     emit(what="machine", torch=torch.__version__, gpu=torch.cuda.get_device_name(0))
     steps = [("copy", copy_bandwidth), ("prune", prune_point),
              ("e2e", lambda: end_to_end(a.clca, a.work, [int(b) for b in a.batches.split(",")],
-                                        [int(b) for b in a.compile_batches.split(",") if b]))]
+                                        [int(b) for b in a.compile_batches.split(",") if b],
+                                        a.compile_models.split(",")))]
     for name, fn in steps:
         if name in skip:
             continue

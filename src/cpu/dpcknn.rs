@@ -97,6 +97,23 @@ pub fn cluster(
         let mean = buf[..knn].iter().map(|v| v * v).sum::<f32>() / knn as f32;
         density[u] = (-mean).exp() + noise.map_or(0.0, |z| z[u]);
     }
+    cluster_from_density(&dist, &density, m, k)
+}
+
+/// The selection half of [`cluster`]: δ·ρ scores, the `k` centres and the assignment, from
+/// the distances [m, m] and densities [m]. Public so that a GPU test can check the selection
+/// given the GPU's densities (its `expf` may differ from the CPU's by an ulp, which can swap
+/// tokens whose scores tie exactly on the CPU).
+pub fn cluster_from_density(dist: &[f32], density: &[f32], m: usize, k: usize) -> Result<Clusters> {
+    crate::error::check_len("dist", dist.len(), crate::error::mul("dist", &[m, m])?)?;
+    crate::error::check_len("density", density.len(), m)?;
+    if k == 0 || k > m {
+        return Err(crate::error::invalid(
+            "clusters",
+            format!("k {k}, tokens {m}"),
+            "need 1 <= k <= m",
+        ));
+    }
     let dmax = dist.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let score: Vec<f32> = (0..m)
         .map(|u| {

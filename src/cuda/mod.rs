@@ -236,11 +236,7 @@ impl Device for CudaDevice {
         }
         // cuBLAS works on the calling thread's current context.
         self.ctx.bind_to_thread()?;
-        let ty = match dtype {
-            crate::DType::F32 => blas_sys::cudaDataType::CUDA_R_32F,
-            crate::DType::F16 => blas_sys::cudaDataType::CUDA_R_16F,
-            crate::DType::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
-        };
+        let ty = blas_type(dtype);
         let i = |what: &'static str, v: usize| -> Result<i32> {
             i32::try_from(v).map_err(|_| Error::LaunchLimit {
                 what,
@@ -279,6 +275,93 @@ impl Device for CudaDevice {
         }
         .map_err(|e| Error::Cuda(format!("cuBLAS GemmEx: {e:?}")))
     }
+
+    unsafe fn gemm_nt_batched(
+        &self,
+        dtype: crate::DType,
+        f32_out: bool,
+        x: u64,
+        m: usize,
+        k: usize,
+        sx: usize,
+        w: u64,
+        n: usize,
+        sw: usize,
+        y: u64,
+        sy: usize,
+        batch: usize,
+    ) -> Result<()> {
+        let Some(b) = &self.blas else {
+            // SAFETY: forwarded from the caller's contract.
+            return unsafe {
+                crate::device::gemm_nt_batched_kernel(
+                    self, dtype, f32_out, x, m, k, sx, w, n, sw, y, sy, batch,
+                )
+            };
+        };
+        if m == 0 || n == 0 || batch == 0 {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread()?;
+        let ty = blas_type(dtype);
+        let yt = if f32_out {
+            blas_sys::cudaDataType::CUDA_R_32F
+        } else {
+            ty
+        };
+        let i = |what: &'static str, v: usize| -> Result<i32> {
+            i32::try_from(v).map_err(|_| Error::LaunchLimit {
+                what,
+                value: v as u64,
+                limit: i32::MAX as u64,
+            })
+        };
+        let l = |v: usize| -> Result<i64> {
+            i64::try_from(v).map_err(|_| Error::Overflow {
+                what: "gemm stride",
+            })
+        };
+        let (mi, ki, ni, bi) = (i("m", m)?, i("k", k)?, i("n", n)?, i("batch", batch)?);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // As gemm_nt, per matrix: column-major yᵀ = w·xᵀ.
+        // SAFETY: the handle is bound to our stream; the caller guarantees the extents.
+        unsafe {
+            blas::gemm_strided_batched_ex(
+                *b.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                ni,
+                mi,
+                ki,
+                &alpha as *const f32 as *const _,
+                w as *const _,
+                ty,
+                ki,
+                l(sw)?,
+                x as *const _,
+                ty,
+                ki,
+                l(sx)?,
+                &beta as *const f32 as *const _,
+                y as *mut _,
+                yt,
+                ni,
+                l(sy)?,
+                bi,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| Error::Cuda(format!("cuBLAS GemmStridedBatchedEx: {e:?}")))
+    }
+}
+
+fn blas_type(dtype: crate::DType) -> blas_sys::cudaDataType {
+    match dtype {
+        crate::DType::F32 => blas_sys::cudaDataType::CUDA_R_32F,
+        crate::DType::F16 => blas_sys::cudaDataType::CUDA_R_16F,
+        crate::DType::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
+    }
 }
 
 impl CudaDevice {
@@ -302,9 +385,9 @@ impl CudaDevice {
 
     /// Writes `data` into `buf` from element `offset` on (host to device).
     pub fn write_at<T: Pod>(&self, buf: &mut CudaBuf<T>, offset: usize, data: &[T]) -> Result<()> {
-        let end = offset
-            .checked_add(data.len())
-            .ok_or(Error::Overflow { what: "write_at end" })?;
+        let end = offset.checked_add(data.len()).ok_or(Error::Overflow {
+            what: "write_at end",
+        })?;
         if end > buf.len {
             return Err(Error::Shape {
                 arg: "write_at",

@@ -13,6 +13,8 @@ use crate::plan::Reduction;
 use crate::{Buffer, DType, Device, Element, Error, Result};
 
 const EW_THREADS: u32 = 256;
+/// The attention's f32 score buffer holds at most this many bytes (images go in chunks).
+const ATTN_SCORE_BYTES: usize = 256 << 20;
 const EW_GRID_CAP: usize = 1 << 16;
 
 struct DevBlock<D: Device, T: Element> {
@@ -69,6 +71,12 @@ pub struct DeviceWorkspace<D: Device, T: Element> {
     patches: D::Buf<T>,
     patch_out: D::Buf<T>,
     cls_probs: D::Buf<f32>,
+    /// Attention operands q, k [B, H, n, hd] and vᵀ [B, H, hd, n], one after the other.
+    heads3: D::Buf<T>,
+    /// Scores S (f32) and probabilities P (T) [chunk, H, n, n] for `att_chunk` images at a time.
+    att_s: D::Buf<f32>,
+    att_p: D::Buf<T>,
+    att_chunk: usize,
     scores: D::Buf<f32>,
     idx: D::Buf<u32>,
     compl: D::Buf<u32>,
@@ -241,12 +249,6 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 crate::ops::tome::MAX_HEAD_DIM
             )));
         }
-        if (hd + model.plan.max_len) * 4 > crate::kernels::MAX_DYN_SMEM as usize {
-            return Err(Error::Plan(format!(
-                "sequence length {} is beyond the attention kernel's shared-memory limit",
-                model.plan.max_len
-            )));
-        }
         Ok(DeviceVit {
             patch_w: upt(&w.patch_w)?,
             patch_b: w.patch_b.as_deref().map(up32).transpose()?,
@@ -297,6 +299,9 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 Ok(1)
             }
         };
+        // The n×n scores of all heads of `chunk` images at a time, at most ATTN_SCORE_BYTES.
+        let per_image = mul("attention scores", &[c.num_heads, l, l, 4])?;
+        let chunk = (ATTN_SCORE_BYTES / per_image.max(1)).clamp(1, batch.max(1));
         Ok(DeviceWorkspace {
             batch,
             x: dev.zeros(mul("x", &[batch, l, d])?)?,
@@ -308,6 +313,10 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             patches: dev.zeros(mul("patches", &[batch, p, kp])?)?,
             patch_out: dev.zeros(mul("patch_out", &[batch, p, d])?)?,
             cls_probs: dev.zeros(mul("probs", &[batch, c.num_heads, l])?)?,
+            heads3: dev.zeros(mul("heads", &[3, batch, l, d])?)?,
+            att_s: dev.zeros(mul("attention scores", &[chunk, c.num_heads, l, l])?)?,
+            att_p: dev.zeros(mul("attention probs", &[chunk, c.num_heads, l, l])?)?,
+            att_chunk: chunk,
             scores: dev.zeros(mul("scores", &[batch, l])?)?,
             idx: dev.zeros(mul("idx", &[batch, l])?)?,
             compl: dev.zeros(mul("compl", &[batch, l])?)?,
@@ -370,7 +379,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         let dt = T::DTYPE;
         let p = c.num_patches();
         let kp = ch * ps * ps;
-        let (hh, hd, hm) = (c.num_heads, c.head_dim(), c.mlp_hidden);
+        let (hh, hm) = (c.num_heads, c.mlp_hidden);
         let u = |what, v| to_u32(what, v);
         let bu = u("batch", b)?;
         let cap = m.plan.cache_cap.max(1);
@@ -500,25 +509,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 if let Some(qb) = &w.qkv_b {
                     self.bias_act(dev, ws.qkv.addr_mut(), rows, 3 * d, qb.addr(), false)?;
                 }
-                go(
-                    dev,
-                    "vit",
-                    "attention",
-                    dt,
-                    [u("n", n)?, u("heads", hh)?, bu],
-                    [128, 1, 1],
-                    (hd + n) * 4,
-                    vec![
-                        Arg::Ptr(ws.qkv.addr()),
-                        Arg::U32(u("n", n)?),
-                        Arg::U32(u("heads", hh)?),
-                        Arg::U32(u("hd", hd)?),
-                        Arg::F32((hd as f64).powf(-0.5) as f32),
-                        Arg::Ptr(ws.attn.addr_mut()),
-                        Arg::Ptr(ws.cls_probs.addr_mut()),
-                        Arg::Ptr(if have_sizes { ws.sizes.addr() } else { 0 }),
-                    ],
-                )?;
+                self.attention(dev, ws, n, have_sizes)?;
                 if let Some(k) = bp.sample {
                     n = self.ats_sample(dev, ws, i, n, k, trace.as_deref_mut())?;
                 }
@@ -896,6 +887,137 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             unsafe { dev.launch(l)? };
         }
         Ok(())
+    }
+
+    /// Multi-head attention of `ws.qkv` [B, n, 3, H, hd] into `ws.attn` [B, n, D], the cls
+    /// rows of the probabilities into `ws.cls_probs`: split the heads, S = (q·scale)·kᵀ and
+    /// O = P·v as batched GEMMs (cuBLAS on a GPU) around a row softmax (with ToMe's log-size
+    /// bias when `have_sizes`), `att_chunk` images at a time; O is staged in `ws.h`.
+    ///
+    /// # Safety
+    /// The workspace was sized for this model and batch; n ≤ max_len.
+    unsafe fn attention(
+        &self,
+        dev: &D,
+        ws: &mut DeviceWorkspace<D, T>,
+        n: usize,
+        have_sizes: bool,
+    ) -> Result<()> {
+        let c = &self.model.cfg;
+        let (b, hh, hd, d) = (ws.batch, c.num_heads, c.head_dim(), c.embed_dim);
+        let dt = T::DTYPE;
+        let es = dt.size() as u64;
+        let part = (b * n * d) as u64 * es;
+        let (q, k, vt) = (
+            ws.heads3.addr_mut(),
+            ws.heads3.addr_mut() + part,
+            ws.heads3.addr_mut() + 2 * part,
+        );
+        let total = b * n * 3 * d;
+        let u = |what, v| to_u32(what, v);
+        // SAFETY (all launches): sizes as in the doc comment.
+        unsafe {
+            go(
+                dev,
+                "vit",
+                "attn_split",
+                dt,
+                ew_grid(total)?,
+                [EW_THREADS, 1, 1],
+                0,
+                vec![
+                    Arg::Ptr(ws.qkv.addr()),
+                    Arg::U32(u("batch", b)?),
+                    Arg::U32(u("n", n)?),
+                    Arg::U32(u("heads", hh)?),
+                    Arg::U32(u("hd", hd)?),
+                    Arg::F32((hd as f64).powf(-0.5) as f32),
+                    Arg::Ptr(q),
+                    Arg::Ptr(k),
+                    Arg::Ptr(vt),
+                ],
+            )?;
+            let o = ws.h.addr_mut();
+            let mut b0 = 0;
+            while b0 < b {
+                let bc = (b - b0).min(ws.att_chunk);
+                let z = bc * hh;
+                let off = (b0 * hh * n * hd) as u64 * es;
+                dev.gemm_nt_batched(
+                    dt,
+                    true,
+                    q + off,
+                    n,
+                    hd,
+                    n * hd,
+                    k + off,
+                    n,
+                    n * hd,
+                    ws.att_s.addr_mut(),
+                    n * n,
+                    z,
+                )?;
+                let rows = z * n;
+                go(
+                    dev,
+                    "vit",
+                    "attn_softmax",
+                    dt,
+                    [
+                        u("rows", rows.min(crate::kernels::ROW_GRID_CAP as usize))?,
+                        1,
+                        1,
+                    ],
+                    [128, 1, 1],
+                    0,
+                    vec![
+                        Arg::Ptr(ws.att_s.addr()),
+                        Arg::U32(u("rows", rows)?),
+                        Arg::U32(u("n", n)?),
+                        Arg::U32(u("heads", hh)?),
+                        Arg::Ptr(ws.att_p.addr_mut()),
+                        Arg::Ptr(ws.cls_probs.addr_mut() + (b0 * hh * n * 4) as u64),
+                        Arg::Ptr(if have_sizes {
+                            ws.sizes.addr() + (b0 * n * 4) as u64
+                        } else {
+                            0
+                        }),
+                    ],
+                )?;
+                dev.gemm_nt_batched(
+                    dt,
+                    false,
+                    ws.att_p.addr(),
+                    n,
+                    n,
+                    n * n,
+                    vt + off,
+                    hd,
+                    hd * n,
+                    o + off,
+                    n * hd,
+                    z,
+                )?;
+                b0 += bc;
+            }
+            go(
+                dev,
+                "vit",
+                "attn_merge",
+                dt,
+                ew_grid(b * n * d)?,
+                [EW_THREADS, 1, 1],
+                0,
+                vec![
+                    Arg::Ptr(o),
+                    Arg::U32(u("batch", b)?),
+                    Arg::U32(u("n", n)?),
+                    Arg::U32(u("heads", hh)?),
+                    Arg::U32(u("hd", hd)?),
+                    Arg::Ptr(ws.attn.addr_mut()),
+                ],
+            )
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
