@@ -22,6 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clca_torch import Flags, TorchClca, prune_chain  # noqa: E402
 
 RESULTS = []
+# Exact f32 on both sides for the logits check (cuDNN convolutions default to TF32).
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def emit(**kv):
