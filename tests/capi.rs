@@ -295,6 +295,47 @@ fn from_a_file_infers_size_and_classes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A golden case's config.json text and weights file through `clca_model_create`.
+fn golden_model(dir: &std::path::Path, backend: c_int, dtype: c_int) -> *mut ClcaModel {
+    let cfg = std::fs::read_to_string(dir.join("config.json")).expect("config.json");
+    let cfg = CString::new(cfg).expect("cstring");
+    let w =
+        CString::new(dir.join("weights.safetensors").to_string_lossy().as_bytes()).expect("path");
+    let mut m = null_mut();
+    // SAFETY: valid strings and out-pointer.
+    let rc = unsafe { clca_model_create(w.as_ptr(), cfg.as_ptr(), backend, dtype, 0, &mut m) };
+    assert_eq!(rc, 0, "{}: {}", dir.display(), last());
+    m
+}
+
+fn golden_images(dir: &std::path::Path) -> (usize, Vec<f32>) {
+    let input = std::fs::read(dir.join("input.safetensors")).expect("input");
+    let (shape, v) = common::golden::tensor(&input, "images").expect("images");
+    (shape[0], v.iter().map(|&x| x as f32).collect())
+}
+
+/// Every golden case (config.json text + weights file) through the C ABI on the CPU
+/// reproduces the authors' logits (the bound of tests/golden_vit.rs).
+#[test]
+fn golden_cases_through_the_abi() {
+    for dir in common::golden::cases() {
+        let case = common::golden::Case::load(&dir);
+        let m = golden_model(&dir, CPU, F32);
+        let i = info(m);
+        let (batch, img) = golden_images(&dir);
+        let got = forward(m, &img, batch, i.num_classes);
+        let (_, want) = case.output("logits").expect("logits");
+        let max_ref = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f64, |a, (g, w)| a.max((*g as f64 - w).abs()));
+        assert!(err <= 1e-4 * max_ref, "{}: max|d| {err:e}", case.name);
+        // SAFETY: live handle.
+        unsafe { clca_model_destroy(m) };
+    }
+}
+
 #[test]
 fn golden_json_config() {
     let json = r#"{"model": {"model_class": "models.vit.ViT", "img_size": [32, 32],
@@ -732,6 +773,57 @@ fn cuda_engine_entry() {
         assert!(last().contains("aligned"), "{}", last());
         clca_model_destroy(m);
         clca_model_destroy(cpu);
+
+        // Every golden case (every method, ATS's per-image path and its read-backs included),
+        // f32 and f16, on a stream of our own: the device entry equals the host entry.
+        let ctx = cudarc::driver::CudaContext::new(0).expect("context");
+        let stream = ctx.new_stream().expect("stream");
+        let raw = stream.cu_stream() as *mut std::ffi::c_void;
+        for dir in common::golden::cases() {
+            for (dtype, elem) in [(F32, 4usize), (ClcaDtype::F16 as c_int, 2)] {
+                let m = golden_model(&dir, CUDA, dtype);
+                let i = info(m);
+                let (batch, img) = golden_images(&dir);
+                let host = forward(m, &img, batch, i.num_classes);
+                let mut bytes = 0;
+                assert_eq!(clca_model_workspace_size(m, batch, &mut bytes), 0);
+                let dimg = g.upload(&img).expect("upload");
+                let mut dlog = g.zeros::<u8>(batch * i.num_classes * elem).expect("zeros");
+                // Garbage in the workspace: the entry must not depend on its contents.
+                let mut dws = g.upload(&vec![0xa5u8; bytes]).expect("upload");
+                let rc = clca_model_forward_device(
+                    m,
+                    batch,
+                    vp(dimg.addr()),
+                    vp(dlog.addr_mut()),
+                    vp(dws.addr_mut()),
+                    bytes,
+                    raw,
+                );
+                assert_eq!(rc, 0, "{}: {}", dir.display(), last());
+                stream.synchronize().expect("sync");
+                let raw_logits = g.download(&dlog).expect("download");
+                let dev: Vec<f32> = if elem == 4 {
+                    bytemuck::pod_collect_to_vec(&raw_logits)
+                } else {
+                    bytemuck::pod_collect_to_vec::<u8, clca::f16>(&raw_logits)
+                        .iter()
+                        .map(|v| v.to_f32())
+                        .collect()
+                };
+                let max = host.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let err = dev
+                    .iter()
+                    .zip(&host)
+                    .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                eprintln!(
+                    "{} dtype {dtype}: device entry vs host entry max|d| {err:e} (max {max})",
+                    dir.display()
+                );
+                assert!(err <= 1e-5 * max, "{}: {err}", dir.display());
+                clca_model_destroy(m);
+            }
+        }
 
         // Top-k on device pointers.
         let mut d = null_mut();
