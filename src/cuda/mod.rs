@@ -167,6 +167,8 @@ impl CudaDevice {
     /// queued on `stream` (a `CUstream`/`cudaStream_t`; null is the legacy default stream),
     /// then restores the device's own stream. Work queued by `f` is not waited for, except
     /// where an op reads a value back (ATS's sample count), which synchronizes `stream`.
+    /// The override is the device's, not the thread's: keep other threads off this device
+    /// while `f` runs (the C ABI gives each handle its own device behind a lock).
     ///
     /// # Safety
     /// `stream` must be null or a live stream of this device's primary context (the context
@@ -218,7 +220,8 @@ impl CudaDevice {
     /// (`cuMemsetD8Async` on the current stream): nothing is allocated. The buffers made are
     /// views: nothing is freed when they drop. A buffer that does not fit is an error. Outside
     /// [`CudaDevice::with_stream`] the zero fills are waited for before this returns; inside it
-    /// they are ordered before later work on the caller's stream.
+    /// they are ordered before later work on the caller's stream. Like
+    /// [`CudaDevice::with_stream`], the arena is the device's while `f` runs.
     ///
     /// # Safety
     /// `[ptr, ptr + bytes)` must be device memory of this context, and stay allocated and
