@@ -15,6 +15,9 @@ cargo test
 section "cargo test --features cuda"
 cargo test --features cuda
 
+section "C ABI: examples/c/classify.c against libclca (scripts/c_example.sh)"
+bash scripts/c_example.sh
+
 section "examples (numbered by what they teach)"
 for e in examples/[0-9][0-9]_*.rs; do
   name="$(basename "$e" .rs)"

@@ -192,6 +192,21 @@ pub unsafe fn gemm_nt_kernel<D: Device + ?Sized>(
     unsafe { dev.launch(&l) }
 }
 
+/// Every buffer of a workspace carved out of one caller allocation starts at a multiple of this
+/// many bytes (cudaMalloc's own alignment), so each kernel sees the alignment it would get from
+/// its own allocation.
+pub const WORKSPACE_ALIGN: usize = 256;
+
+/// The bytes a buffer of `bytes` bytes takes in a caller's workspace: rounded up to
+/// [`WORKSPACE_ALIGN`].
+pub fn workspace_granule(bytes: usize) -> Result<usize> {
+    bytes
+        .checked_next_multiple_of(WORKSPACE_ALIGN)
+        .ok_or(Error::Overflow {
+            what: "workspace bytes",
+        })
+}
+
 /// A host buffer for the shim.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostBuf<T>(pub Vec<T>);

@@ -40,6 +40,7 @@
 // Kernel-shaped code: explicit index loops and long argument lists mirror the CUDA signatures.
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 
+pub mod capi;
 pub mod cpu;
 pub mod device;
 pub mod dtype;

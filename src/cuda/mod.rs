@@ -3,6 +3,12 @@
 //!
 //! One context, one stream; modules are loaded lazily from the embedded PTX and cached, and
 //! kernels are launched through the same argument marshalling as the host shim.
+//!
+//! For engines that own the memory and the stream: [`CudaDevice::with_stream`] queues every
+//! launch, copy and cuBLAS call of a closure on a caller's `CUstream`, [`CudaDevice::with_arena`]
+//! carves every buffer made in a closure out of one caller allocation (nothing is allocated or
+//! freed), and [`CudaDevice::view`] wraps a caller pointer as a buffer without owning it. No
+//! cudarc type appears in these signatures: streams are `*mut c_void`, addresses `u64`.
 use crate::device::{Buffer, Device};
 use crate::kernels::{Launch, MODULES};
 use crate::{Error, Result};
@@ -14,12 +20,44 @@ use std::ffi::CString;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
-/// A device buffer of `T` (bytes underneath, so any `Pod` element works).
+/// A device buffer of `T` (bytes underneath, so any `Pod` element works): owned (freed on
+/// drop), or a view of memory the caller owns ([`CudaDevice::view`], [`CudaDevice::with_arena`]).
 pub struct CudaBuf<T> {
-    bytes: CudaSlice<u8>,
+    bytes: Option<CudaSlice<u8>>,
     len: usize,
     ptr: u64,
     _t: PhantomData<T>,
+}
+
+impl<T> CudaBuf<T> {
+    /// Whether the buffer views caller-owned memory (nothing is freed when it drops).
+    pub fn is_view(&self) -> bool {
+        self.bytes.is_none()
+    }
+}
+
+pub use crate::device::{workspace_granule, WORKSPACE_ALIGN as ARENA_ALIGN};
+
+/// The caller memory [`CudaDevice::with_arena`] hands out, front to back.
+struct Arena {
+    next: u64,
+    end: u64,
+}
+
+impl Arena {
+    fn carve(&mut self, bytes: usize) -> Result<u64> {
+        let need = workspace_granule(bytes)? as u64;
+        if self.end - self.next < need {
+            return Err(Error::InvalidArgument {
+                arg: "workspace",
+                value: format!("{} bytes left", self.end - self.next),
+                why: format!("too small: a buffer of {need} more bytes does not fit"),
+            });
+        }
+        let p = self.next;
+        self.next += need;
+        Ok(p)
+    }
 }
 
 impl<T> Buffer<T> for CudaBuf<T> {
@@ -53,6 +91,11 @@ pub struct CudaDevice {
     name: String,
     /// cuBLAS, when libcublas loads; otherwise GEMMs use our `linear_*` kernel.
     blas: Option<CudaBlas>,
+    /// A caller's stream (as an address; 0 is the legacy default stream) inside
+    /// [`CudaDevice::with_stream`].
+    stream_override: Mutex<Option<usize>>,
+    /// Caller memory that `zeros`/`upload` carve from inside [`CudaDevice::with_arena`].
+    arena: Mutex<Option<Arena>>,
 }
 
 /// Whether libcuda can be loaded at all (no panic when it cannot).
@@ -103,7 +146,187 @@ impl CudaDevice {
             funcs: Mutex::new(HashMap::new()),
             name,
             blas,
+            stream_override: Mutex::new(None),
+            arena: Mutex::new(None),
         })
+    }
+
+    /// The stream work is queued on: the caller's inside [`CudaDevice::with_stream`], else ours.
+    fn cur_stream(&self) -> Result<sys::CUstream> {
+        let o = *self
+            .stream_override
+            .lock()
+            .map_err(|_| Error::Cuda("stream state poisoned".into()))?;
+        Ok(match o {
+            Some(s) => s as sys::CUstream,
+            None => self.stream.cu_stream(),
+        })
+    }
+
+    /// Runs `f` with every launch, copy, memset, synchronize and cuBLAS call of this device
+    /// queued on `stream` (a `CUstream`/`cudaStream_t`; null is the legacy default stream),
+    /// then restores the device's own stream. Work queued by `f` is not waited for, except
+    /// where an op reads a value back (ATS's sample count), which synchronizes `stream`.
+    /// The override is the device's, not the thread's: keep other threads off this device
+    /// while `f` runs (the C ABI gives each handle its own device behind a lock).
+    ///
+    /// # Safety
+    /// `stream` must be null or a live stream of this device's primary context (the context
+    /// the CUDA runtime uses), and stay live until the work `f` queues has finished.
+    pub unsafe fn with_stream<R>(
+        &self,
+        stream: *mut std::ffi::c_void,
+        f: impl FnOnce() -> Result<R>,
+    ) -> Result<R> {
+        let raw = stream as sys::CUstream;
+        {
+            let mut o = self
+                .stream_override
+                .lock()
+                .map_err(|_| Error::Cuda("stream state poisoned".into()))?;
+            if o.is_some() {
+                return Err(Error::InvalidArgument {
+                    arg: "stream",
+                    value: format!("{stream:p}"),
+                    why: "with_stream calls do not nest".into(),
+                });
+            }
+            *o = Some(raw as usize);
+        }
+        let set = self.set_blas_stream(raw);
+        let r = set.and_then(|_| f());
+        let restore = self.set_blas_stream(self.stream.cu_stream());
+        if let Ok(mut o) = self.stream_override.lock() {
+            *o = None;
+        }
+        let r = r?;
+        restore?;
+        Ok(r)
+    }
+
+    fn set_blas_stream(&self, s: sys::CUstream) -> Result<()> {
+        if let Some(b) = &self.blas {
+            self.ctx.bind_to_thread()?;
+            // SAFETY: the handle is live; `s` is ours or the caller's live stream (see
+            // `with_stream`). The two stream types are the same C type.
+            unsafe { blas::set_stream(*b.handle(), s as blas_sys::cudaStream_t) }
+                .map_err(|e| Error::Cuda(format!("cublasSetStream: {e:?}")))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with every buffer it makes through `zeros`/`upload` carved out of the caller's
+    /// `bytes` bytes at `ptr`, in order, each at an [`ARENA_ALIGN`] boundary and zero-filled
+    /// (`cuMemsetD8Async` on the current stream): nothing is allocated. The buffers made are
+    /// views: nothing is freed when they drop. A buffer that does not fit is an error. Outside
+    /// [`CudaDevice::with_stream`] the zero fills are waited for before this returns; inside it
+    /// they are ordered before later work on the caller's stream. Like
+    /// [`CudaDevice::with_stream`], the arena is the device's while `f` runs.
+    ///
+    /// # Safety
+    /// `[ptr, ptr + bytes)` must be device memory of this context, and stay allocated and
+    /// untouched by anyone else for as long as any buffer made in `f` is used.
+    pub unsafe fn with_arena<R>(
+        &self,
+        ptr: u64,
+        bytes: usize,
+        f: impl FnOnce() -> Result<R>,
+    ) -> Result<R> {
+        if ptr == 0 || ptr % ARENA_ALIGN as u64 != 0 {
+            return Err(Error::InvalidArgument {
+                arg: "workspace",
+                value: format!("{ptr:#x}"),
+                why: format!("must be a non-null device address aligned to {ARENA_ALIGN} bytes"),
+            });
+        }
+        let end = ptr.checked_add(bytes as u64).ok_or(Error::Overflow {
+            what: "workspace end",
+        })?;
+        {
+            let mut a = self
+                .arena
+                .lock()
+                .map_err(|_| Error::Cuda("arena state poisoned".into()))?;
+            if a.is_some() {
+                return Err(Error::InvalidArgument {
+                    arg: "workspace",
+                    value: format!("{ptr:#x}"),
+                    why: "with_arena calls do not nest".into(),
+                });
+            }
+            *a = Some(Arena { next: ptr, end });
+        }
+        let r = f();
+        if let Ok(mut a) = self.arena.lock() {
+            *a = None;
+        }
+        let r = r?;
+        if !self.overridden()? {
+            // The zero fills went to our own stream: finish them before anyone else's work.
+            self.stream.synchronize()?;
+        }
+        Ok(r)
+    }
+
+    /// A buffer of `len` elements at the caller's device address `ptr` (not owned: nothing is
+    /// freed when it drops).
+    ///
+    /// # Safety
+    /// `ptr` must hold `len` elements of `T` in this context's memory for as long as the view
+    /// is used (and not be written by others while a kernel reads it).
+    pub unsafe fn view<T: Pod>(&self, ptr: u64, len: usize) -> CudaBuf<T> {
+        CudaBuf {
+            bytes: None,
+            len,
+            ptr,
+            _t: PhantomData,
+        }
+    }
+
+    /// Queues a copy of `bytes` bytes from device address `src` to `dst` on the current stream.
+    ///
+    /// # Safety
+    /// Both ranges must be device memory of this context, live until the copy has run.
+    pub unsafe fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread()?;
+        let s = self.cur_stream()?;
+        // SAFETY: the caller guarantees both ranges.
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, s) }?;
+        Ok(())
+    }
+
+    /// Loads every PTX module now, so that no later launch loads one (module loading allocates
+    /// device memory for the code).
+    pub fn preload(&self) -> Result<()> {
+        for (m, _) in MODULES {
+            self.load_module(m)?;
+        }
+        Ok(())
+    }
+
+    fn load_module(&self, module: &'static str) -> Result<Module> {
+        let mut mods = self
+            .modules
+            .lock()
+            .map_err(|_| Error::Cuda("module cache poisoned".into()))?;
+        if let Some(m) = mods.get(module) {
+            return Ok(*m);
+        }
+        let ptx = MODULES
+            .iter()
+            .find(|(n, _)| *n == module)
+            .ok_or_else(|| Error::UnknownKernel(module.to_string()))?
+            .1;
+        let c = CString::new(ptx)
+            .map_err(|_| Error::Cuda(format!("PTX of {module} holds a NUL byte")))?;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: `c` is a NUL-terminated PTX image that outlives the call.
+        let m = Module(unsafe { result::module::load_data(c.as_ptr() as *const _) }?);
+        mods.insert(module, m);
+        Ok(m)
     }
 
     fn function(&self, module: &'static str, kernel: &str) -> Result<sys::CUfunction> {
@@ -114,32 +337,20 @@ impl CudaDevice {
         if let Some(f) = funcs.get(kernel) {
             return Ok(f.0);
         }
-        let mut mods = self
-            .modules
-            .lock()
-            .map_err(|_| Error::Cuda("module cache poisoned".into()))?;
-        let m = match mods.get(module) {
-            Some(m) => *m,
-            None => {
-                let ptx = MODULES
-                    .iter()
-                    .find(|(n, _)| *n == module)
-                    .ok_or_else(|| Error::UnknownKernel(module.to_string()))?
-                    .1;
-                let c = CString::new(ptx)
-                    .map_err(|_| Error::Cuda(format!("PTX of {module} holds a NUL byte")))?;
-                self.ctx.bind_to_thread()?;
-                // SAFETY: `c` is a NUL-terminated PTX image that outlives the call.
-                let m = Module(unsafe { result::module::load_data(c.as_ptr() as *const _) }?);
-                mods.insert(module, m);
-                m
-            }
-        };
+        let m = self.load_module(module)?;
         let name = CString::new(kernel).map_err(|_| Error::UnknownKernel(kernel.to_string()))?;
         // SAFETY: `m` is a loaded module of this context.
         let f = Func(unsafe { result::module::get_function(m.0, name) }?);
         funcs.insert(kernel.to_string(), f);
         Ok(f.0)
+    }
+
+    fn overridden(&self) -> Result<bool> {
+        Ok(self
+            .stream_override
+            .lock()
+            .map_err(|_| Error::Cuda("stream state poisoned".into()))?
+            .is_some())
     }
 
     fn alloc_bytes(&self, n: usize) -> Result<CudaSlice<u8>> {
@@ -154,17 +365,40 @@ impl Device for CudaDevice {
         self.name.clone()
     }
     fn zeros<T: Pod>(&self, len: usize) -> Result<CudaBuf<T>> {
-        let bytes = self.alloc_bytes(crate::error::mul(
-            "buffer bytes",
-            &[len, std::mem::size_of::<T>()],
-        )?)?;
+        let nbytes = crate::error::mul("buffer bytes", &[len, std::mem::size_of::<T>()])?;
+        {
+            let mut arena = self
+                .arena
+                .lock()
+                .map_err(|_| Error::Cuda("arena state poisoned".into()))?;
+            if let Some(a) = arena.as_mut() {
+                let ptr = a.carve(nbytes)?;
+                if nbytes > 0 {
+                    self.ctx.bind_to_thread()?;
+                    // SAFETY: [ptr, ptr + nbytes) lies inside the caller's workspace
+                    // (`with_arena`'s contract), carved for this buffer alone.
+                    unsafe { result::memset_d8_async(ptr, 0, nbytes, self.cur_stream()?) }?;
+                }
+                return Ok(CudaBuf {
+                    bytes: None,
+                    len,
+                    ptr,
+                    _t: PhantomData,
+                });
+            }
+        }
+        let bytes = self.alloc_bytes(nbytes)?;
+        if self.overridden()? {
+            // Allocated and zeroed on our stream: finish before the caller's stream uses it.
+            self.stream.synchronize()?;
+        }
         let ptr = {
             let (ptr, _sync) = bytes.device_ptr(&self.stream);
             ptr
         };
         Ok(CudaBuf {
             ptr,
-            bytes,
+            bytes: Some(bytes),
             len,
             _t: PhantomData,
         })
@@ -180,8 +414,20 @@ impl Device for CudaDevice {
             return Ok(());
         }
         let src: &[u8] = bytemuck::cast_slice(data);
-        let mut dst = buf.bytes.slice_mut(0..src.len());
-        self.stream.memcpy_htod(src, &mut dst)?;
+        let over = self.overridden()?;
+        match &mut buf.bytes {
+            Some(owned) if !over => {
+                let mut dst = owned.slice_mut(0..src.len());
+                self.stream.memcpy_htod(src, &mut dst)?;
+            }
+            _ => {
+                self.ctx.bind_to_thread()?;
+                let s = self.cur_stream()?;
+                // SAFETY: the buffer holds `len` elements (a view's caller guaranteed it); a
+                // copy from pageable memory has read `src` when the call returns.
+                unsafe { result::memcpy_htod_async(buf.ptr, src, s) }?;
+            }
+        }
         Ok(())
     }
     fn download<T: Pod>(&self, buf: &CudaBuf<T>) -> Result<Vec<T>> {
@@ -189,8 +435,29 @@ impl Device for CudaDevice {
         if nbytes == 0 {
             return Ok(Vec::new());
         }
-        let bytes = self.stream.clone_dtoh(&buf.bytes.slice(0..nbytes))?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        let over = self.overridden()?;
+        match &buf.bytes {
+            Some(owned) if !over => {
+                let bytes = self.stream.clone_dtoh(&owned.slice(0..nbytes))?;
+                Ok(bytemuck::pod_collect_to_vec(&bytes))
+            }
+            _ => {
+                self.ctx.bind_to_thread()?;
+                let s = self.cur_stream()?;
+                let mut out = vec![T::zeroed(); buf.len];
+                // SAFETY: the buffer holds `len` elements; `out` is exactly that large and is
+                // not touched until the stream has been synchronized below.
+                unsafe {
+                    result::memcpy_dtoh_async(
+                        bytemuck::cast_slice_mut::<T, u8>(&mut out),
+                        buf.ptr,
+                        s,
+                    )?;
+                    result::stream::synchronize(s)?;
+                }
+                Ok(out)
+            }
+        }
     }
     unsafe fn launch(&self, l: &Launch) -> Result<()> {
         let f = self.function(l.module, &l.kernel)?;
@@ -207,13 +474,19 @@ impl Device for CudaDevice {
                 (c.grid[0], c.grid[1], c.grid[2]),
                 (c.block[0], c.block[1], c.block[2]),
                 c.smem,
-                self.stream.cu_stream(),
+                self.cur_stream()?,
                 &mut ptrs,
             )?
         };
         Ok(())
     }
     fn synchronize(&self) -> Result<()> {
+        if self.overridden()? {
+            self.ctx.bind_to_thread()?;
+            // SAFETY: the caller's stream is live inside `with_stream`.
+            unsafe { result::stream::synchronize(self.cur_stream()?) }?;
+            return Ok(());
+        }
         Ok(self.stream.synchronize()?)
     }
 
@@ -374,13 +647,8 @@ impl CudaDevice {
     /// the benches compare the memory-bound kernels with.
     pub fn copy<T: Pod>(&self, src: &CudaBuf<T>, dst: &mut CudaBuf<T>) -> Result<()> {
         crate::error::check_len("dst", dst.len, src.len)?;
-        let n = src.len * std::mem::size_of::<T>();
-        if n == 0 {
-            return Ok(());
-        }
-        let mut d = dst.bytes.slice_mut(0..n);
-        self.stream.memcpy_dtod(&src.bytes.slice(0..n), &mut d)?;
-        Ok(())
+        // SAFETY: both buffers hold `len` elements of `T`.
+        unsafe { self.copy_dtod(dst.ptr, src.ptr, src.len * std::mem::size_of::<T>()) }
     }
 
     /// Writes `data` into `buf` from element `offset` on (host to device).
@@ -398,10 +666,12 @@ impl CudaDevice {
         if data.is_empty() {
             return Ok(());
         }
-        let sz = std::mem::size_of::<T>();
-        let src: &[u8] = bytemuck::cast_slice(data);
-        let mut d = buf.bytes.slice_mut(offset * sz..end * sz);
-        self.stream.memcpy_htod(src, &mut d)?;
+        self.ctx.bind_to_thread()?;
+        let s = self.cur_stream()?;
+        let dst = buf.ptr + (offset * std::mem::size_of::<T>()) as u64;
+        // SAFETY: [offset, end) lies inside the buffer (checked above); a copy from pageable
+        // memory has read `data` when the call returns.
+        unsafe { result::memcpy_htod_async(dst, bytemuck::cast_slice::<T, u8>(data), s) }?;
         Ok(())
     }
 }

@@ -332,6 +332,20 @@ impl VitConfig {
         Ok(cfg)
     }
 
+    /// The same backbone without token reduction, cache, clr tokens or CLA head: the paper's
+    /// "No TR" baseline, the reference of the MAC savings (78.49 GMACs for ViT-B/16 at 448 px).
+    pub fn unreduced(&self) -> VitConfig {
+        VitConfig {
+            reduction: Reduction::None,
+            keep_rate: vec![1.0],
+            num_clr: 0,
+            clc: None,
+            head: HeadKind::Linear,
+            method: MethodOptions::default(),
+            ..self.clone()
+        }
+    }
+
     /// Patches per image.
     pub fn num_patches(&self) -> usize {
         let g = self.img_size / self.patch_size;

@@ -52,6 +52,11 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl CpuWorkspace {
+    /// The batch this workspace was sized for.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
     /// Sizes every buffer from the plan.
     pub fn new(m: &Vit, batch: usize) -> Result<Self> {
         let c = &m.cfg;

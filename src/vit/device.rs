@@ -119,6 +119,261 @@ struct TomeBufs<D: Device> {
 
 use crate::dtype::from_f32_slice as cvt;
 
+/// The device memory a [`DeviceWorkspace`] of `model` at `batch` in storage `dtype` takes when
+/// carved out of one caller allocation (every buffer rounded up to
+/// [`crate::device::WORKSPACE_ALIGN`]; the allocation itself must be aligned to it, as
+/// cudaMalloc's are). Pure arithmetic: the calls that build a workspace, counted, with no
+/// device and no memory behind them.
+pub fn workspace_bytes(model: &Vit, dtype: DType, batch: usize) -> Result<usize> {
+    let s = Sizer::default();
+    match dtype {
+        DType::F32 => drop(DeviceWorkspace::<Sizer, f32>::new(&s, model, batch)?),
+        DType::F16 => drop(DeviceWorkspace::<Sizer, crate::f16>::new(&s, model, batch)?),
+        DType::BF16 => drop(DeviceWorkspace::<Sizer, crate::bf16>::new(
+            &s, model, batch,
+        )?),
+    }
+    Ok(s.bytes.get())
+}
+
+/// A [`Device`] whose buffers are lengths: counts what would be allocated (see
+/// [`workspace_bytes`]); it runs nothing.
+#[derive(Default)]
+struct Sizer {
+    bytes: std::cell::Cell<usize>,
+}
+
+struct SizedBuf<T> {
+    len: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T> Buffer<T> for SizedBuf<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn addr(&self) -> u64 {
+        0
+    }
+    fn addr_mut(&mut self) -> u64 {
+        0
+    }
+}
+
+impl Device for Sizer {
+    type Buf<T: bytemuck::Pod> = SizedBuf<T>;
+    fn name(&self) -> String {
+        "workspace sizer".into()
+    }
+    fn zeros<T: bytemuck::Pod>(&self, len: usize) -> Result<SizedBuf<T>> {
+        let n = crate::device::workspace_granule(mul(
+            "buffer bytes",
+            &[len, std::mem::size_of::<T>()],
+        )?)?;
+        let total = self.bytes.get().checked_add(n).ok_or(Error::Overflow {
+            what: "workspace bytes",
+        })?;
+        self.bytes.set(total);
+        Ok(SizedBuf {
+            len,
+            _t: std::marker::PhantomData,
+        })
+    }
+    fn upload<T: bytemuck::Pod>(&self, data: &[T]) -> Result<SizedBuf<T>> {
+        self.zeros(data.len())
+    }
+    fn write<T: bytemuck::Pod>(&self, _: &mut SizedBuf<T>, _: &[T]) -> Result<()> {
+        Ok(())
+    }
+    fn download<T: bytemuck::Pod>(&self, _: &SizedBuf<T>) -> Result<Vec<T>> {
+        Err(self.runs_nothing())
+    }
+    unsafe fn launch(&self, _: &Launch) -> Result<()> {
+        Err(self.runs_nothing())
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Sizer {
+    fn runs_nothing(&self) -> Error {
+        Error::Unsupported {
+            what: "running work on the workspace sizer".into(),
+            supported: "sizing only".into(),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl<T: Element> DeviceVit<crate::cuda::CudaDevice, T> {
+    /// A workspace for `batch` images carved out of the caller's `bytes` bytes of device memory
+    /// at `ptr` (at least [`workspace_bytes`]): nothing is allocated, every buffer is zeroed.
+    ///
+    /// # Safety
+    /// As [`crate::cuda::CudaDevice::with_arena`]: `[ptr, ptr + bytes)` is device memory of
+    /// `dev`'s context, aligned to [`crate::device::WORKSPACE_ALIGN`], and stays allocated and
+    /// unused by others while the workspace is used.
+    pub unsafe fn workspace_in(
+        &self,
+        dev: &crate::cuda::CudaDevice,
+        batch: usize,
+        ptr: u64,
+        bytes: usize,
+    ) -> Result<DeviceWorkspace<crate::cuda::CudaDevice, T>> {
+        let need = workspace_bytes(&self.model, T::DTYPE, batch)?;
+        if bytes < need {
+            return Err(Error::InvalidArgument {
+                arg: "workspace_bytes",
+                value: bytes.to_string(),
+                why: format!("batch {batch} in {} needs {need} bytes", T::DTYPE),
+            });
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { dev.with_arena(ptr, bytes, || self.workspace(dev, batch)) }
+    }
+
+    /// The engine entry: one forward of `batch` images at the device address `images`
+    /// (f32 [batch, 3, S, S], normalized) into `logits` (`T` [batch, classes]), queued on the
+    /// caller's `stream`, every activation in the caller's workspace (rebuilt and zeroed on the
+    /// stream at each call, so the engine may use that memory for other work in between).
+    /// Allocates no device memory once the modules are loaded
+    /// ([`crate::cuda::CudaDevice::preload`]); cuBLAS may still take its own workspace on a
+    /// stream it has not seen. Returns once the work is queued, except ATS, which reads one
+    /// sample count per reduction layer back and so synchronizes `stream` there.
+    ///
+    /// # Safety
+    /// `images` holds batch·3·S·S f32 and `logits` batch·classes `T` of `dev`'s context; the
+    /// workspace as in [`Self::workspace_in`]; `stream` as in
+    /// [`crate::cuda::CudaDevice::with_stream`]. All stay live until the queued work finishes.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn forward_raw(
+        &self,
+        dev: &crate::cuda::CudaDevice,
+        batch: usize,
+        images: u64,
+        logits: u64,
+        workspace: u64,
+        workspace_bytes: usize,
+        stream: *mut std::ffi::c_void,
+    ) -> Result<()> {
+        let c = &self.model.cfg;
+        for (arg, p) in [("images", images), ("logits", logits)] {
+            if p == 0 {
+                return Err(Error::InvalidArgument {
+                    arg,
+                    value: "null".into(),
+                    why: "must be a device address".into(),
+                });
+            }
+        }
+        let n_img = mul("images", &[batch, c.in_chans, c.img_size, c.img_size])?;
+        let n_logits = mul(
+            "logits bytes",
+            &[batch, c.num_classes, std::mem::size_of::<T>()],
+        )?;
+        // SAFETY: the caller guarantees the stream, the workspace and both tensors.
+        unsafe {
+            dev.with_stream(stream, || {
+                let mut ws = self.workspace_in(dev, batch, workspace, workspace_bytes)?;
+                let img = dev.view::<f32>(images, n_img);
+                self.forward(dev, &mut ws, &img, None)?;
+                dev.copy_dtod(logits, ws.logits.addr(), n_logits)
+            })
+        }
+    }
+}
+
+impl<D: Device, T: Element> DeviceWorkspace<D, T> {
+    /// The batch this workspace was sized for.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Every buffer of a forward of `model` at `batch`, sized from the plan.
+    fn new(dev: &D, model: &Vit, batch: usize) -> Result<Self> {
+        let c = &model.cfg;
+        let l = model.plan.max_len;
+        let d = c.embed_dim;
+        let p = c.num_patches();
+        let kp = c.in_chans * c.patch_size * c.patch_size;
+        let hidden = match &model.weights.head {
+            HeadWeights::Cla(h) => h.hidden(),
+            HeadWeights::Linear { .. } => 1,
+        };
+        let dyvit = c.reduction == Reduction::DynamicVit;
+        let dy_len = |dims: &[usize]| {
+            if dyvit {
+                mul("delta", dims)
+            } else {
+                Ok(1)
+            }
+        };
+        let tome = c.reduction == Reduction::ToMe;
+        let tome_len = |dims: &[usize]| {
+            if tome {
+                mul("tome", dims)
+            } else {
+                Ok(1)
+            }
+        };
+        // The n×n scores of all heads of `chunk` images at a time, at most ATTN_SCORE_BYTES.
+        let per_image = mul("attention scores", &[c.num_heads, l, l, 4])?;
+        let chunk = (ATTN_SCORE_BYTES / per_image.max(1)).clamp(1, batch.max(1));
+        Ok(DeviceWorkspace {
+            batch,
+            x: dev.zeros(mul("x", &[batch, l, d])?)?,
+            x2: dev.zeros(mul("x", &[batch, l, d])?)?,
+            h: dev.zeros(mul("h", &[batch, l, d])?)?,
+            qkv: dev.zeros(mul("qkv", &[batch, l, 3 * d])?)?,
+            attn: dev.zeros(mul("attn", &[batch, l, d])?)?,
+            mlp: dev.zeros(mul("mlp", &[batch, l, c.mlp_hidden])?)?,
+            patches: dev.zeros(mul("patches", &[batch, p, kp])?)?,
+            patch_out: dev.zeros(mul("patch_out", &[batch, p, d])?)?,
+            cls_probs: dev.zeros(mul("probs", &[batch, c.num_heads, l])?)?,
+            heads3: dev.zeros(mul("heads", &[3, batch, l, d])?)?,
+            att_s: dev.zeros(mul("attention scores", &[chunk, c.num_heads, l, l])?)?,
+            att_p: dev.zeros(mul("attention probs", &[chunk, c.num_heads, l, l])?)?,
+            att_chunk: chunk,
+            scores: dev.zeros(mul("scores", &[batch, l])?)?,
+            idx: dev.zeros(mul("idx", &[batch, l])?)?,
+            compl: dev.zeros(mul("compl", &[batch, l])?)?,
+            cache: dev.zeros(mul("cache", &[batch, model.plan.cache_cap.max(1), d])?)?,
+            taps: dev.zeros(mul("taps", &[batch, d, model.plan.taps.max(1)])?)?,
+            hidden: dev.zeros(mul("hidden", &[batch, hidden])?)?,
+            cls_h: dev.zeros(mul("cls", &[batch, d])?)?,
+            sizes: dev.zeros(tome_len(&[batch, l])?)?,
+            sizes2: dev.zeros(tome_len(&[batch, l])?)?,
+            tome: TomeBufs {
+                metric: dev.zeros(tome_len(&[batch, l, c.head_dim()])?)?,
+                node_max: dev.zeros(tome_len(&[batch, l.div_ceil(2)])?)?,
+                node_idx: dev.zeros(tome_len(&[batch, l.div_ceil(2)])?)?,
+                src: dev.zeros(tome_len(&[batch, l / 2])?)?,
+                unm: dev.zeros(tome_len(&[batch, l.div_ceil(2)])?)?,
+                grouped: dev.zeros(tome_len(&[batch, l / 2])?)?,
+                offsets: dev.zeros(tome_len(&[batch, l / 2 + 1])?)?,
+            },
+            logits: dev.zeros(mul("logits", &[batch, c.num_classes])?)?,
+            pre: methods::pre_buffers(dev, model, batch)?,
+            delta: dev.zeros(dy_len(&[batch, l])?)?,
+            delta2: dev.zeros(dy_len(&[batch, l])?)?,
+            ones: dev.upload(&vec![1f32; dy_len(&[batch, l])?])?,
+            zeros: dev.zeros(dy_len(&[batch, model.plan.cache_cap.max(1)])?)?,
+            ats: methods::ats_buffers(dev, model)?,
+            single: if c.reduction == Reduction::Ats && batch > 1 {
+                Some(Box::new(Self::new(dev, model, 1)?))
+            } else {
+                None
+            },
+            img1: if c.reduction == Reduction::Ats && batch > 1 {
+                Some(dev.zeros(mul("image", &[c.in_chans, c.img_size, c.img_size])?)?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
 /// y = act(y + bias) on `rows`×`n` elements of `dtype`; act 0 none, 1 GELU, 2 exp.
 ///
 /// # Safety
@@ -274,85 +529,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
 
     /// Allocates every activation buffer for `batch` images (once; the forward allocates none).
     pub fn workspace(&self, dev: &D, batch: usize) -> Result<DeviceWorkspace<D, T>> {
-        let c = &self.model.cfg;
-        let l = self.model.plan.max_len;
-        let d = c.embed_dim;
-        let p = c.num_patches();
-        let kp = c.in_chans * c.patch_size * c.patch_size;
-        let hidden = match &self.head {
-            DevHead::Cla(h) => h.hidden(),
-            DevHead::Linear { .. } => 1,
-        };
-        let dyvit = c.reduction == Reduction::DynamicVit;
-        let dy_len = |dims: &[usize]| {
-            if dyvit {
-                mul("delta", dims)
-            } else {
-                Ok(1)
-            }
-        };
-        let tome = c.reduction == Reduction::ToMe;
-        let tome_len = |dims: &[usize]| {
-            if tome {
-                mul("tome", dims)
-            } else {
-                Ok(1)
-            }
-        };
-        // The n×n scores of all heads of `chunk` images at a time, at most ATTN_SCORE_BYTES.
-        let per_image = mul("attention scores", &[c.num_heads, l, l, 4])?;
-        let chunk = (ATTN_SCORE_BYTES / per_image.max(1)).clamp(1, batch.max(1));
-        Ok(DeviceWorkspace {
-            batch,
-            x: dev.zeros(mul("x", &[batch, l, d])?)?,
-            x2: dev.zeros(mul("x", &[batch, l, d])?)?,
-            h: dev.zeros(mul("h", &[batch, l, d])?)?,
-            qkv: dev.zeros(mul("qkv", &[batch, l, 3 * d])?)?,
-            attn: dev.zeros(mul("attn", &[batch, l, d])?)?,
-            mlp: dev.zeros(mul("mlp", &[batch, l, c.mlp_hidden])?)?,
-            patches: dev.zeros(mul("patches", &[batch, p, kp])?)?,
-            patch_out: dev.zeros(mul("patch_out", &[batch, p, d])?)?,
-            cls_probs: dev.zeros(mul("probs", &[batch, c.num_heads, l])?)?,
-            heads3: dev.zeros(mul("heads", &[3, batch, l, d])?)?,
-            att_s: dev.zeros(mul("attention scores", &[chunk, c.num_heads, l, l])?)?,
-            att_p: dev.zeros(mul("attention probs", &[chunk, c.num_heads, l, l])?)?,
-            att_chunk: chunk,
-            scores: dev.zeros(mul("scores", &[batch, l])?)?,
-            idx: dev.zeros(mul("idx", &[batch, l])?)?,
-            compl: dev.zeros(mul("compl", &[batch, l])?)?,
-            cache: dev.zeros(mul("cache", &[batch, self.model.plan.cache_cap.max(1), d])?)?,
-            taps: dev.zeros(mul("taps", &[batch, d, self.model.plan.taps.max(1)])?)?,
-            hidden: dev.zeros(mul("hidden", &[batch, hidden])?)?,
-            cls_h: dev.zeros(mul("cls", &[batch, d])?)?,
-            sizes: dev.zeros(tome_len(&[batch, l])?)?,
-            sizes2: dev.zeros(tome_len(&[batch, l])?)?,
-            tome: TomeBufs {
-                metric: dev.zeros(tome_len(&[batch, l, c.head_dim()])?)?,
-                node_max: dev.zeros(tome_len(&[batch, l.div_ceil(2)])?)?,
-                node_idx: dev.zeros(tome_len(&[batch, l.div_ceil(2)])?)?,
-                src: dev.zeros(tome_len(&[batch, l / 2])?)?,
-                unm: dev.zeros(tome_len(&[batch, l.div_ceil(2)])?)?,
-                grouped: dev.zeros(tome_len(&[batch, l / 2])?)?,
-                offsets: dev.zeros(tome_len(&[batch, l / 2 + 1])?)?,
-            },
-            logits: dev.zeros(mul("logits", &[batch, c.num_classes])?)?,
-            pre: methods::pre_buffers(dev, &self.model, batch)?,
-            delta: dev.zeros(dy_len(&[batch, l])?)?,
-            delta2: dev.zeros(dy_len(&[batch, l])?)?,
-            ones: dev.upload(&vec![1f32; dy_len(&[batch, l])?])?,
-            zeros: dev.zeros(dy_len(&[batch, self.model.plan.cache_cap.max(1)])?)?,
-            ats: methods::ats_buffers(dev, &self.model)?,
-            single: if c.reduction == Reduction::Ats && batch > 1 {
-                Some(Box::new(self.workspace(dev, 1)?))
-            } else {
-                None
-            },
-            img1: if c.reduction == Reduction::Ats && batch > 1 {
-                Some(dev.zeros(mul("image", &[c.in_chans, c.img_size, c.img_size])?)?)
-            } else {
-                None
-            },
-        })
+        DeviceWorkspace::new(dev, &self.model, batch)
     }
 
     /// One forward of `images` [batch, 3, S, S] (f32, normalized) into `ws.logits`. With `trace`,

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod cpu;
 pub mod device;
+pub mod flags;
 pub mod macs;
 mod methods;
 pub mod preprocess;
@@ -12,6 +13,7 @@ pub mod random;
 pub mod weights;
 
 pub use config::{HeadKind, TrainFlags, VitConfig};
+pub use flags::ModelFlags;
 pub use weights::{TensorMap, VitWeights};
 
 use crate::plan::SeqPlan;
