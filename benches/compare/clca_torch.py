@@ -166,15 +166,15 @@ class TorchClca(torch.nn.Module):
             if i in self.locs or i == L - 1:
                 taps.append(x[:, 0])
         if f.ifa_head:
-            return self.cla(torch.stack(taps, -1))
+            return self.cla(torch.stack(taps, -1), len(taps))
         x = self.ln(x, "norm")
         return F.linear(x[:, 0], self.w("head.weight"), self.w("head.bias"))
 
-    def cla(self, z):
+    def cla(self, z, f):
         w = lambda n: self.w("ifa_head.0." + n)
         z = F.batch_norm(z, w("0.running_mean"), w("0.running_var"), w("0.weight"), w("0.bias"),
                          False, 0.0, 1e-5)
-        u = F.conv1d(z, w("1.weight"), w("1.bias"), stride=z.shape[-1], groups=self.dim)
+        u = F.conv1d(z, w("1.weight"), w("1.bias"), stride=f, groups=self.dim)
         u = F.batch_norm(u, w("2.running_mean"), w("2.running_var"), w("2.weight"), w("2.bias"),
                          False, 0.0, 1e-5)
         u = F.gelu(u)

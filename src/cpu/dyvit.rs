@@ -6,7 +6,7 @@
 //! add it after the division); then Linear, GELU, Linear, GELU, Linear(→2), log-softmax.
 //! All δ = 0 makes the mean 0/0 = NaN, as in the authors' code (it needs every surviving
 //! token to be a recovered one).
-use crate::cpu::dense::{gelu, layer_norm, linear};
+use crate::cpu::dense::{gelu_inplace, layer_norm, linear};
 use crate::vit::weights::PredictorWeights;
 
 /// Log-probabilities [n, 2] (channel 0 = keep) of the tokens `x` [n, d] with decisions `delta`.
@@ -15,15 +15,15 @@ pub fn predict(p: &PredictorWeights, x: &[f32], n: usize, d: usize, delta: &[f32
     layer_norm(x, d, &p.norm.0, &p.norm.1, 1e-5, &mut y);
     let mut h = vec![0f32; n * d];
     linear(&y, n, d, &p.fc_in.w, d, Some(&p.fc_in.b), &mut h, d);
-    h.iter_mut().for_each(|v| *v = gelu(*v));
+    gelu_inplace(&mut h);
     pool_global(&mut h, n, d, delta);
     let (d2, d4) = (p.fc0.out, p.fc2.out);
     let mut a = vec![0f32; n * d2];
     linear(&h, n, d, &p.fc0.w, d2, Some(&p.fc0.b), &mut a, d2);
-    a.iter_mut().for_each(|v| *v = gelu(*v));
+    gelu_inplace(&mut a);
     let mut b = vec![0f32; n * d4];
     linear(&a, n, d2, &p.fc2.w, d4, Some(&p.fc2.b), &mut b, d4);
-    b.iter_mut().for_each(|v| *v = gelu(*v));
+    gelu_inplace(&mut b);
     let mut o = vec![0f32; n * 2];
     linear(&b, n, d4, &p.fc4.w, 2, Some(&p.fc4.b), &mut o, 2);
     log_softmax2(&mut o);

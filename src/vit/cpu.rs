@@ -3,7 +3,7 @@
 //! buffer is sized from the plan once per (model, batch) in [`CpuWorkspace`].
 use super::weights::HeadWeights;
 use super::{Trace, Vit};
-use crate::cpu::dense::{gelu, layer_norm, linear, softmax};
+use crate::cpu::dense::{gelu_inplace, layer_norm, linear, softmax};
 use crate::plan::Reduction;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -384,7 +384,7 @@ pub fn forward(
         );
         ws.mlp[..rows * hm]
             .par_chunks_mut(4096)
-            .for_each(|ch| ch.iter_mut().for_each(|v| *v = gelu(*v)));
+            .for_each(gelu_inplace);
         linear(
             &ws.mlp,
             rows,

@@ -4,7 +4,7 @@
 use super::cpu::CpuWorkspace;
 use super::weights::MethodWeights;
 use super::{Trace, TraceData, Vit};
-use crate::cpu::dense::{gelu, layer_norm, linear};
+use crate::cpu::dense::{gelu_inplace, layer_norm, linear};
 use crate::plan::PreReduce;
 use crate::{Error, Result};
 
@@ -42,7 +42,7 @@ pub(crate) fn pre_reduce(
                 layer_norm(mid, d, &lw.norm.0, &lw.norm.1, 1e-5, &mut y);
                 let mut h = vec![0f32; nt * hdim];
                 linear(&y, nt, d, &lw.fc1.w, hdim, Some(&lw.fc1.b), &mut h, hdim);
-                h.iter_mut().for_each(|v| *v = gelu(*v));
+                gelu_inplace(&mut h);
                 let mut logits = vec![0f32; nt * k];
                 if k > 0 {
                     linear(&h, nt, hdim, &lw.fc2.w, k, Some(&lw.fc2.b), &mut logits, k);

@@ -1,0 +1,157 @@
+"""Side by side on the CPU: clca's CLI, PyTorch eager and ONNX Runtime (the same PyTorch model
+exported, CPU execution provider, all graph optimizations), same weights, same inputs, the same
+thread count for everyone. Logits are checked first; then the three alternate, round after
+round, so that a noisy machine hits them alike. Prints one JSON line per point and a table:
+
+    bash benches/compare/setup.sh                   # once: .venv with torch, onnxruntime
+    benches/compare/.venv/bin/python benches/compare/cpu_compare.py --threads 2
+
+Figures: medians over the rounds (min and max beside them); GFLOP/s = 2 x MACs (clca's own count)
+/ time. The matmul ceiling is PyTorch's 2048^3 f32 product with the same threads.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clca_torch import Flags, TorchClca  # noqa: E402
+
+MODELS = {
+    "plain": Flags("vit", (3, 6, 9), (1.0,), clc=False, num_clr=0, ifa_head=False),
+    "evit_clca_kr0.1": Flags("evit", (3, 6, 9), (0.1,)),
+    "evit_clca_kr0.25": Flags("evit", (3, 6, 9), (0.25,)),
+    "evit_clca_kr0.7": Flags("evit", (3, 6, 9), (0.7,)),
+}
+
+
+def clca(binary, args):
+    r = subprocess.run([binary, *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"clca {' '.join(args)}: {r.stderr[-1500:]}")
+    return r.stdout
+
+
+def matmul_ceiling(runs=5):
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        ts.append(time.perf_counter() - t)
+    return 2 * 2048 ** 3 / min(ts) / 1e9
+
+
+def stats(ts):
+    ts = sorted(ts)
+    return {"median_s": ts[len(ts) // 2], "min_s": ts[0], "max_s": ts[-1], "n": len(ts)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clca", default="target/release/clca")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--models", default="plain,evit_clca_kr0.1,evit_clca_kr0.25,evit_clca_kr0.7")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--work", default="/tmp/clca-cpu-compare")
+    ap.add_argument("--json", default=None, help="write all results here")
+    a = ap.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    torch.set_num_threads(a.threads)
+    results = []
+
+    def emit(**kv):
+        results.append(kv)
+        print(json.dumps(kv), flush=True)
+
+    emit(what="machine", torch=torch.__version__, onnxruntime=ort.__version__,
+         threads=a.threads, cpu=open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "))
+    emit(what="matmul_ceiling", gflops=matmul_ceiling())
+    batches = [int(b) for b in a.batches.split(",")]
+    gen = torch.Generator().manual_seed(7)
+    imgs = torch.randn(max(batches), 3, 448, 448, generator=gen)
+    for name in a.models.split(","):
+        f = MODELS[name]
+        w = os.path.join(a.work, f"{name}.safetensors")
+        if not os.path.exists(w):
+            clca(a.clca, ["random-weights", *f.cli(), "--num_classes", "200", "--seed", "1",
+                          "--output", w])
+        model = TorchClca(load_file(w), f).eval()
+        for b in batches:
+            x = imgs[:b].contiguous()
+            inp = os.path.join(a.work, f"images_b{b}.safetensors")
+            if not os.path.exists(inp):
+                save_file({"images": x}, inp)
+            onnx_path = os.path.join(a.work, f"{name}_b{b}.onnx")
+            if not os.path.exists(onnx_path):
+                with torch.no_grad():
+                    torch.onnx.export(model, (x,), onnx_path, opset_version=17,
+                                      input_names=["images"], output_names=["logits"])
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = a.threads
+            so.inter_op_num_threads = 1
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+            out = os.path.join(a.work, "logits.safetensors")
+            base = ["forward", "--weights", w, "--input", inp, "--output", out, *f.cli(),
+                    "--threads", str(a.threads)]
+            # Logits first: all three on the same input.
+            clca(a.clca, base)
+            ours = load_file(out)["logits"].double()
+            with torch.no_grad():
+                ref = model(x).double()
+            onx = torch.from_numpy(sess.run(None, {"images": x.numpy()})[0]).double()
+            scale = ref.abs().max().item()
+            emit(what="logits_check", model=name, batch=b,
+                 clca_vs_torch=(ours - ref).abs().max().item() / scale,
+                 ort_vs_torch=(onx - ref).abs().max().item() / scale,
+                 top1_same=bool((ours.argmax(1) == ref.argmax(1)).all()
+                                and (onx.argmax(1) == ref.argmax(1)).all()))
+            macs = None
+            t = {"clca": [], "torch": [], "onnxruntime": []}
+            xn = x.numpy()
+            with torch.no_grad():
+                model(x)  # warm-up
+            sess.run(None, {"images": xn})
+            for _ in range(a.rounds):
+                j = json.loads(clca(a.clca, base + ["--warmup", "1", "--runs", "1", "--json"]))
+                macs = j["macs"]
+                t["clca"].append(j["forward_median_s"])
+                with torch.no_grad():
+                    s = time.perf_counter()
+                    model(x)
+                    t["torch"].append(time.perf_counter() - s)
+                s = time.perf_counter()
+                sess.run(None, {"images": xn})
+                t["onnxruntime"].append(time.perf_counter() - s)
+            for impl, ts in t.items():
+                st = stats(ts)
+                emit(what="forward", model=name, batch=b, impl=impl, macs=macs,
+                     gflops=2 * macs * b / st["median_s"] / 1e9, **st)
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    print("\n== summary (medians; ratio = best peer time / clca time, > 1 means clca is faster) ==")
+    ceil = next(r["gflops"] for r in results if r["what"] == "matmul_ceiling")
+    print(f"matmul ceiling (PyTorch 2048^3 f32, {a.threads} threads): {ceil:.0f} GFLOP/s")
+    fw = {(r["model"], r["batch"], r["impl"]): r for r in results if r["what"] == "forward"}
+    print(f"{'model':<18} {'B':>2} {'clca':>9} {'torch':>9} {'ORT':>9} {'ratio':>6} {'clca GFLOP/s':>13} {'% ceil':>7}")
+    for (m, b, impl), r in sorted(fw.items()):
+        if impl != "clca":
+            continue
+        tt, to = fw[(m, b, "torch")]["median_s"], fw[(m, b, "onnxruntime")]["median_s"]
+        print(f"{m:<18} {b:>2} {r['median_s']:>8.3f}s {tt:>8.3f}s {to:>8.3f}s "
+              f"{min(tt, to) / r['median_s']:>6.2f} {r['gflops']:>13.0f} {100 * r['gflops'] / ceil:>6.0f}%")
+
+
+if __name__ == "__main__":
+    main()
