@@ -327,6 +327,124 @@ fn classify_a_png() {
     assert_bad_input(&r, "--num_clr 1");
 }
 
+/// A folder of PNGs in batches (the last one padded), with labels and JSON / CSV output: each
+/// image's result is the one it gets alone.
+#[test]
+fn classify_a_folder_in_batches_with_output() {
+    let w = tmp("tiny_folder.safetensors")
+        .to_string_lossy()
+        .into_owned();
+    let model = [
+        "--model",
+        "evit_deit_tiny_patch16_224",
+        "--input-size",
+        "64",
+        "--reduction_loc",
+        "1",
+        "3",
+        "--keep_rate",
+        "0.5",
+        "--clc",
+        "--num_clr",
+        "1",
+        "--ifa_head",
+    ];
+    let mut args = vec!["random-weights", "--num_classes", "5", "--output", &w];
+    args.extend_from_slice(&model);
+    assert!(clca(&args).status.success());
+    let dir = tmp("folder");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for i in 0..5u32 {
+        let img = image::RgbImage::from_fn(80, 60, |x, y| {
+            image::Rgb([
+                (x * 3 + i * 40) as u8,
+                (y * 2 + i * 13) as u8,
+                (i * 50) as u8,
+            ])
+        });
+        img.save(dir.join(format!("im{i}.png"))).expect("write png");
+    }
+    std::fs::write(dir.join("readme.txt"), "not an image").expect("write");
+    let labels = tmp("labels.txt");
+    std::fs::write(&labels, "a\nb\nc\nd\ne\n").expect("write");
+    let (d, l) = (
+        dir.to_string_lossy().into_owned(),
+        labels.to_string_lossy().into_owned(),
+    );
+    let json = tmp("out.json").to_string_lossy().into_owned();
+    let mut args = vec![
+        "classify",
+        "--weights",
+        &w,
+        "--image",
+        &d,
+        "--batch",
+        "2",
+        "--labels",
+        &l,
+        "--topk",
+        "2",
+        "--output",
+        &json,
+    ];
+    args.extend_from_slice(&model);
+    let r = clca(&args);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("valid JSON");
+    let imgs = v["images"].as_array().expect("images");
+    assert_eq!(imgs.len(), 5, "{v}");
+    for (i, e) in imgs.iter().enumerate() {
+        assert!(e["image"]
+            .as_str()
+            .expect("path")
+            .ends_with(&format!("im{i}.png")));
+        let top = e["top"].as_array().expect("top");
+        assert_eq!(top.len(), 2);
+        let ci = top[0]["class"].as_u64().expect("class") as usize;
+        assert_eq!(top[0]["name"], ["a", "b", "c", "d", "e"][ci]);
+        // The same image alone (batch 1) gets the same logit.
+        let csv = tmp(&format!("one{i}.csv")).to_string_lossy().into_owned();
+        let p = dir
+            .join(format!("im{i}.png"))
+            .to_string_lossy()
+            .into_owned();
+        let mut args = vec!["classify", "--weights", &w, "--image", &p, "--output", &csv];
+        args.extend_from_slice(&model);
+        assert!(clca(&args).status.success());
+        let c = std::fs::read_to_string(&csv).expect("csv");
+        let row: Vec<&str> = c.lines().nth(1).expect("row").split(',').collect();
+        assert_eq!(row[2], ci.to_string(), "{c}");
+        let (a, b) = (
+            row[5].parse::<f64>().expect("logit"),
+            top[0]["logit"].as_f64().expect("logit"),
+        );
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+            "image {i}: {a} alone, {b} in a batch"
+        );
+    }
+    // A folder without images, and an unknown output format: exit 2 with the reason.
+    let empty = tmp("empty_folder");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let e = empty.to_string_lossy().into_owned();
+    let mut args = vec!["classify", "--weights", &w, "--image", &e];
+    args.extend_from_slice(&model);
+    assert_bad_input(&clca(&args), "holds no .png");
+    let mut args = vec![
+        "classify",
+        "--weights",
+        &w,
+        "--image",
+        &d,
+        "--output",
+        "x.txt",
+    ];
+    args.extend_from_slice(&model);
+    assert_bad_input(&clca(&args), "unknown format");
+}
+
 #[test]
 fn help_lists_the_authors_flags() {
     let r = clca(&["classify", "--help"]);

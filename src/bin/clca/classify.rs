@@ -127,34 +127,62 @@ pub fn main(a: &ClassifyArgs) -> CliResult<()> {
         Some(p) => Some(read_labels(p, c.num_classes)?),
         None => None,
     };
-    let per = c.in_chans * c.img_size * c.img_size;
-    let mut images = Vec::with_capacity(a.image.len() * per);
-    let t = Instant::now();
-    for p in &a.image {
-        let v = clca::vit::preprocess::load_image(p, c.img_size)
-            .ctx(format!("loading {}", p.display()))
-            .hint("--image takes a PNG or JPEG file")?;
-        if v.len() != per {
-            return Err(CliError::failed(format!(
-                "{}: preprocessing gave {} values, expected {per}",
-                p.display(),
-                v.len()
-            )));
-        }
-        images.extend_from_slice(&v);
+    if let Some(out) = &a.output {
+        output_is_json(out)?;
     }
-    let t_pre = t.elapsed().as_secs_f64();
-    let batch = a.image.len();
-    let (logits, t_fwd, describe) = with_engine(a.device, a.dtype, &model, batch, |e| {
-        e.stage(&images).ctx("staging the images")?;
-        let t = Instant::now();
-        e.run(None).ctx("forward")?;
-        let dt = t.elapsed().as_secs_f64();
-        Ok((e.logits().ctx("reading the logits")?, dt, e.describe()))
+    let paths = collect_images(&a.image)?;
+    let per = c.in_chans * c.img_size * c.img_size;
+    let n = paths.len();
+    let batch = a.batch.min(n);
+    let k = c.num_classes;
+    let t = Instant::now();
+    // Drawn on stderr, and only when it is a terminal.
+    let bar = if n > batch {
+        indicatif::ProgressBar::new(n as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut t_pre = 0.0;
+    let mut t_fwd = 0.0;
+    let mut logits: Vec<f32> = Vec::with_capacity(n * k);
+    let describe = with_engine(a.device, a.dtype, &model, batch, |e| {
+        let mut images = Vec::with_capacity(batch * per);
+        for chunk in paths.chunks(batch) {
+            images.clear();
+            let tp = Instant::now();
+            for p in chunk {
+                let v = clca::vit::preprocess::load_image(p, c.img_size)
+                    .ctx(format!("loading {}", p.display()))
+                    .hint("--image takes PNG or JPEG files, or folders of them")?;
+                if v.len() != per {
+                    return Err(CliError::failed(format!(
+                        "{}: preprocessing gave {} values, expected {per}",
+                        p.display(),
+                        v.len()
+                    )));
+                }
+                images.extend_from_slice(&v);
+            }
+            // The last batch: pad with its last image (each image's logits do not depend on
+            // the others in its batch), and drop the padded rows.
+            while images.len() < batch * per {
+                images.extend_from_within(images.len() - per..);
+            }
+            t_pre += tp.elapsed().as_secs_f64();
+            e.stage(&images).ctx("staging the images")?;
+            let tf = Instant::now();
+            e.run(None).ctx("forward")?;
+            t_fwd += tf.elapsed().as_secs_f64();
+            let l = e.logits().ctx("reading the logits")?;
+            logits.extend_from_slice(&l[..chunk.len() * k]);
+            bar.inc(chunk.len() as u64);
+        }
+        Ok(e.describe())
     })?;
+    bar.finish_and_clear();
+    let wall = t.elapsed().as_secs_f64();
 
     let macs = model.macs();
-    let k = c.num_classes;
     println!(
         "clca classify: {} at {} px, {} classes (weights {})",
         c.name,
@@ -174,42 +202,172 @@ pub fn main(a: &ClassifyArgs) -> CliResult<()> {
         gmacs(macs.total(), 2)
     );
     println!(
-        "  time: preprocessing {} for {batch} image{}, forward {} (batch {batch}, one cold run)",
+        "  time: {n} image{} in batches of {batch}: preprocessing {}, forward {} ({:.2} images/s overall)",
+        if n == 1 { "" } else { "s" },
         fmt_secs(t_pre),
-        if batch == 1 { "" } else { "s" },
-        fmt_secs(t_fwd)
+        fmt_secs(t_fwd),
+        n as f64 / wall.max(1e-9)
     );
-    for (i, p) in a.image.iter().enumerate() {
-        let row = &logits[i * k..(i + 1) * k];
-        let probs = softmax(row);
-        println!();
-        println!("{}", p.display());
-        let mut t = Table::new(&[
-            ("rank", true),
-            ("class", true),
-            ("p", true),
-            ("logit", true),
-        ]);
-        let with_names = labels.is_some();
-        if with_names {
-            t = Table::new(&[
-                ("rank", true),
-                ("class", true),
-                ("name", false),
-                ("p", true),
-                ("logit", true),
-            ]);
-        }
-        for (r, ci) in top_k(row, a.topk).into_iter().enumerate() {
-            let mut cells = vec![(r + 1).to_string(), ci.to_string()];
-            if let Some(l) = &labels {
-                cells.push(l.get(ci).cloned().unwrap_or_default());
+    let ranked: Vec<Vec<(usize, f64, f32)>> = (0..n)
+        .map(|i| {
+            let row = &logits[i * k..(i + 1) * k];
+            let probs = softmax(row);
+            top_k(row, a.topk)
+                .into_iter()
+                .map(|ci| (ci, probs[ci], row[ci]))
+                .collect()
+        })
+        .collect();
+    let name = |ci: usize| labels.as_ref().and_then(|l| l.get(ci).cloned());
+    if n <= TABLES_UP_TO {
+        for (p, top) in paths.iter().zip(&ranked) {
+            println!();
+            println!("{}", p.display());
+            let mut cols = vec![("rank", true), ("class", true)];
+            if labels.is_some() {
+                cols.push(("name", false));
             }
-            cells.push(format!("{:.4}", probs[ci]));
-            cells.push(format!("{:.3}", row[ci]));
-            t.row(cells);
+            cols.extend([("p", true), ("logit", true)]);
+            let mut t = Table::new(&cols);
+            for (r, &(ci, pr, lg)) in top.iter().enumerate() {
+                let mut cells = vec![(r + 1).to_string(), ci.to_string()];
+                if labels.is_some() {
+                    cells.push(name(ci).unwrap_or_default());
+                }
+                cells.push(format!("{pr:.4}"));
+                cells.push(format!("{lg:.3}"));
+                t.row(cells);
+            }
+            t.print();
+        }
+    } else {
+        println!();
+        let mut t = Table::new(&[
+            ("image", false),
+            ("top-1", true),
+            ("name", false),
+            ("p", true),
+        ]);
+        for (p, top) in paths.iter().zip(&ranked) {
+            let (ci, pr, _) = top[0];
+            t.row(vec![
+                p.display().to_string(),
+                ci.to_string(),
+                name(ci).unwrap_or_default(),
+                format!("{pr:.4}"),
+            ]);
         }
         t.print();
     }
+    if let Some(out) = &a.output {
+        write_output(out, &model, &a.weights, &paths, &ranked, &name)?;
+        println!("  wrote {}", out.display());
+    }
     Ok(())
+}
+
+/// Images listed one per line up to here; above, one line per image.
+const TABLES_UP_TO: usize = 16;
+
+/// The files behind `--image`: files as given, folders expanded to their PNG/JPEG files
+/// sorted by name (not recursive).
+fn collect_images(args: &[std::path::PathBuf]) -> CliResult<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for p in args {
+        if p.is_dir() {
+            let rd = std::fs::read_dir(p)
+                .map_err(|e| CliError::input(format!("cannot read folder {}: {e}", p.display())))?;
+            let mut found: Vec<std::path::PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.is_file()
+                        && f.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                            matches!(x.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
+                        })
+                })
+                .collect();
+            if found.is_empty() {
+                return Err(CliError::input(format!(
+                    "folder {} holds no .png, .jpg or .jpeg file",
+                    p.display()
+                ))
+                .hint("--image takes PNG or JPEG files, or folders of them"));
+            }
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// `--output`: JSON or CSV by the extension.
+fn write_output(
+    out: &std::path::Path,
+    model: &Vit,
+    weights: &std::path::Path,
+    paths: &[std::path::PathBuf],
+    ranked: &[Vec<(usize, f64, f32)>],
+    name: &dyn Fn(usize) -> Option<String>,
+) -> CliResult<()> {
+    let text = match output_is_json(out)? {
+        true => {
+            let images: Vec<serde_json::Value> = paths
+                .iter()
+                .zip(ranked)
+                .map(|(p, top)| {
+                    serde_json::json!({
+                        "image": p.display().to_string(),
+                        "top": top.iter().map(|&(ci, pr, lg)| serde_json::json!({
+                            "class": ci, "name": name(ci), "p": pr, "logit": lg,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let j = serde_json::json!({
+                "model": model.cfg.name,
+                "weights": weights.display().to_string(),
+                "img_size": model.cfg.img_size,
+                "macs_per_image": model.macs().total(),
+                "images": images,
+            });
+            format!("{j:#}\n")
+        }
+        false => {
+            let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+            let mut t = String::from("image,rank,class,name,p,logit\n");
+            for (p, top) in paths.iter().zip(ranked) {
+                for (r, &(ci, pr, lg)) in top.iter().enumerate() {
+                    t += &format!(
+                        "{},{},{ci},{},{pr},{lg}\n",
+                        q(&p.display().to_string()),
+                        r + 1,
+                        q(&name(ci).unwrap_or_default())
+                    );
+                }
+            }
+            t
+        }
+    };
+    std::fs::write(out, text)
+        .map_err(|e| CliError::input(format!("cannot write {}: {e}", out.display())))
+        .hint("check that the output's directory exists and is writable")
+}
+
+/// Whether `--output` names JSON (else CSV); any other extension is refused before any work.
+fn output_is_json(out: &std::path::Path) -> CliResult<bool> {
+    match out
+        .extension()
+        .and_then(|x| x.to_str())
+        .map(|x| x.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("json") => Ok(true),
+        Some("csv") => Ok(false),
+        _ => Err(
+            CliError::input(format!("--output {}: unknown format", out.display()))
+                .hint("--output takes a .json or .csv file name"),
+        ),
+    }
 }

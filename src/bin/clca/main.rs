@@ -228,9 +228,16 @@ pub struct ClassifyArgs {
     /// The checkpoint: safetensors in the authors' parameter names (classes from its head).
     #[arg(long, value_name = "W.safetensors")]
     pub weights: PathBuf,
-    /// An image (PNG or JPEG); repeat for more, they run as one batch.
+    /// Images (PNG or JPEG) or folders of them (their .png/.jpg/.jpeg files, sorted by name);
+    /// several may follow one --image.
     #[arg(long, value_name = "PATH", required = true, num_args = 1..)]
     pub image: Vec<PathBuf>,
+    /// Images per forward (the last batch is padded with its last image).
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub batch: usize,
+    /// Also write every image's top-k classes to FILE: JSON (.json) or CSV (.csv).
+    #[arg(long, value_name = "FILE.json|FILE.csv")]
+    pub output: Option<PathBuf>,
     #[command(flatten)]
     pub flags: ModelFlags,
     /// cpu: the f32 reference; cuda: a GPU; shim: the CUDA kernels on the CPU (slow).
