@@ -4,6 +4,7 @@ use crate::backend::{init_threads, softmax, top_k, with_engine};
 use crate::error::{CliError, CliResult, Context};
 use crate::table::{fmt_secs, gmacs, Table};
 use crate::ClassifyArgs;
+use clca::vit::flags::infer_input_size;
 use clca::vit::{TensorMap, TrainFlags, Vit, VitConfig};
 use std::time::Instant;
 
@@ -30,20 +31,6 @@ pub fn infer_num_classes(map: &TensorMap, ifa_head: bool) -> CliResult<usize> {
             Err(CliError::input(format!("the weights have no `{name}`")).hint(hint))
         }
     }
-}
-
-/// `--input-size` when not given: the patch grid of the checkpoint's `pos_embed`.
-fn infer_input_size(map: &TensorMap, cfg: &VitConfig) -> Option<usize> {
-    let (s, _) = map.tensors.get("pos_embed")?;
-    let rows = *s.get(1)?;
-    let prefix = if cfg.no_embed_class {
-        0
-    } else {
-        1 + cfg.num_clr
-    };
-    let p = rows.checked_sub(prefix)?;
-    let g = (p as f64).sqrt().round() as usize;
-    (g * g == p && g > 0).then_some(g * cfg.patch_size)
 }
 
 /// Hints for a weights/flags mismatch, read from what the file holds.
