@@ -119,13 +119,14 @@ fn gelu_fast(x: f32) -> f32 {
     0.5 * x * if z >= 0.0 { 2.0 - erfc } else { erfc }
 }
 
-/// exp(−y) for y ≥ 0 (0 beyond f32's normal range): n = round(−y·log₂e) by the 1.5·2²³ trick,
+/// exp(−y) for y ≥ 0 (0 from y > 87 on, where the result leaves f32's normal range): n = round(−y·log₂e) by the 1.5·2²³ trick,
 /// r = −y − n·ln2 in two parts (Cody–Waite), e^r by its Taylor series to r⁷ (|r| ≤ ln2/2:
 /// truncation < 2e-9 relative), times 2ⁿ built from the exponent bits.
 #[inline(always)]
 fn exp_neg(y: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
-    let u = -(y.min(87.0));
+    // NaN stays NaN (`min` would drop it).
+    let u = if y.is_nan() { y } else { -(y.min(87.0)) };
     let n = (u * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
     let r = (u - n * 0.693_145_75) - n * 1.428_606_8e-6;
     let p = 1.0
@@ -136,15 +137,37 @@ fn exp_neg(y: f32) -> f32 {
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     // 2ⁿ: n + 127 lands in the low mantissa bits of n + 127 + 2²³ (n ∈ [−126, 0]); shifted
     // into the exponent field. No float→int cast, so the loop stays vectorized.
-    p * f32::from_bits((n + 8_388_735.0).to_bits() << 23)
+    let v = p * f32::from_bits((n + 8_388_735.0).to_bits() << 23);
+    // Beyond 87 the result would be subnormal or 0: 0 (so exp(−inf) is exactly 0).
+    if y > 87.0 {
+        0.0
+    } else {
+        v
+    }
 }
 
-/// Softmax of one row in place: exp(x − max) / Σ.
+/// Softmax of one row in place: exp(x − max) / Σ. The exponentials use [`exp_neg`] (within
+/// 2 ulp of libm's, no call per element; the attention's softmax runs B·H·n² of them).
 pub(crate) fn softmax(row: &mut [f32]) {
     let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut s = 0f32;
+    if !m.is_finite() {
+        // All −inf (0/0 → NaN, as libm's exp would give), or a NaN/+inf present: the plain path.
+        let mut s = 0f32;
+        for v in row.iter_mut() {
+            *v = (*v - m).exp();
+            s += *v;
+        }
+        for v in row.iter_mut() {
+            *v /= s;
+        }
+        return;
+    }
     for v in row.iter_mut() {
-        *v = (*v - m).exp();
+        *v = exp_neg(m - *v);
+    }
+    // The sum in index order, as before.
+    let mut s = 0f32;
+    for v in row.iter() {
         s += *v;
     }
     for v in row.iter_mut() {
@@ -182,5 +205,37 @@ mod tests {
         assert_eq!(inf[0], f32::INFINITY);
         assert!(inf[1] == 0.0 || inf[1].is_nan(), "gelu(-inf) = {}", inf[1]);
         assert!(inf[2].is_nan());
+    }
+}
+
+#[cfg(test)]
+mod softmax_tests {
+    use super::*;
+
+    #[test]
+    fn softmax_matches_libm_within_rounding() {
+        let mut row: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37)
+            .collect();
+        row.push(f32::NEG_INFINITY);
+        row.push(-f32::MAX);
+        let mut want: Vec<f64> = row.iter().map(|&v| v as f64).collect();
+        let m = want.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let s: f64 = want.iter().map(|v| (v - m).exp()).sum();
+        want.iter_mut().for_each(|v| *v = (*v - m).exp() / s);
+        softmax(&mut row);
+        for (g, w) in row.iter().zip(&want) {
+            // exp_neg is within 1e-7 relative of exp (measured over [0, 87]); the rest is the
+            // f32 rounding of x − max and of the 1002-term sum.
+            assert!((*g as f64 - w).abs() <= 4e-6 * w + 1e-30, "{g} vs {w}");
+        }
+        assert_eq!(row[1000], 0.0);
+        assert_eq!(row[1001], 0.0);
+        let mut nan = vec![1.0, f32::NAN, 2.0];
+        softmax(&mut nan);
+        assert!(nan.iter().all(|v| v.is_nan()));
+        let mut ninf = vec![f32::NEG_INFINITY; 3];
+        softmax(&mut ninf);
+        assert!(ninf.iter().all(|v| v.is_nan()));
     }
 }
