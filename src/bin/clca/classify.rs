@@ -111,6 +111,7 @@ pub fn main(a: &ClassifyArgs) -> CliResult<()> {
     }
     let mut cfg = VitConfig::from_model_name(&a.flags.model, &flags).ctx("building the model")?;
     a.flags.apply_ours(&mut cfg);
+    cfg.plan().ctx("building the model")?;
     let hint = flags_hint(&map, &flags, &cfg);
     let model = Vit::new(cfg, map)
         .ctx(format!("loading {}", a.weights.display()))

@@ -89,6 +89,8 @@ pub fn main(a: &ForwardArgs) -> CliResult<()> {
     let mut cfg = read_config(&a.config)?;
     cfg.method.dpc_noise_seed = a.dpc_noise_seed;
     cfg.method.ats_batch_padding = a.ats_batch_padding;
+    // A configuration that cannot be planned is the config's fault, not the weights'.
+    cfg.plan().ctx(config_path(&a.config).display())?;
     let model = Vit::load(cfg, &a.weights).ctx(format!("loading {}", a.weights.display()))?;
     let (batch, images) = read_images(&a.input, &model.cfg)?;
     let macs = model.macs();
