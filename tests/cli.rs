@@ -173,6 +173,8 @@ fn forward_json_line() {
 /// Bad input: exit code 2, `error:` and a hint on stderr, no panic.
 fn assert_bad_input(r: &Output, needle: &str) {
     let err = text(&r.stderr);
+    // `--nocapture` lists every message (docs/reliability.md quotes them).
+    eprintln!("{}", err.lines().next().unwrap_or_default());
     assert_eq!(r.status.code(), Some(2), "stderr: {err}");
     assert!(err.starts_with("error: "), "stderr: {err}");
     assert!(err.contains(needle), "expected `{needle}` in: {err}");

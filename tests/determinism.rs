@@ -1,6 +1,7 @@
 //! Determinism (docs/reliability.md): the CPU forward is bit-identical run to run, with a fresh
 //! or a reused workspace, and across rayon thread counts (1, 2, 3, 4, 7); the device forward's
-//! selections and logits are identical run to run (host shim always, the GPU when present).
+//! selections and logits are identical run to run, in f32 and f16 (host shim always, the GPU
+//! when present).
 //! Every method, with the cross-layer cache and the CLA head.
 mod common;
 use clca::vit::device::DeviceVit;
@@ -118,13 +119,17 @@ fn cpu_forward_is_bit_identical_across_thread_counts() {
     }
 }
 
-/// The device forward twice on one workspace: selections (every i64 tensor of the trace) and
-/// logits identical.
+/// The device forward twice on one workspace, in f32 and f16: selections and logits identical.
 fn device_runs_repeat<D: Device>(dev: &D) {
+    device_runs_repeat_in::<D, f32>(dev);
+    device_runs_repeat_in::<D, clca::f16>(dev);
+}
+
+fn device_runs_repeat_in<D: Device, T: clca::Element>(dev: &D) {
     for prefix in PREFIXES {
         let m = model(prefix, 32, 4, 48, 6);
         let img = random_images(2, 3, 32, 9);
-        let dv = DeviceVit::<D, f32>::new(dev, &m).expect("upload");
+        let dv = DeviceVit::<D, T>::new(dev, &m).expect("upload");
         let mut ws = dv.workspace(dev, 2).expect("workspace");
         let buf = dev.upload(&img).expect("upload");
         let mut runs = Vec::new();
@@ -135,7 +140,8 @@ fn device_runs_repeat<D: Device>(dev: &D) {
             let logits = dv.logits(dev, &ws).expect("logits");
             runs.push((bits(&logits), trace_bits(&t)));
         }
-        assert_eq!(runs[0].0, runs[1].0, "{prefix} on {}: logits", dev.name());
+        let what = format!("{prefix} in {} on {}", T::DTYPE, dev.name());
+        assert_eq!(runs[0].0, runs[1].0, "{what}: logits");
         let sel = |t: &[(String, Vec<u64>)]| -> Vec<(String, Vec<u64>)> {
             t.iter()
                 .filter(|(n, _)| {
@@ -146,12 +152,7 @@ fn device_runs_repeat<D: Device>(dev: &D) {
                 .cloned()
                 .collect()
         };
-        assert_eq!(
-            sel(&runs[0].1),
-            sel(&runs[1].1),
-            "{prefix} on {}: selections",
-            dev.name()
-        );
+        assert_eq!(sel(&runs[0].1), sel(&runs[1].1), "{what}: selections");
     }
 }
 
