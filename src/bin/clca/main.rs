@@ -9,6 +9,18 @@
 //! Errors go to stderr as `error: …` with a `hint: …`; exit code 2 for bad input, 1 for a
 //! failure while computing.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+// No panics at the boundary (docs/reliability.md): outside tests, no `panic!`, `todo!`,
+// `unimplemented!` or `unreachable!` either; internal invariants are `assert!`s guarding unsafe
+// code, and sizes from users are checked products (the fuzz targets run with overflow checks).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::panic,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::unreachable
+    )
+)]
 
 mod backend;
 mod bench;
