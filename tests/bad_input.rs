@@ -469,6 +469,14 @@ fn truncated_corrupt_and_hostile_weight_files() {
             &["more elements than fit in memory"],
         ),
         (
+            "overlapping offsets",
+            {
+                let h = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+                [&(h.len() as u64).to_le_bytes()[..], h, &[0, 0, 0x80, 0x3f]].concat()
+            },
+            &["has data offsets that do not follow the previous tensor's"],
+        ),
+        (
             "unsupported dtype",
             safetensors_bytes(&[("cls_token", "U16", vec![2], vec![0; 4])]),
             &["`cls_token` has unsupported dtype U16"],

@@ -160,3 +160,32 @@ fn device_runs_repeat_in<D: Device, T: clca::Element>(dev: &D) {
 fn device_forward_repeats_exactly() {
     on_devices!(device_runs_repeat);
 }
+
+/// Not part of the guarantee: an image's logits may change in the last bits with the batch it
+/// runs in (the GEMMs' blocking depends on their row count, batch × tokens), within 1e-5
+/// relative. ATS (by default each image alone) is batch-independent bit for bit.
+#[test]
+fn batch_composition_changes_at_most_the_last_bits() {
+    for prefix in PREFIXES {
+        let m = model(prefix, 64, 4, 96, 4);
+        let img = random_images(3, 3, 64, 5);
+        let per = 3 * 64 * 64;
+        let batch = m.forward_cpu(&img, 3, None).expect("batch");
+        let mut same = true;
+        for i in 0..3 {
+            let one = m
+                .forward_cpu(&img[i * per..(i + 1) * per], 1, None)
+                .expect("one");
+            let b = &batch[i * 10..(i + 1) * 10];
+            same &= bits(&one) == bits(b);
+            let scale = one.iter().fold(1f32, |a, v| a.max(v.abs()));
+            for (x, y) in one.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-5 * scale, "{prefix}: image {i}: {x} vs {y}");
+            }
+        }
+        eprintln!("{prefix:>13} alone vs in a batch of 3: bit-identical = {same}");
+        if prefix == "ats_" {
+            assert!(same, "ATS runs each image alone");
+        }
+    }
+}
