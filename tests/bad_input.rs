@@ -599,7 +599,10 @@ fn images_of_the_wrong_size_and_batch() {
     bomb.extend_from_slice(&crc32(&ihdr).to_be_bytes());
     // An IDAT chunk (the start of a zlib stream) so the decoder gets as far as sizing its
     // output, then IEND.
-    for (kind, data) in [(&b"IDAT"[..], &[0x78u8, 0x9c, 0x62, 0x00][..]), (b"IEND", &[])] {
+    for (kind, data) in [
+        (&b"IDAT"[..], &[0x78u8, 0x9c, 0x62, 0x00][..]),
+        (b"IEND", &[]),
+    ] {
         let chunk = [kind, data].concat();
         bomb.extend_from_slice(&(data.len() as u32).to_be_bytes());
         bomb.extend_from_slice(&chunk);
@@ -607,7 +610,11 @@ fn images_of_the_wrong_size_and_batch() {
     }
     let bomb_path = tmp("bomb.png");
     std::fs::write(&bomb_path, &bomb).expect("write");
-    err(load_image(&bomb_path, 32), invalid, &["cannot decode", "limit"]);
+    err(
+        load_image(&bomb_path, 32),
+        invalid,
+        &["cannot decode", "limit"],
+    );
 }
 
 /// CRC-32 (PNG chunks).

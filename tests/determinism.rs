@@ -180,7 +180,10 @@ fn batch_composition_changes_at_most_the_last_bits() {
             same &= bits(&one) == bits(b);
             let scale = one.iter().fold(1f32, |a, v| a.max(v.abs()));
             for (x, y) in one.iter().zip(b) {
-                assert!((x - y).abs() <= 1e-5 * scale, "{prefix}: image {i}: {x} vs {y}");
+                assert!(
+                    (x - y).abs() <= 1e-5 * scale,
+                    "{prefix}: image {i}: {x} vs {y}"
+                );
             }
         }
         eprintln!("{prefix:>13} alone vs in a batch of 3: bit-identical = {same}");
