@@ -7,7 +7,8 @@
 # and the model-name + train.py flag parser, then the planner), plan_model (a model planned and
 # loaded from a configuration and weights, then a CPU forward). The same crate runs under
 # `cargo fuzz run TARGET` where cargo-fuzz is installed; this script needs only rustup: it
-# installs a minimal nightly when there is none and passes cargo-fuzz's flags itself.
+# installs the pinned nightly (scripts/toolchain.env) when it is missing and passes
+# cargo-fuzz's flags itself.
 #
 # Each target starts from fuzz/corpus/TARGET and writes what it learns to a scratch copy
 # (CLCA_FUZZ_UPDATE_CORPUS=1 merges the new inputs back into fuzz/corpus, minimized). A crash
@@ -25,7 +26,9 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(safetensors_load config_flags plan_model)
 
-toolchain=${CLCA_FUZZ_TOOLCHAIN:-nightly}
+# shellcheck source=toolchain.env
+. scripts/toolchain.env
+toolchain=${CLCA_FUZZ_TOOLCHAIN:-$CLCA_FUZZ_NIGHTLY}
 if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1; then
     echo "fuzz: installing the $toolchain toolchain (minimal profile)"
     rustup toolchain install "$toolchain" --profile minimal
