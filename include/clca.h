@@ -71,6 +71,10 @@ typedef enum ClcaStatus {
      * A panic inside the library, caught at the boundary (a bug: please report it).
      */
     CLCA_STATUS_PANIC = 11,
+    /**
+     * The allocator refused a buffer (a size larger than this machine can give).
+     */
+    CLCA_STATUS_ALLOC = 12,
 } ClcaStatus;
 
 /**

@@ -238,7 +238,7 @@ impl Device for HostShim {
         "host shim (CUDA sources on the CPU)".into()
     }
     fn zeros<T: Pod>(&self, len: usize) -> Result<HostBuf<T>> {
-        Ok(HostBuf(vec![T::zeroed(); len]))
+        crate::error::try_zeroed("host-shim buffer", len).map(HostBuf)
     }
     fn upload<T: Pod>(&self, data: &[T]) -> Result<HostBuf<T>> {
         Ok(HostBuf(data.to_vec()))

@@ -35,6 +35,9 @@ pub enum Error {
     /// A size computation overflowed.
     #[error("size overflow computing {what}")]
     Overflow { what: &'static str },
+    /// The allocator refused a buffer (the request is larger than this machine can give).
+    #[error("cannot allocate {bytes} bytes for {what}")]
+    Alloc { what: &'static str, bytes: u64 },
     /// A CUDA library (driver, cuBLAS) could not be loaded.
     #[error("CUDA library `{lib}` not available: {detail}")]
     LibraryMissing { lib: &'static str, detail: String },
@@ -98,6 +101,39 @@ pub(crate) fn mul(what: &'static str, dims: &[usize]) -> Result<usize> {
     dims.iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or(Error::Overflow { what })
+}
+
+/// A zero-filled `Vec` of `n` elements, or [`Error::Alloc`] when the allocator refuses it (no
+/// abort: sizes that come from a configuration or a file are not trusted).
+pub(crate) fn try_zeroed<T: bytemuck::Zeroable>(what: &'static str, n: usize) -> Result<Vec<T>> {
+    let bytes = (n as u64).saturating_mul(std::mem::size_of::<T>() as u64);
+    let refused = || Error::Alloc { what, bytes };
+    if n == 0 || std::mem::size_of::<T>() == 0 {
+        return Ok((0..n).map(|_| T::zeroed()).collect());
+    }
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| refused())?;
+    // SAFETY: `layout` has a non-zero size (n > 0, T not zero-sized). A non-null result is a
+    // zeroed allocation of n·size_of::<T>() bytes with T's alignment, made by the global
+    // allocator with exactly the layout Vec uses for capacity n, and all-zero bytes are a valid
+    // T (Zeroable); so the Vec owns it, and frees it with the same layout.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout);
+        if p.is_null() {
+            return Err(refused());
+        }
+        Ok(Vec::from_raw_parts(p.cast::<T>(), n, n))
+    }
+}
+
+/// A `Vec` of `n` copies of `v`, or [`Error::Alloc`] when the allocator refuses it.
+pub(crate) fn try_filled<T: Clone>(what: &'static str, n: usize, v: T) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).map_err(|_| Error::Alloc {
+        what,
+        bytes: (n as u64).saturating_mul(std::mem::size_of::<T>() as u64),
+    })?;
+    out.resize(n, v);
+    Ok(out)
 }
 
 /// A size as u32 for a kernel argument, or a typed error.

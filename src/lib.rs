@@ -37,6 +37,18 @@
 //! [`HostShim`] runs the CUDA sources on the CPU (always available; used by the tests on
 //! every CI run) and, with the `cuda` feature, `cuda::CudaDevice` runs them on a GPU.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+// No panics at the boundary (docs/reliability.md): outside tests, no `panic!`, `todo!`,
+// `unimplemented!` or `unreachable!` either; internal invariants are `assert!`s guarding unsafe
+// code, and sizes from users are checked products (the fuzz targets run with overflow checks).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::panic,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::unreachable
+    )
+)]
 // Kernel-shaped code: explicit index loops and long argument lists mirror the CUDA signatures.
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 

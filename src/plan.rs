@@ -182,13 +182,35 @@ pub struct PlanSpec<'a> {
 
 use crate::error::invalid as bad;
 
+/// Most blocks a plan accepts (the paper's deepest backbone has 24).
+pub const MAX_DEPTH: usize = 1024;
+/// Most tokens of an input sequence, 1 + patches + clr tokens (ViT-B/16 at 448 px has 785).
+pub const MAX_TOKENS: usize = 1 << 16;
+
 /// Plans a forward (SPEC §2.3's loop, with the lengths of §2.5).
 pub fn plan(s: &PlanSpec<'_>) -> Result<SeqPlan> {
     if s.depth == 0 {
         return Err(bad("depth", 0, "must be positive"));
     }
+    if s.depth > MAX_DEPTH {
+        return Err(bad(
+            "depth",
+            s.depth,
+            format!("larger than the limit {MAX_DEPTH}"),
+        ));
+    }
     if s.patches == 0 {
         return Err(bad("patches", 0, "must be positive"));
+    }
+    match s.patches.checked_add(s.num_clr) {
+        Some(t) if t < MAX_TOKENS => {}
+        _ => {
+            return Err(bad(
+                "patches",
+                format!("{} + {} clr", s.patches, s.num_clr),
+                format!("1 + patches + clr tokens must not exceed {MAX_TOKENS}"),
+            ))
+        }
     }
     for w in s.locs.windows(2) {
         if w[1] <= w[0] {

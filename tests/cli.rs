@@ -173,6 +173,8 @@ fn forward_json_line() {
 /// Bad input: exit code 2, `error:` and a hint on stderr, no panic.
 fn assert_bad_input(r: &Output, needle: &str) {
     let err = text(&r.stderr);
+    // `--nocapture` lists every message (docs/reliability.md quotes them).
+    eprintln!("{}", err.lines().next().unwrap_or_default());
     assert_eq!(r.status.code(), Some(2), "stderr: {err}");
     assert!(err.starts_with("error: "), "stderr: {err}");
     assert!(err.contains(needle), "expected `{needle}` in: {err}");
@@ -550,4 +552,539 @@ fn bench_sweeps_methods_and_keep_rates_into_a_table_and_csv() {
     assert!(macs(lines[1]) < macs(lines[2]), "{rows}");
     let r = clca(&["bench", "--methods", "nope"]);
     assert_bad_input(&r, "unknown method `nope`");
+}
+
+// ---- the bad-input matrix (docs/reliability.md) -------------------------------------------
+
+/// A small EViT + CLC + CLA model in the golden format (config.json, weights, input), written
+/// with the library; `name` keeps parallel tests apart.
+struct Case {
+    dir: PathBuf,
+}
+
+impl Case {
+    const CONFIG: &'static str = r#"{"timm_entrypoint": "evit_deit_tiny_patch16_224", "num_classes": 5,
+        "args": {"keep_rate": [0.5], "reduction_loc": [1, 3], "clc": true, "num_clr": 1,
+                 "clc_include_gap": true, "clc_recover_at_last": true, "ifa_head": true,
+                 "ifa_dws_conv_groups": 2},
+        "model": {"model_class": "models.evit.EViT", "embed_dim": 24, "depth": 6, "num_heads": 3,
+                  "mlp_hidden": 48, "qkv_bias": true, "layer_norm_eps": 1e-6, "patch_size": [4, 4],
+                  "img_size": [32, 32], "patch_embed_bias": true, "norm_pre": "Identity"}}"#;
+
+    fn new(name: &str) -> Case {
+        let dir = tmp(&format!("case-{name}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("config.json"), Self::CONFIG).expect("config");
+        let v: serde_json::Value = serde_json::from_str(Self::CONFIG).expect("json");
+        let cfg = clca::vit::VitConfig::from_golden_json(&v).expect("config");
+        let taps = cfg.plan().expect("plan").taps;
+        clca::vit::random::random_weights(&cfg, taps, 3)
+            .save(&dir.join("weights.safetensors"))
+            .expect("weights");
+        Self::images(&dir.join("input.safetensors"), &[2, 3, 32, 32], None);
+        Case { dir }
+    }
+
+    /// Writes `images` of `shape`, with `poison` at element 10 when given.
+    fn images(path: &Path, shape: &[usize], poison: Option<f32>) {
+        let n = shape.iter().product();
+        let mut v = clca::vit::random::random_images(1, 1, 1, 0);
+        v.resize(n, 0.25);
+        if let Some(p) = poison {
+            v[10] = p;
+        }
+        let mut m = clca::vit::TensorMap::default();
+        m.tensors.insert("images".into(), (shape.to_vec(), v));
+        m.save(path).expect("images");
+    }
+
+    fn p(&self, f: &str) -> String {
+        self.dir.join(f).to_string_lossy().into_owned()
+    }
+
+    /// `clca forward` on this case with `config`, `weights`, `input` (file names in the case
+    /// folder) and extra arguments.
+    fn forward(&self, config: &str, weights: &str, input: &str, extra: &[&str]) -> Output {
+        let (c, w, i, o) = (
+            self.p(config),
+            self.p(weights),
+            self.p(input),
+            self.p("out.safetensors"),
+        );
+        let mut args = vec![
+            "forward",
+            "--config",
+            &c,
+            "--weights",
+            &w,
+            "--input",
+            &i,
+            "--output",
+            &o,
+        ];
+        args.extend_from_slice(extra);
+        clca(&args)
+    }
+
+    /// A copy of a file of the case, changed by `f`, under `name`.
+    fn variant(&self, from: &str, name: &str, f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> String {
+        let bytes = std::fs::read(self.dir.join(from)).expect("read");
+        std::fs::write(self.dir.join(name), f(bytes)).expect("write");
+        name.to_string()
+    }
+}
+
+#[test]
+fn forward_bad_input_matrix() {
+    let c = Case::new("forward");
+    // The case itself runs.
+    let r = c.forward(
+        "config.json",
+        "weights.safetensors",
+        "input.safetensors",
+        &[],
+    );
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let cfg = |name: &str, from: &str, to: &str| {
+        c.variant("config.json", name, |b| {
+            let s = String::from_utf8(b).expect("utf8");
+            assert!(s.contains(from), "{from}");
+            s.replace(from, to).into_bytes()
+        })
+    };
+    let not_json = c.variant("config.json", "not.json", |b| b[..b.len() / 2].to_vec());
+    let deep = cfg("deep.json", r#""depth": 6"#, r#""depth": 1000000000000"#);
+    let kr0 = cfg("kr0.json", "[0.5]", "[0.0]");
+    let kr15 = cfg("kr15.json", "[0.5]", "[1.5]");
+    let dup = cfg("dup.json", "[1, 3]", "[3, 3]");
+    let past = cfg("past.json", "[1, 3]", "[1, 6]");
+    let zero = cfg("zero.json", "[1, 3]", "[0, 3]");
+    let nan = c.variant("config.json", "nan.json", |b| {
+        String::from_utf8(b)
+            .expect("utf8")
+            .replace("models.evit.EViT", "models.sit.SiT")
+            .replace("[0.5]", "[0.1]")
+            .into_bytes()
+    });
+    let tome = cfg("tome.json", "models.evit.EViT", "models.nope.Nope");
+    let eps = cfg("eps.json", "1e-6", "0.0");
+    let w_trunc = c.variant("weights.safetensors", "trunc.safetensors", |b| {
+        b[..b.len() - 100].to_vec()
+    });
+    let w_junk = c.variant("weights.safetensors", "junk.safetensors", |_| {
+        b"junk".to_vec()
+    });
+    let w_hostile = c.variant("weights.safetensors", "hostile.safetensors", |_| {
+        let h = br#"{"cls_token":{"dtype":"F32","shape":[1000000,1000000],"data_offsets":[0,4]}}"#;
+        [&(h.len() as u64).to_le_bytes()[..], h, &[0u8; 4]].concat()
+    });
+    Case::images(&c.dir.join("small.safetensors"), &[1, 3, 16, 16], None);
+    Case::images(&c.dir.join("rank3.safetensors"), &[3, 32, 32], None);
+    Case::images(&c.dir.join("empty.safetensors"), &[0, 3, 32, 32], None);
+    let mut other = clca::vit::TensorMap::default();
+    other.tensors.insert("pixels".into(), (vec![1], vec![0.0]));
+    other
+        .save(&c.dir.join("noimages.safetensors"))
+        .expect("save");
+    let int_images = c.variant("input.safetensors", "int.safetensors", |_| {
+        let h = br#"{"images":{"dtype":"I64","shape":[1,3,32,32],"data_offsets":[0,24576]}}"#;
+        [
+            &(h.len() as u64).to_le_bytes()[..],
+            h,
+            &vec![0u8; 24576][..],
+        ]
+        .concat()
+    });
+    let (w, i) = ("weights.safetensors", "input.safetensors");
+    let rows: Vec<(String, String, String, Vec<&str>, &str)> = vec![
+        (not_json, w.into(), i.into(), vec![], "not valid JSON"),
+        (
+            deep,
+            w.into(),
+            i.into(),
+            vec![],
+            "invalid `depth` = 1000000000000",
+        ),
+        (kr0, w.into(), i.into(), vec![], "invalid `keep_rate` = 0"),
+        (
+            kr15,
+            w.into(),
+            i.into(),
+            vec![],
+            "invalid `keep_rate` = 1.5",
+        ),
+        (dup, w.into(), i.into(), vec![], "strictly increasing"),
+        (past, w.into(), i.into(), vec![], "layer >= depth 6"),
+        (
+            zero,
+            w.into(),
+            i.into(),
+            vec![],
+            "first recovery layer must be >= 1",
+        ),
+        (nan, w.into(), i.into(), vec![], "NaN logits"),
+        (tome, w.into(), i.into(), vec![], "models.nope.Nope"),
+        (eps, w.into(), i.into(), vec![], "layer_norm_eps"),
+        (
+            "config.json".into(),
+            w_trunc,
+            i.into(),
+            vec![],
+            "do not end at the end of the file",
+        ),
+        (
+            "config.json".into(),
+            w_junk,
+            i.into(),
+            vec![],
+            "shorter than the 8-byte header",
+        ),
+        (
+            "config.json".into(),
+            w_hostile,
+            i.into(),
+            vec![],
+            "does not hold shape × dtype size bytes",
+        ),
+        (
+            "config.json".into(),
+            w.into(),
+            "small.safetensors".into(),
+            vec![],
+            "the model expects [B, 3, 32, 32]",
+        ),
+        (
+            "config.json".into(),
+            w.into(),
+            "rank3.safetensors".into(),
+            vec![],
+            "the model expects [B, 3, 32, 32]",
+        ),
+        (
+            "config.json".into(),
+            w.into(),
+            "empty.safetensors".into(),
+            vec![],
+            "B ≥ 1",
+        ),
+        (
+            "config.json".into(),
+            w.into(),
+            "noimages.safetensors".into(),
+            vec![],
+            "no `images` tensor (it holds: pixels)",
+        ),
+        (
+            "config.json".into(),
+            w.into(),
+            int_images,
+            vec![],
+            "not a float tensor",
+        ),
+        (
+            "config.json".into(),
+            w.into(),
+            i.into(),
+            vec!["--threads", "0"],
+            "--threads 0",
+        ),
+        (
+            "config.json".into(),
+            w.into(),
+            i.into(),
+            vec!["--threads", "100000"],
+            "at most 1024",
+        ),
+        (
+            "config.json".into(),
+            w.into(),
+            i.into(),
+            vec!["--dtype", "bf16"],
+            "f32 only",
+        ),
+        (
+            "config.json".into(),
+            w.into(),
+            i.into(),
+            vec!["--device", "tpu"],
+            "--device",
+        ),
+    ];
+    for (config, weights, input, extra, needle) in rows {
+        let r = c.forward(&config, &weights, &input, &extra);
+        assert_bad_input(&r, needle);
+        // Ours say what to do; clap's usage errors end with its own `For more information`.
+        let err = text(&r.stderr);
+        assert!(
+            err.contains("hint: ") || err.contains("For more information"),
+            "{config} {weights} {input} {extra:?}: no hint in {err}"
+        );
+    }
+}
+
+#[test]
+fn forward_nan_input_runs_and_warns() {
+    let c = Case::new("nan");
+    for (name, v) in [
+        ("nan.safetensors", f32::NAN),
+        ("inf.safetensors", f32::INFINITY),
+    ] {
+        Case::images(&c.dir.join(name), &[2, 3, 32, 32], Some(v));
+        let r = c.forward("config.json", "weights.safetensors", name, &[]);
+        assert!(r.status.success(), "{}", text(&r.stderr));
+        let err = text(&r.stderr);
+        // Image 0 holds the NaN: its 5 logits are not finite, image 1's are.
+        assert!(err.contains("warning: 5 logits are not finite"), "{err}");
+        let (_, logits) = tensor(&c.dir.join("out.safetensors"), "logits");
+        assert!(
+            logits[..5].iter().all(|v| !v.is_finite()) && logits[5..].iter().all(|v| v.is_finite())
+        );
+    }
+}
+
+#[test]
+fn missing_cuda_is_a_clear_error_or_a_cpu_fallback_by_option() {
+    let c = Case::new("cuda");
+    let (w, i) = ("weights.safetensors", "input.safetensors");
+    let r = c.forward("config.json", w, i, &["--device", "cuda"]);
+    if r.status.success() {
+        eprintln!("skipping the no-GPU checks: --device cuda ran (a GPU is present)");
+        return;
+    }
+    assert_bad_input(&r, "CUDA");
+    let err = text(&r.stderr);
+    assert!(
+        err.contains("--device cpu"),
+        "the hint names the fallback: {err}"
+    );
+    // --device auto falls back to the CPU with a note, and the JSON line names the CPU.
+    let r = c.forward("config.json", w, i, &["--device", "auto", "--json"]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert!(
+        text(&r.stderr).contains("note: --device auto: no GPU"),
+        "{}",
+        text(&r.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(text(&r.stdout).trim()).expect("json");
+    assert_eq!(v["device"], "cpu");
+    // ... but not for a storage type only the kernels have.
+    let r = c.forward("config.json", w, i, &["--device", "auto", "--dtype", "f16"]);
+    assert_bad_input(&r, "--device auto found no GPU");
+}
+
+#[test]
+fn classify_bad_input_matrix() {
+    let w = tmp("classify-bad.safetensors")
+        .to_string_lossy()
+        .into_owned();
+    let model = [
+        "--model",
+        "evit_deit_tiny_patch16_224",
+        "--input-size",
+        "32",
+        "--reduction_loc",
+        "1",
+        "3",
+        "--keep_rate",
+        "0.5",
+        "--clc",
+        "--num_clr",
+        "1",
+        "--ifa_head",
+    ];
+    let mut args = vec!["random-weights", "--num_classes", "4", "--output", &w];
+    args.extend_from_slice(&model);
+    let r = clca(&args);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let png = tmp("classify-bad.png");
+    image::RgbImage::from_fn(7, 5, |x, y| image::Rgb([x as u8 * 30, y as u8 * 40, 9]))
+        .save(&png)
+        .expect("png");
+    let png = png.to_string_lossy().into_owned();
+    let junk = tmp("junk.png");
+    std::fs::write(&junk, b"\x89PNG\r\n\x1a\nnope").expect("write");
+    let junk = junk.to_string_lossy().into_owned();
+    let short_labels = tmp("labels.txt");
+    std::fs::write(&short_labels, "a\nb\n").expect("write");
+    let short_labels = short_labels.to_string_lossy().into_owned();
+    let trunc = tmp("classify-trunc.safetensors");
+    let bytes = std::fs::read(&w).expect("read");
+    std::fs::write(&trunc, &bytes[..bytes.len() / 3]).expect("write");
+    let trunc = trunc.to_string_lossy().into_owned();
+    // The model flags with some flags replaced (or added).
+    let withs = |repl: &[(&str, &[&str])]| -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut done = vec![false; repl.len()];
+        let mut i = 0;
+        while i < model.len() {
+            match repl.iter().position(|(f, _)| *f == model[i]) {
+                Some(j) => {
+                    out.push(model[i].into());
+                    out.extend(repl[j].1.iter().map(|s| s.to_string()));
+                    done[j] = true;
+                    i += 1;
+                    while i < model.len() && !model[i].starts_with("--") {
+                        i += 1;
+                    }
+                }
+                None => {
+                    out.push(model[i].into());
+                    i += 1;
+                }
+            }
+        }
+        for (j, (f, vals)) in repl.iter().enumerate() {
+            if !done[j] {
+                out.push(f.to_string());
+                out.extend(vals.iter().map(|s| s.to_string()));
+            }
+        }
+        out
+    };
+    let with = |flag: &str, vals: &[&str]| withs(&[(flag, vals)]);
+    let rows: Vec<(Vec<String>, &str, &str)> = vec![
+        (with("--keep_rate", &["0"]), &png, "invalid `keep_rate` = 0"),
+        (with("--keep_rate", &["-1"]), &png, "keep_rate"),
+        (
+            with("--keep_rate", &["NaN"]),
+            &png,
+            "invalid `keep_rate` = NaN",
+        ),
+        (
+            with("--keep_rate", &["0.5", "0.5", "0.5"]),
+            &png,
+            "one per reduction layer",
+        ),
+        (
+            with("--reduction_loc", &["3", "3"]),
+            &png,
+            "strictly increasing",
+        ),
+        (
+            with("--reduction_loc", &["1", "12"]),
+            &png,
+            "layer >= depth 12",
+        ),
+        (
+            with("--reduction_loc", &["0", "3"]),
+            &png,
+            "first recovery layer must be >= 1",
+        ),
+        (
+            withs(&[
+                ("--model", &["sit_deit_tiny_patch16_224"]),
+                ("--keep_rate", &["0.1"]),
+            ]),
+            &png,
+            "NaN logits",
+        ),
+        (with("--input-size", &["1000000"]), &png, "img_size"),
+        (
+            with("--input-size", &["30"]),
+            &png,
+            "multiple of the patch size 16",
+        ),
+        (
+            with("--model", &["resnet50"]),
+            &png,
+            "vit_/deit_/deit3_ backbone",
+        ),
+        (
+            with("--model", &["sit_deit_tiny_patch16_224"]),
+            &png,
+            "missing tensor `cluster_layers.0",
+        ),
+        (
+            with("--model", &["dpcknn_deit_tiny_patch16_224"]),
+            &png,
+            "5 neighbours from 4 clusterable tokens",
+        ),
+        (
+            with("--ifa_dws_conv_groups", &["5"]),
+            &png,
+            "ifa_head.0.1.weight",
+        ),
+        (with("--num_clr", &["2"]), &png, "--num_clr 1"),
+        (
+            model.iter().map(|s| s.to_string()).collect(),
+            &junk,
+            "cannot decode",
+        ),
+        (
+            model.iter().map(|s| s.to_string()).collect(),
+            "/nonexistent/x.png",
+            "no such file",
+        ),
+        (
+            with("--labels", &[&short_labels]),
+            &png,
+            "2 lines, the model has 4 classes",
+        ),
+        (with("--threads", &["0"]), &png, "--threads 0"),
+    ];
+    for (flags, image, needle) in rows {
+        let mut args = vec!["classify", "--weights", &w, "--image", image];
+        args.extend(flags.iter().map(String::as_str));
+        let r = clca(&args);
+        assert_bad_input(&r, needle);
+    }
+    // Weights: truncated, or of another configuration.
+    let mut args = vec!["classify", "--weights", &trunc, "--image", &png];
+    args.extend_from_slice(&model);
+    assert_bad_input(&clca(&args), "truncated");
+    let mut args = vec!["classify", "--weights", &w, "--image", &png];
+    args.extend_from_slice(&model);
+    // The good case runs (and images of any size are resized, as datasets.py does).
+    let r = clca(&args);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+}
+
+#[test]
+fn run_bench_and_info_bad_input() {
+    let junk = tmp("run-junk.safetensors");
+    std::fs::write(&junk, [0u8; 3]).expect("write");
+    let junk = junk.to_string_lossy().into_owned();
+    assert_bad_input(
+        &clca(&["run", "--weights", &junk]),
+        "shorter than the 8-byte header",
+    );
+    assert_bad_input(&clca(&["run", "--batch", "65"]), "--batch");
+    assert_bad_input(&clca(&["run", "--threads", "0"]), "--threads 0");
+    assert_bad_input(&clca(&["info", &junk]), "run-junk.safetensors");
+    assert_bad_input(&clca(&["info", "/nonexistent.safetensors"]), "nonexistent");
+    let bench = |extra: &[&str]| {
+        let mut a = vec![
+            "bench",
+            "--methods",
+            "evit",
+            "--backbone",
+            "deit_tiny_patch16_224",
+            "--reduction_loc",
+            "1",
+            "3",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+        ];
+        if !extra.contains(&"--input-size") {
+            a.extend(["--input-size", "32"]);
+        }
+        a.extend_from_slice(extra);
+        clca(&a)
+    };
+    assert_bad_input(&bench(&["--batch", "0"]), "batch");
+    assert_bad_input(&bench(&["--keep-rates", "1.5"]), "keep_rate");
+    assert_bad_input(
+        &bench(&["--input-size", "33"]),
+        "multiple of the patch size",
+    );
+    // A batch whose workspace no machine has: an allocation error (exit 1), not an abort.
+    let r = bench(&["--batch", "1099511627776"]);
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot allocate") && !err.contains("panicked"),
+        "{err}"
+    );
 }

@@ -44,7 +44,7 @@ fn resize_matches_pillow_byte_for_byte() {
                 ((x * 255 / w + y * 97 / h) as f64 + 40.0 * rng.normal()).clamp(0.0, 255.0) as u8
             })
             .collect();
-        let ours = resize_bicubic_rgb8(&src, w, h, ow, oh);
+        let ours = resize_bicubic_rgb8(&src, w, h, ow, oh).expect("resize");
         assert_eq!(ours.len(), ow * oh * 3);
         let Some(theirs) = pillow_resize(&src, w, h, ow, oh) else {
             eprintln!("skipping the Pillow comparison: python3 with Pillow not available (bash scripts/toolchain.sh installs it)");

@@ -64,6 +64,8 @@ pub enum ClcaStatus {
     Io = 10,
     /// A panic inside the library, caught at the boundary (a bug: please report it).
     Panic = 11,
+    /// The allocator refused a buffer (a size larger than this machine can give).
+    Alloc = 12,
 }
 
 /// Where a model runs.
@@ -296,6 +298,7 @@ pub fn status_of(e: &Error) -> ClcaStatus {
             ClcaStatus::Kernel
         }
         Error::Io(_) => ClcaStatus::Io,
+        Error::Alloc { .. } => ClcaStatus::Alloc,
     }
 }
 
@@ -450,6 +453,7 @@ pub extern "C" fn clca_status_name(status: c_int) -> *const c_char {
         9 => c"CLCA_STATUS_KERNEL",
         10 => c"CLCA_STATUS_IO",
         11 => c"CLCA_STATUS_PANIC",
+        12 => c"CLCA_STATUS_ALLOC",
         _ => c"CLCA_STATUS_UNKNOWN",
     };
     s.as_ptr()

@@ -346,15 +346,16 @@ impl VitConfig {
         }
     }
 
-    /// Patches per image.
+    /// Patches per image (0 for a patch size of 0; saturating, so an unvalidated configuration
+    /// cannot overflow here: [`VitConfig::validate`] bounds it).
     pub fn num_patches(&self) -> usize {
-        let g = self.img_size / self.patch_size;
-        g * g
+        let g = self.img_size.checked_div(self.patch_size).unwrap_or(0);
+        g.saturating_mul(g)
     }
 
-    /// Head dimension.
+    /// Head dimension (0 when `num_heads` is 0, which [`VitConfig::validate`] refuses).
     pub fn head_dim(&self) -> usize {
-        self.embed_dim / self.num_heads
+        self.embed_dim.checked_div(self.num_heads).unwrap_or(0)
     }
 
     /// The layers that drive recovery and the CLS taps: `reduction_loc`, except for the plain
@@ -396,8 +397,12 @@ impl VitConfig {
             .collect())
     }
 
-    /// Checks what can be checked without weights.
+    /// Checks what can be checked without weights: every size is positive and within
+    /// [`LIMITS`], so that every size derived from it (weights, plan, workspaces) is a product
+    /// that fits in 64 bits, and `ln_eps` is a positive finite number (0 or NaN would turn
+    /// a constant row into NaN).
     pub fn validate(&self) -> Result<()> {
+        let l = &LIMITS;
         if self.patch_size == 0 || self.img_size == 0 || self.img_size % self.patch_size != 0 {
             return Err(bad(
                 "img_size",
@@ -406,6 +411,13 @@ impl VitConfig {
                     "must be a positive multiple of the patch size {}",
                     self.patch_size
                 ),
+            ));
+        }
+        if self.img_size > l.img_size {
+            return Err(bad(
+                "img_size",
+                self.img_size,
+                format!("larger than the limit {}", l.img_size),
             ));
         }
         if self.embed_dim == 0 || self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
@@ -421,6 +433,86 @@ impl VitConfig {
         if self.num_classes == 0 {
             return Err(bad("num_classes", 0, "must be positive"));
         }
+        if self.mlp_hidden == 0 {
+            return Err(bad("mlp_hidden", 0, "must be positive"));
+        }
+        if self.in_chans == 0 {
+            return Err(bad("in_chans", 0, "must be positive"));
+        }
+        for (arg, v, max) in [
+            ("depth", self.depth, l.depth),
+            ("embed_dim", self.embed_dim, l.width),
+            ("mlp_hidden", self.mlp_hidden, l.width),
+            ("num_classes", self.num_classes, l.classes),
+            ("in_chans", self.in_chans, l.in_chans),
+            ("num_clr", self.num_clr, l.tokens),
+        ] {
+            if v > max {
+                return Err(bad(arg, v, format!("larger than the limit {max}")));
+            }
+        }
+        if let HeadKind::Cla { groups } = self.head {
+            if groups > l.groups {
+                return Err(bad(
+                    "ifa_dws_conv_groups",
+                    groups,
+                    format!("larger than the limit {}", l.groups),
+                ));
+            }
+        }
+        let tokens = 1 + self.num_patches() + self.num_clr;
+        if tokens > l.tokens {
+            return Err(bad(
+                "img_size",
+                self.img_size,
+                format!(
+                    "{tokens} tokens (1 + {} patches + {} clr) exceed the limit {}",
+                    self.num_patches(),
+                    self.num_clr,
+                    l.tokens
+                ),
+            ));
+        }
+        if !(self.ln_eps.is_finite() && self.ln_eps > 0.0) {
+            return Err(bad(
+                "layer_norm_eps",
+                self.ln_eps,
+                "must be a positive finite number",
+            ));
+        }
         Ok(())
     }
 }
+
+/// Upper bounds on a [`VitConfig`], far above every backbone of the paper (ViT-L/16 at 448 px:
+/// depth 24, MLP width 4096, 785 tokens), so that no configuration from a file or a flag can
+/// ask for an unbounded loop, and every derived size (buffer lengths, MACs) fits in 64 bits.
+/// Buffers are still sized from them: one that the allocator refuses is [`crate::Error::Alloc`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Blocks.
+    pub depth: usize,
+    /// `embed_dim` and `mlp_hidden`.
+    pub width: usize,
+    /// `num_classes`.
+    pub classes: usize,
+    /// Tokens of the input sequence: 1 + patches + clr tokens (and so `num_clr`).
+    pub tokens: usize,
+    /// Input side in pixels.
+    pub img_size: usize,
+    /// Image channels.
+    pub in_chans: usize,
+    /// The CLA conv's depth multiplier (`ifa_dws_conv_groups`).
+    pub groups: usize,
+}
+
+/// The limits [`VitConfig::validate`] enforces.
+pub const LIMITS: Limits = Limits {
+    depth: crate::plan::MAX_DEPTH,
+    width: 1 << 16,
+    classes: 1 << 20,
+    tokens: crate::plan::MAX_TOKENS,
+    img_size: 1 << 16,
+    in_chans: 64,
+    groups: 1024,
+};

@@ -36,6 +36,8 @@ pub struct CpuWorkspace {
     pub(super) delta2: Vec<f32>,
     /// ATS without batch padding runs each image alone in this batch-1 workspace.
     pub(super) single: Option<Box<CpuWorkspace>>,
+    /// The configuration and plan the buffers were sized for; [`forward`] refuses another.
+    model: (super::VitConfig, crate::plan::SeqPlan),
 }
 
 struct AttnScratch {
@@ -57,42 +59,53 @@ impl CpuWorkspace {
         self.batch
     }
 
-    /// Sizes every buffer from the plan.
+    /// Sizes every buffer from the plan. Sizes are checked products and every buffer is
+    /// allocated fallibly: a request the allocator refuses is [`Error::Alloc`], not an abort.
     pub fn new(m: &Vit, batch: usize) -> Result<Self> {
+        if batch == 0 {
+            return Err(crate::error::invalid("batch", 0, "must be positive"));
+        }
         let c = &m.cfg;
         let l = m.plan.max_len;
         let d = c.embed_dim;
-        let mul = |what, dims: &[usize]| crate::error::mul(what, dims);
         let hd = c.head_dim();
-        let nslots = (batch * c.num_heads).clamp(1, rayon::current_num_threads().max(1));
+        let mul = crate::error::mul;
+        let zeros = |what, dims: &[usize]| -> Result<Vec<f32>> {
+            crate::error::try_zeroed(what, mul(what, dims)?)
+        };
+        let ones = |what, dims: &[usize]| -> Result<Vec<f32>> {
+            crate::error::try_filled(what, mul(what, dims)?, 1.0)
+        };
+        let nslots = batch
+            .saturating_mul(c.num_heads)
+            .clamp(1, rayon::current_num_threads().max(1));
+        let kpatch = mul("patches", &[c.in_chans, c.patch_size, c.patch_size])?;
+        let slots = (0..nslots)
+            .map(|_| {
+                Ok(AttnScratch {
+                    q: zeros("attention scratch", &[l, hd])?,
+                    a: zeros("attention scratch", &[l, l])?,
+                })
+            })
+            .collect::<Result<_>>()?;
         Ok(CpuWorkspace {
             batch,
-            x: vec![0.0; mul("x", &[batch, l, d])?],
-            x2: vec![0.0; mul("x", &[batch, l, d])?],
-            h: vec![0.0; mul("x", &[batch, l, d])?],
-            qkv: vec![0.0; mul("qkv", &[batch, l, 3 * d])?],
-            attn: vec![0.0; mul("attn", &[batch, l, d])?],
-            mlp: vec![0.0; mul("mlp", &[batch, l, c.mlp_hidden])?],
-            patches: vec![
-                0.0;
-                mul(
-                    "patches",
-                    &[
-                        batch,
-                        c.num_patches(),
-                        c.in_chans * c.patch_size * c.patch_size
-                    ]
-                )?
-            ],
-            cls_probs: vec![0.0; mul("probs", &[batch, c.num_heads, l])?],
-            scores: vec![0.0; mul("scores", &[batch, l])?],
-            cache: vec![0.0; mul("cache", &[batch, m.plan.cache_cap.max(1), d])?],
-            taps: vec![0.0; mul("taps", &[batch, d, m.plan.taps.max(1)])?],
-            sizes: vec![1.0; mul("sizes", &[batch, l])?],
-            sizes2: vec![1.0; mul("sizes", &[batch, l])?],
-            metric: vec![0.0; mul("metric", &[batch, l, hd])?],
-            delta: vec![1.0; mul("delta", &[batch, l])?],
-            delta2: vec![1.0; mul("delta", &[batch, l])?],
+            x: zeros("x", &[batch, l, d])?,
+            x2: zeros("x", &[batch, l, d])?,
+            h: zeros("x", &[batch, l, d])?,
+            qkv: zeros("qkv", &[batch, l, 3, d])?,
+            attn: zeros("attn", &[batch, l, d])?,
+            mlp: zeros("mlp", &[batch, l, c.mlp_hidden])?,
+            patches: zeros("patches", &[batch, c.num_patches(), kpatch])?,
+            cls_probs: zeros("probs", &[batch, c.num_heads, l])?,
+            scores: zeros("scores", &[batch, l])?,
+            cache: zeros("cache", &[batch, m.plan.cache_cap.max(1), d])?,
+            taps: zeros("taps", &[batch, d, m.plan.taps.max(1)])?,
+            sizes: ones("sizes", &[batch, l])?,
+            sizes2: ones("sizes", &[batch, l])?,
+            metric: zeros("metric", &[batch, l, hd])?,
+            delta: ones("delta", &[batch, l])?,
+            delta2: ones("delta", &[batch, l])?,
             single: if m.cfg.reduction == Reduction::Ats
                 && !m.cfg.method.ats_batch_padding
                 && batch > 1
@@ -101,16 +114,24 @@ impl CpuWorkspace {
             } else {
                 None
             },
-            node_max: vec![0.0; l.div_ceil(2)],
-            node_idx: vec![0; l.div_ceil(2)],
-            slots: (0..nslots)
-                .map(|_| AttnScratch {
-                    q: vec![0.0; l * hd],
-                    a: vec![0.0; l * l],
-                })
-                .collect(),
+            node_max: zeros("ToMe matching", &[l.div_ceil(2)])?,
+            node_idx: crate::error::try_zeroed("ToMe matching", l.div_ceil(2))?,
+            slots,
+            model: (m.cfg.clone(), m.plan.clone()),
         })
     }
+}
+
+/// "EViT, 64 px, depth 6, width 96" for messages.
+fn model_summary(m: &Vit) -> String {
+    let c = &m.cfg;
+    format!(
+        "{}, {} px, depth {}, width {}",
+        c.reduction.name(),
+        c.img_size,
+        c.depth,
+        c.embed_dim
+    )
 }
 
 /// Runs the forward on `images` [batch, 3, H, W] (normalized), returning logits [batch, K] and,
@@ -125,6 +146,13 @@ pub fn forward(
     let w = &m.weights;
     let b = ws.batch;
     let (d, img, ps, ch) = (c.embed_dim, c.img_size, c.patch_size, c.in_chans);
+    if ws.model.0 != m.cfg || ws.model.1 != m.plan {
+        return Err(Error::Shape {
+            arg: "workspace",
+            expected: format!("a workspace made for this model ({})", model_summary(m)),
+            got: "a workspace made for another configuration".into(),
+        });
+    }
     crate::error::check_len(
         "images",
         images.len(),
@@ -251,7 +279,7 @@ pub fn forward(
             &mut ws.qkv,
             3 * d,
         );
-        attention(m, ws, n, have_sizes, masked);
+        attention(m, ws, n, have_sizes, masked)?;
         if let Some(k) = bp.sample {
             n = super::methods::ats_sample(m, ws, i, n, k, trace.as_deref_mut())?;
             masked = ws.delta[..b * n].contains(&0.0);
@@ -532,10 +560,32 @@ fn residual(x: &mut [f32], y: &[f32], ls: Option<&[f32]>, d: usize) {
 /// With `masked` (ATS's batch padding), ws.delta holds the token mask [b, n]: a pair whose
 /// query or key is masked gets the logit −f32::MAX before the softmax, as the authors'
 /// `masked_fill(~mask, -finfo.max)`.
-fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool) {
+fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool) -> Result<()> {
     let c = &m.cfg;
     let (b, hh, d) = (ws.batch, c.num_heads, c.embed_dim);
-    let hd = d / hh;
+    let hd = c.head_dim();
+    // The bounds the raw-pointer GEMMs below rely on (the workspace is this model's, checked
+    // in `forward`; these keep the unsafe blocks sound whatever the caller did to `m`).
+    let mul = crate::error::mul;
+    let fits = |len: usize, dims: &[usize]| mul("attention", dims).is_ok_and(|need| len >= need);
+    if hh == 0
+        || hd * hh != d
+        || !fits(ws.qkv.len(), &[b, n, 3, d])
+        || !fits(ws.attn.len(), &[b, n, d])
+        || !fits(ws.cls_probs.len(), &[b, hh, n])
+        || (sizes && !fits(ws.sizes.len(), &[b, n]))
+        || (masked && !fits(ws.delta.len(), &[b, n]))
+        || ws
+            .slots
+            .iter()
+            .any(|s| !fits(s.q.len(), &[n, hd]) || !fits(s.a.len(), &[n, n]))
+    {
+        return Err(Error::Shape {
+            arg: "workspace",
+            expected: format!("attention buffers for {b}×{n} tokens of width {d}"),
+            got: "smaller buffers".into(),
+        });
+    }
     let scale = (hd as f64).powf(-0.5) as f32;
     let pairs = b * hh;
     let nslots = ws.slots.len();
@@ -560,7 +610,7 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
                 }
                 let a = &mut scratch.a[..n * n];
                 // SAFETY: q is n×hd (row stride hd); kᵀ reads k rows of qkv (column stride 3D);
-                // a is n×n. All inside their buffers (n ≤ max_len).
+                // a is n×n. All inside their buffers (checked at the top).
                 unsafe {
                     gemm::gemm(
                         n,
@@ -633,6 +683,7 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
                 }
             }
         });
+    Ok(())
 }
 
 impl Vit {

@@ -103,6 +103,9 @@ pub struct DeviceWorkspace<D: Device, T: Element> {
     ats: Option<methods::AtsBufs<D>>,
     single: Option<Box<DeviceWorkspace<D, T>>>,
     img1: Option<D::Buf<f32>>,
+    /// The configuration and plan the buffers were sized for; [`DeviceVit::forward`] refuses
+    /// another (the kernels index the buffers by the plan's lengths).
+    model: (super::VitConfig, crate::plan::SeqPlan),
 }
 
 /// ToMe's matching and merge plan at the longest sequence (contract in [`crate::ops::tome`]);
@@ -292,11 +295,14 @@ impl<D: Device, T: Element> DeviceWorkspace<D, T> {
 
     /// Every buffer of a forward of `model` at `batch`, sized from the plan.
     fn new(dev: &D, model: &Vit, batch: usize) -> Result<Self> {
+        if batch == 0 {
+            return Err(crate::error::invalid("batch", 0, "must be positive"));
+        }
         let c = &model.cfg;
         let l = model.plan.max_len;
         let d = c.embed_dim;
         let p = c.num_patches();
-        let kp = c.in_chans * c.patch_size * c.patch_size;
+        let kp = mul("patches", &[c.in_chans, c.patch_size, c.patch_size])?;
         let hidden = match &model.weights.head {
             HeadWeights::Cla(h) => h.hidden(),
             HeadWeights::Linear { .. } => 1,
@@ -325,7 +331,7 @@ impl<D: Device, T: Element> DeviceWorkspace<D, T> {
             x: dev.zeros(mul("x", &[batch, l, d])?)?,
             x2: dev.zeros(mul("x", &[batch, l, d])?)?,
             h: dev.zeros(mul("h", &[batch, l, d])?)?,
-            qkv: dev.zeros(mul("qkv", &[batch, l, 3 * d])?)?,
+            qkv: dev.zeros(mul("qkv", &[batch, l, 3, d])?)?,
             attn: dev.zeros(mul("attn", &[batch, l, d])?)?,
             mlp: dev.zeros(mul("mlp", &[batch, l, c.mlp_hidden])?)?,
             patches: dev.zeros(mul("patches", &[batch, p, kp])?)?,
@@ -357,7 +363,11 @@ impl<D: Device, T: Element> DeviceWorkspace<D, T> {
             pre: methods::pre_buffers(dev, model, batch)?,
             delta: dev.zeros(dy_len(&[batch, l])?)?,
             delta2: dev.zeros(dy_len(&[batch, l])?)?,
-            ones: dev.upload(&vec![1f32; dy_len(&[batch, l])?])?,
+            ones: dev.upload(&crate::error::try_filled(
+                "ones",
+                dy_len(&[batch, l])?,
+                1f32,
+            )?)?,
             zeros: dev.zeros(dy_len(&[batch, model.plan.cache_cap.max(1)])?)?,
             ats: methods::ats_buffers(dev, model)?,
             single: if c.reduction == Reduction::Ats && batch > 1 {
@@ -370,6 +380,7 @@ impl<D: Device, T: Element> DeviceWorkspace<D, T> {
             } else {
                 None
             },
+            model: (c.clone(), model.plan.clone()),
         })
     }
 }
@@ -545,6 +556,18 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         let c = &m.cfg;
         let b = ws.batch;
         let (d, s, ps, ch) = (c.embed_dim, c.img_size, c.patch_size, c.in_chans);
+        if ws.model.0 != *c || ws.model.1 != m.plan {
+            return Err(Error::Shape {
+                arg: "workspace",
+                expected: format!(
+                    "a workspace made by this model's `workspace` ({}, {} px, depth {})",
+                    c.reduction.name(),
+                    c.img_size,
+                    c.depth
+                ),
+                got: "a workspace made for another configuration".into(),
+            });
+        }
         crate::error::check_len("images", images.len(), mul("images", &[b, ch, s, s])?)?;
         if b == 0 {
             return Ok(());

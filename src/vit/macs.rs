@@ -28,29 +28,34 @@ pub struct MacReport {
 impl MacReport {
     /// Patch + blocks + head.
     pub fn total(&self) -> u64 {
-        self.patch + self.blocks.iter().sum::<u64>() + self.head
+        self.backbone().saturating_add(self.head)
     }
     /// Patch + blocks (the SPEC §6 closed form).
     pub fn backbone(&self) -> u64 {
-        self.patch + self.blocks.iter().sum::<u64>()
+        self.blocks
+            .iter()
+            .fold(self.patch, |a, &b| a.saturating_add(b))
     }
 }
 
-/// The MACs of `cfg` run along `plan`.
+/// The MACs of `cfg` run along `plan`. Counted in 128 bits and saturated to `u64::MAX`, which
+/// no configuration within [`super::config::LIMITS`] reaches.
 pub fn macs(cfg: &VitConfig, plan: &SeqPlan) -> MacReport {
-    let d = cfg.embed_dim as u64;
-    let hm = cfg.mlp_hidden as u64;
-    let p = cfg.num_patches() as u64;
-    let patch = p * d * (cfg.in_chans * cfg.patch_size * cfg.patch_size) as u64;
+    let sat = |x: u128| u64::try_from(x).unwrap_or(u64::MAX);
+    let d = cfg.embed_dim as u128;
+    let hm = cfg.mlp_hidden as u128;
+    let p = cfg.num_patches() as u128;
+    let ps = cfg.patch_size as u128;
+    let patch = sat(p * d * cfg.in_chans as u128 * ps * ps);
     let ats = cfg.reduction == Reduction::Ats;
     let blocks = plan
         .blocks
         .iter()
         .map(|b| {
-            let (n, nm) = (b.len_in as u64, b.len_out as u64);
+            let (n, nm) = (b.len_in as u128, b.len_out as u128);
             let module = b.pre.as_ref().map_or(0, |q| {
-                let nt = (q.len_before - 1 - q.suffix) as u64;
-                let k = q.out as u64;
+                let nt = q.len_before.saturating_sub(1 + q.suffix) as u128;
+                let k = q.out as u128;
                 match cfg.reduction {
                     Reduction::Sit => nt * d * (d / 2) + nt * (d / 2) * k + k * nt * d,
                     Reduction::PatchMerger => 2 * k * nt * d,
@@ -61,19 +66,19 @@ pub fn macs(cfg: &VitConfig, plan: &SeqPlan) -> MacReport {
                     _ => 0,
                 }
             });
-            if ats {
+            sat(if ats {
                 n * 3 * d * d + nm * d * d + nm * 2 * d * hm
             } else {
                 module + n * 3 * d * d + 2 * n * n * d + n * d * d + nm * 2 * d * hm
-            }
+            })
         })
         .collect();
-    let k = cfg.num_classes as u64;
-    let head = match cfg.head {
+    let k = cfg.num_classes as u128;
+    let head = sat(match cfg.head {
         HeadKind::Linear => d * k,
-        HeadKind::Cla { groups: 0 } => d * plan.taps as u64 + d * k,
-        HeadKind::Cla { groups: g } => g as u64 * d * (plan.taps as u64 + k),
-    };
+        HeadKind::Cla { groups: 0 } => d * plan.taps as u128 + d * k,
+        HeadKind::Cla { groups: g } => g as u128 * d * (plan.taps as u128 + k),
+    });
     MacReport {
         patch,
         blocks,

@@ -16,6 +16,9 @@ pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
+/// The largest output side [`resize_bicubic_rgb8`] makes.
+pub const MAX_RESIZE: usize = 1 << 20;
+
 fn bicubic(x: f64) -> f64 {
     const A: f64 = -0.5;
     let x = x.abs();
@@ -79,8 +82,36 @@ fn clip8(v: i64) -> u8 {
 }
 
 /// Resizes an RGB8 image (w×h, interleaved) to (ow, oh) exactly as Pillow's
-/// `Image.resize((ow, oh), Image.BICUBIC)`.
-pub fn resize_bicubic_rgb8(src: &[u8], w: usize, h: usize, ow: usize, oh: usize) -> Vec<u8> {
+/// `Image.resize((ow, oh), Image.BICUBIC)`. Every size must be positive, the output sides at
+/// most [`MAX_RESIZE`], and `src` hold w·h·3 bytes (an [`Error::InvalidArgument`] otherwise).
+pub fn resize_bicubic_rgb8(
+    src: &[u8],
+    w: usize,
+    h: usize,
+    ow: usize,
+    oh: usize,
+) -> Result<Vec<u8>> {
+    let len = |a: usize, b: usize| a.checked_mul(b).and_then(|n| n.checked_mul(3));
+    if w == 0 || h == 0 || ow == 0 || oh == 0 || len(w, h) != Some(src.len()) {
+        return Err(Error::InvalidArgument {
+            arg: "image",
+            value: format!("{w}x{h} -> {ow}x{oh}"),
+            why: format!(
+                "sizes must be positive and the buffer hold w·h·3 bytes (got {})",
+                src.len()
+            ),
+        });
+    }
+    if ow.max(oh) > MAX_RESIZE {
+        return Err(Error::InvalidArgument {
+            arg: "image",
+            value: format!("{ow}x{oh}"),
+            why: format!("an output side above {MAX_RESIZE} pixels"),
+        });
+    }
+    let out_len = len(ow, oh).ok_or(Error::Overflow {
+        what: "resized image",
+    })?;
     let (kh, bh, kkh) = coeffs(w, ow);
     let (kv, bv, kkv) = coeffs(h, oh);
     let need_h = ow != w;
@@ -111,9 +142,9 @@ pub fn resize_bicubic_rgb8(src: &[u8], w: usize, h: usize, ow: usize, oh: usize)
         (src.to_vec(), w, 0)
     };
     if !need_v {
-        return if need_h { tmp } else { src.to_vec() };
+        return Ok(if need_h { tmp } else { src.to_vec() });
     }
-    let mut out = vec![0u8; ow * oh * 3];
+    let mut out = crate::error::try_zeroed("resized image", out_len)?;
     for yy in 0..oh {
         let (ymin, cnt) = bv[yy];
         let ymin = ymin - row0;
@@ -128,27 +159,30 @@ pub fn resize_bicubic_rgb8(src: &[u8], w: usize, h: usize, ow: usize, oh: usize)
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Resize to int(size/0.875) square, center crop `size`, ToTensor, normalize: [3, size, size].
 pub fn preprocess_rgb8(src: &[u8], w: usize, h: usize, size: usize) -> Result<Vec<f32>> {
-    if w == 0 || h == 0 || src.len() != w * h * 3 {
+    if w == 0 || h == 0 || w.checked_mul(h).and_then(|n| n.checked_mul(3)) != Some(src.len()) {
         return Err(Error::InvalidArgument {
             arg: "image",
             value: format!("{w}x{h}"),
             why: "empty image or wrong buffer size".into(),
         });
     }
-    if size == 0 {
+    if size == 0 || size > crate::vit::config::LIMITS.img_size {
         return Err(Error::InvalidArgument {
             arg: "input_size",
-            value: "0".into(),
-            why: "must be positive".into(),
+            value: size.to_string(),
+            why: format!(
+                "must be positive and at most {}",
+                crate::vit::config::LIMITS.img_size
+            ),
         });
     }
     let s = (size as f64 / 0.875) as usize;
-    let r = resize_bicubic_rgb8(src, w, h, s, s);
+    let r = resize_bicubic_rgb8(src, w, h, s, s)?;
     // torchvision CenterCrop: top = int(round((h - th) / 2)).
     let off = ((s - size) as f64 / 2.0).round() as usize;
     let mut out = vec![0f32; 3 * size * size];

@@ -258,6 +258,8 @@ pub fn random_weights(cfg: &VitConfig, taps: usize, seed: u64) -> TensorMap {
 
 /// `batch` images [batch, 3, size, size] of N(0,1) values (like the golden inputs: already
 /// "normalized", no pixels behind them).
+/// A demo and test helper: like [`random_weights`], it allocates what it is asked for without
+/// a fallible path (the loaders, workspaces and forwards are the fallible API).
 pub fn random_images(batch: usize, chans: usize, size: usize, seed: u64) -> Vec<f32> {
     let per = chans * size * size;
     let mut v = vec![0f32; batch * per];

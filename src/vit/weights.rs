@@ -15,22 +15,73 @@ pub struct TensorMap {
 }
 
 impl TensorMap {
-    /// Reads a safetensors file.
+    /// Reads a safetensors file. The header's length is checked against the file's size before
+    /// the file is read, and every tensor's byte range against the file (by `safetensors`)
+    /// before any tensor is converted: a header cannot make this allocate more than the file's
+    /// size (plus the f32 copies of its float tensors).
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes =
-            std::fs::read(path).map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
+        let ctx = |m: String| Error::Weights(format!("{}: {m}", path.display()));
+        let mut f = std::fs::File::open(path).map_err(|e| ctx(e.to_string()))?;
+        let size = f.metadata().map_err(|e| ctx(e.to_string()))?.len();
+        let mut head = [0u8; 8];
+        let got = read_up_to(&mut f, &mut head).map_err(|e| ctx(e.to_string()))?;
+        check_header_len(&head[..got], size).map_err(ctx)?;
+        let len = usize::try_from(size)
+            .map_err(|_| ctx(format!("{size} bytes do not fit in this machine's memory")))?;
+        let mut bytes = Vec::new();
+        bytes.try_reserve_exact(len).map_err(|_| Error::Alloc {
+            what: "the weights file",
+            bytes: size,
+        })?;
+        bytes.extend_from_slice(&head);
+        std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, size - 8), &mut bytes)
+            .map_err(|e| ctx(e.to_string()))?;
+        if bytes.len() != len {
+            return Err(ctx(format!(
+                "read {} of {size} bytes (the file changed while reading?)",
+                bytes.len()
+            )));
+        }
         Self::from_bytes(&bytes).map_err(|e| match e {
-            Error::Weights(m) => Error::Weights(format!("{}: {m}", path.display())),
+            Error::Weights(m) => ctx(m),
             other => other,
         })
     }
 
     /// Parses safetensors bytes. Integer tensors are kept only as their shape (they are the
-    /// BatchNorm counters, which inference ignores).
+    /// BatchNorm counters, which inference ignores). Every malformed file is an
+    /// [`Error::Weights`] that says what is wrong (never a panic).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        use safetensors::{Dtype, SafeTensors};
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| Error::Weights(format!("not a valid safetensors file: {e}")))?;
+        use safetensors::{Dtype, SafeTensorError as E, SafeTensors};
+        let size = bytes.len() as u64;
+        check_header_len(&bytes[..bytes.len().min(8)], size).map_err(Error::Weights)?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| {
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
+            let why = match e {
+                E::InvalidHeader => "the header is not UTF-8".to_string(),
+                E::InvalidHeaderStart | E::InvalidHeaderDeserialization => {
+                    let header = bytes.get(8..8 + n as usize).unwrap_or_default();
+                    match serde_json::from_slice::<serde_json::Value>(header) {
+                        Err(j) => format!("the header is not JSON: {j}"),
+                        Ok(_) => "the header is JSON but not a safetensors table (each entry needs dtype, shape and data_offsets)".to_string(),
+                    }
+                }
+                E::InvalidOffset(t) => format!(
+                    "tensor `{t}` has data offsets that do not follow the previous tensor's"
+                ),
+                E::TensorInvalidInfo => {
+                    "a tensor's byte range does not hold shape × dtype size bytes".to_string()
+                }
+                E::ValidationOverflow => {
+                    "a tensor's shape has more elements than fit in memory".to_string()
+                }
+                E::MetadataIncompleteBuffer => format!(
+                    "the tensors' byte ranges do not end at the end of the file ({size} bytes): truncated or extra bytes"
+                ),
+                other => other.to_string(),
+            };
+            Error::Weights(format!("not a valid safetensors file: {why}"))
+        })?;
         let mut tensors = BTreeMap::new();
         for (name, t) in st.tensors() {
             let d = t.data();
@@ -106,6 +157,45 @@ impl TensorMap {
             Ok(None)
         }
     }
+}
+
+/// Reads into `buf` until it is full or the reader ends; returns the bytes read.
+fn read_up_to(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// The largest header `safetensors` reads (its MAX_HEADER_SIZE).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// Checks the 8-byte header length of a safetensors file of `size` bytes whose first bytes are
+/// `head`, before anything else is read.
+fn check_header_len(head: &[u8], size: u64) -> std::result::Result<(), String> {
+    let Ok(head) = <[u8; 8]>::try_from(head) else {
+        return Err(format!(
+            "not a valid safetensors file: {size} bytes, shorter than the 8-byte header length (empty or truncated)"
+        ));
+    };
+    let n = u64::from_le_bytes(head);
+    if n > MAX_HEADER {
+        return Err(format!(
+            "not a valid safetensors file: the header claims {n} bytes (the limit is {MAX_HEADER})"
+        ));
+    }
+    if n + 8 > size {
+        return Err(format!(
+            "not a valid safetensors file: the header claims {n} bytes but the file has {size} (truncated?)"
+        ));
+    }
+    Ok(())
 }
 
 /// One block's parameters.
@@ -293,6 +383,7 @@ impl VitWeights {
     /// Takes every expected tensor out of `map`; anything left over is an error unless it is
     /// one of the tensors the spec lists as dead.
     pub fn from_map(cfg: &VitConfig, taps: usize, mut map: TensorMap) -> Result<Self> {
+        cfg.validate()?;
         let d = cfg.embed_dim;
         let (p, c) = (cfg.num_patches(), cfg.num_clr);
         let hm = cfg.mlp_hidden;

@@ -16,6 +16,9 @@ pub enum DeviceArg {
     Cuda,
     /// The CUDA kernels compiled for the CPU under the host shim (slow, exact; for checking).
     Shim,
+    /// The GPU when this build has CUDA and a driver and GPU open; otherwise the CPU reference
+    /// (f32), with a note on stderr saying why.
+    Auto,
 }
 
 impl DeviceArg {
@@ -24,6 +27,7 @@ impl DeviceArg {
             DeviceArg::Cpu => "cpu",
             DeviceArg::Cuda => "cuda",
             DeviceArg::Shim => "shim",
+            DeviceArg::Auto => "auto",
         }
     }
 }
@@ -180,6 +184,24 @@ pub fn no_cuda_build() -> CliError {
     )
 }
 
+/// The CPU engine (f32 only) for `model` at `batch`, handed to `f`.
+fn with_cpu<R>(
+    dtype: DtypeArg,
+    model: &Vit,
+    batch: usize,
+    f: impl FnOnce(&mut dyn Engine) -> CliResult<R>,
+) -> CliResult<R> {
+    if dtype != DtypeArg::F32 {
+        return Err(CliError::input(format!(
+            "the CPU forward runs in f32 only (got --dtype {})",
+            dtype.as_str()
+        ))
+        .hint("drop --dtype, or use --device cuda (or --device shim) for f16/bf16"));
+    }
+    let mut e = CpuEngine::new(model, batch).ctx("allocating the CPU workspace")?;
+    f(&mut e)
+}
+
 /// Builds the engine `device`/`dtype` for `model` at `batch` and hands it to `f`.
 pub fn with_engine<R>(
     device: DeviceArg,
@@ -189,17 +211,7 @@ pub fn with_engine<R>(
     f: impl FnOnce(&mut dyn Engine) -> CliResult<R>,
 ) -> CliResult<R> {
     match device {
-        DeviceArg::Cpu => {
-            if dtype != DtypeArg::F32 {
-                return Err(CliError::input(format!(
-                    "the CPU forward runs in f32 only (got --dtype {})",
-                    dtype.as_str()
-                ))
-                .hint("drop --dtype, or use --device cuda (or --device shim) for f16/bf16"));
-            }
-            let mut e = CpuEngine::new(model, batch).ctx("allocating the CPU workspace")?;
-            f(&mut e)
-        }
+        DeviceArg::Cpu => with_cpu(dtype, model, batch, f),
         DeviceArg::Shim => {
             let mut e = device_engine(&HostShim, "host shim", model, batch, dtype)
                 .ctx("preparing the host-shim forward")?;
@@ -219,6 +231,29 @@ pub fn with_engine<R>(
                 let _ = f;
                 Err(no_cuda_build())
             }
+        }
+        DeviceArg::Auto => {
+            #[cfg(feature = "cuda")]
+            let why = match clca::cuda::try_default() {
+                Ok(dev) => {
+                    let label = format!("CUDA on {}", dev.name());
+                    let mut e = device_engine(&dev, &label, model, batch, dtype)
+                        .ctx("uploading the model to the GPU")?;
+                    return f(e.as_mut());
+                }
+                Err(why) => why,
+            };
+            #[cfg(not(feature = "cuda"))]
+            let why = "this build has no CUDA backend".to_string();
+            if dtype != DtypeArg::F32 {
+                return Err(CliError::input(format!(
+                    "--device auto found no GPU ({why}), and the CPU forward runs in f32 only (got --dtype {})",
+                    dtype.as_str()
+                ))
+                .hint("drop --dtype to fall back to the CPU, or use --device shim for f16/bf16 on the CPU"));
+            }
+            eprintln!("note: --device auto: no GPU ({why}); running on the CPU");
+            with_cpu(dtype, model, batch, f)
         }
     }
 }
@@ -275,12 +310,21 @@ pub fn logits_trace(logits: Vec<f32>, batch: usize, classes: usize) -> Trace {
     }
 }
 
+/// The most `--threads` accepted (each is an OS thread with its own stack).
+pub const MAX_THREADS: usize = 1024;
+
 /// Sets the rayon global pool to `n` threads (when given); returns the pool's thread count.
 pub fn init_threads(n: Option<usize>) -> CliResult<usize> {
     if let Some(n) = n {
         if n == 0 {
             return Err(CliError::input("--threads 0: need at least one thread")
                 .hint("leave --threads out to use every core"));
+        }
+        if n > MAX_THREADS {
+            return Err(
+                CliError::input(format!("--threads {n}: at most {MAX_THREADS}"))
+                    .hint("leave --threads out to use every core"),
+            );
         }
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)

@@ -123,8 +123,10 @@ pub fn main(a: &BenchArgs) -> CliResult<()> {
                 ""
             };
             for &batch in &a.batch {
-                let images = random_images(batch, 3, a.input_size, a.seed + 1);
                 let (tm, backend) = with_engine(a.device, a.dtype, &model, batch, |e| {
+                    // Drawn once the workspace (larger than the images) is allocated, so an
+                    // impossible --batch is an error, not an abort.
+                    let images = random_images(batch, 3, a.input_size, a.seed + 1);
                     e.stage(&images).ctx("staging the images")?;
                     let tm = time_runs(e, a.warmup, a.runs)?;
                     Ok((tm, e.describe()))

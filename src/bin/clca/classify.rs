@@ -97,6 +97,7 @@ pub fn model_from_flags(weights: &std::path::Path, f: &crate::ModelFlags) -> Cli
     }
     let mut cfg = VitConfig::from_model_name(&f.model, &flags).ctx("building the model")?;
     f.apply_ours(&mut cfg);
+    cfg.plan().ctx("building the model")?;
     let hint = flags_hint(&map, &flags, &cfg);
     Vit::new(cfg, map)
         .ctx(format!("loading {}", weights.display()))

@@ -84,6 +84,10 @@ impl From<clca::Error> for CliError {
                 FAILED,
                 "the problem is beyond a kernel limit: lower --batch or the input size".to_string(),
             ),
+            E::Alloc { .. } => (
+                FAILED,
+                "not enough memory for this model and batch: lower --batch or the input size".to_string(),
+            ),
         };
         CliError {
             code,

@@ -76,9 +76,10 @@ pub fn read_images(p: &Path, cfg: &VitConfig) -> CliResult<(usize, Vec<f32>)> {
     }
     if v.len() != s.iter().product::<usize>() {
         return Err(CliError::input(format!(
-            "{}: `images` is not a float tensor",
+            "{}: `images` is not a float tensor (an integer or bool dtype)",
             p.display()
-        )));
+        ))
+        .hint("--input takes a safetensors file with an `images` tensor [B, 3, S, S] f32 (f16, bf16 and f64 are widened)"));
     }
     Ok((s[0], v))
 }
@@ -89,6 +90,8 @@ pub fn main(a: &ForwardArgs) -> CliResult<()> {
         Some(p) => {
             let mut cfg = read_config(p)?;
             a.flags.apply_ours(&mut cfg);
+            // A configuration that cannot be planned is the config's fault, not the weights'.
+            cfg.plan().ctx(config_path(p).display())?;
             Vit::load(cfg, &a.weights).ctx(format!("loading {}", a.weights.display()))?
         }
         None => crate::classify::model_from_flags(&a.weights, &a.flags)?,
@@ -139,7 +142,12 @@ pub fn main(a: &ForwardArgs) -> CliResult<()> {
             "forward_max_s": samples.max(),
             "batch": batch,
             "macs": macs.total(),
-            "device": a.device.as_str(),
+            "device": match a.device {
+                // The device it ran on.
+                crate::backend::DeviceArg::Auto if describe.starts_with("CPU") => "cpu",
+                crate::backend::DeviceArg::Auto => "cuda",
+                d => d.as_str(),
+            },
             "dtype": a.dtype.as_str(),
             "threads": threads,
             "runs": samples.samples.len(),

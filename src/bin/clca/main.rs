@@ -9,6 +9,18 @@
 //! Errors go to stderr as `error: …` with a `hint: …`; exit code 2 for bad input, 1 for a
 //! failure while computing.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+// No panics at the boundary (docs/reliability.md): outside tests, no `panic!`, `todo!`,
+// `unimplemented!` or `unreachable!` either; internal invariants are `assert!`s guarding unsafe
+// code, and sizes from users are checked products (the fuzz targets run with overflow checks).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::panic,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::unreachable
+    )
+)]
 
 mod backend;
 mod bench;
@@ -109,7 +121,8 @@ pub struct ForwardArgs {
     /// Where to write `logits` [B, classes] (and with --trace the per-block tensors).
     #[arg(long, value_name = "OUT.safetensors")]
     pub output: PathBuf,
-    /// cpu: the f32 reference; shim: the CUDA kernels on the CPU (slow, exact); cuda: a GPU.
+    /// cpu: the f32 reference; shim: the CUDA kernels on the CPU (slow, exact); cuda: a GPU
+    /// (an error without one); auto: the GPU if one opens, else the CPU with a note.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// Storage type of the device forward (the CPU forward is f32).
@@ -149,7 +162,7 @@ pub struct ModelFlags {
     #[arg(long = "reduction_loc", num_args = 1.., default_values_t = [3usize, 6, 9])]
     pub reduction_loc: Vec<usize>,
     /// train.py --keep_rate: one value, or one per reduction layer.
-    #[arg(long = "keep_rate", num_args = 1.., default_values_t = [1.0f64])]
+    #[arg(long = "keep_rate", num_args = 1.., default_values_t = [1.0f64], allow_negative_numbers = true)]
     pub keep_rate: Vec<f64>,
     /// train.py --clc: the cross-layer cache.
     #[arg(long)]
@@ -240,7 +253,8 @@ pub struct ClassifyArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub flags: ModelFlags,
-    /// cpu: the f32 reference; cuda: a GPU; shim: the CUDA kernels on the CPU (slow).
+    /// cpu: the f32 reference; cuda: a GPU (an error without one); auto: the GPU if one
+    /// opens, else the CPU with a note; shim: the CUDA kernels on the CPU (slow).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// Storage type of the device forward (the CPU forward is f32).
