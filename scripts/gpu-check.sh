@@ -117,7 +117,7 @@ if has benches; then
         b=${spec%%:*} filter=${spec#*:}
         t=$(ls "$bin"/benches/$b-* 2>/dev/null | head -1)
         [ -n "$t" ] || continue
-        timeout 200 "$t" --bench "$filter" --warm-up-time 0.3 --measurement-time 0.6 \
+        timeout ${BENCH_TIMEOUT:-200} "$t" --bench "$filter" --warm-up-time 0.3 --measurement-time 0.6 \
             >"$logs/bench-$b.log" 2>&1
         note "bench $b ($filter): exit $?"
         # criterion prints the id, then "time: [lo mid hi]" and "thrpt: [...]".
