@@ -282,24 +282,27 @@ fn bad_input_exits_2() {
     }
 }
 
+/// The train.py flags of the small EViT + CLC + CLA model the classify tests build.
+const TINY_CLASSIFY_MODEL: [&str; 13] = [
+    "--model",
+    "evit_deit_tiny_patch16_224",
+    "--input-size",
+    "64",
+    "--reduction_loc",
+    "1",
+    "3",
+    "--keep_rate",
+    "0.5",
+    "--clc",
+    "--num_clr",
+    "1",
+    "--ifa_head",
+];
+
 #[test]
 fn classify_a_png() {
     let w = tmp("tiny.safetensors").to_string_lossy().into_owned();
-    let model = [
-        "--model",
-        "evit_deit_tiny_patch16_224",
-        "--input-size",
-        "64",
-        "--reduction_loc",
-        "1",
-        "3",
-        "--keep_rate",
-        "0.5",
-        "--clc",
-        "--num_clr",
-        "1",
-        "--ifa_head",
-    ];
+    let model = TINY_CLASSIFY_MODEL;
     let mut args = vec!["random-weights", "--num_classes", "7", "--output", &w];
     args.extend_from_slice(&model);
     let r = clca(&args);
@@ -336,21 +339,7 @@ fn classify_a_folder_in_batches_with_output() {
     let w = tmp("tiny_folder.safetensors")
         .to_string_lossy()
         .into_owned();
-    let model = [
-        "--model",
-        "evit_deit_tiny_patch16_224",
-        "--input-size",
-        "64",
-        "--reduction_loc",
-        "1",
-        "3",
-        "--keep_rate",
-        "0.5",
-        "--clc",
-        "--num_clr",
-        "1",
-        "--ifa_head",
-    ];
+    let model = TINY_CLASSIFY_MODEL;
     let mut args = vec!["random-weights", "--num_classes", "5", "--output", &w];
     args.extend_from_slice(&model);
     assert!(clca(&args).status.success());
