@@ -38,6 +38,19 @@ impl<T> CudaBuf<T> {
 
 pub use crate::device::{workspace_granule, WORKSPACE_ALIGN as ARENA_ALIGN};
 
+/// A caller workspace address must be non-null and [`ARENA_ALIGN`]-aligned. Checked before its
+/// size, so that a misaligned pointer is reported as such whatever length comes with it.
+pub fn check_arena_ptr(ptr: u64) -> Result<()> {
+    if ptr == 0 || ptr % ARENA_ALIGN as u64 != 0 {
+        return Err(Error::InvalidArgument {
+            arg: "workspace",
+            value: format!("{ptr:#x}"),
+            why: format!("must be a non-null device address aligned to {ARENA_ALIGN} bytes"),
+        });
+    }
+    Ok(())
+}
+
 /// The caller memory [`CudaDevice::with_arena`] hands out, front to back.
 struct Arena {
     next: u64,
@@ -232,13 +245,7 @@ impl CudaDevice {
         bytes: usize,
         f: impl FnOnce() -> Result<R>,
     ) -> Result<R> {
-        if ptr == 0 || ptr % ARENA_ALIGN as u64 != 0 {
-            return Err(Error::InvalidArgument {
-                arg: "workspace",
-                value: format!("{ptr:#x}"),
-                why: format!("must be a non-null device address aligned to {ARENA_ALIGN} bytes"),
-            });
-        }
+        check_arena_ptr(ptr)?;
         let end = ptr.checked_add(bytes as u64).ok_or(Error::Overflow {
             what: "workspace end",
         })?;

@@ -224,6 +224,9 @@ impl<T: Element> DeviceVit<crate::cuda::CudaDevice, T> {
         ptr: u64,
         bytes: usize,
     ) -> Result<DeviceWorkspace<crate::cuda::CudaDevice, T>> {
+        // The address first: a misaligned pointer is the caller's real error whatever its
+        // length (the first GPU run's `cuda_engine_entry` failure was this order).
+        crate::cuda::check_arena_ptr(ptr)?;
         let need = workspace_bytes(&self.model, T::DTYPE, batch)?;
         if bytes < need {
             return Err(Error::InvalidArgument {
