@@ -1,11 +1,18 @@
-"""The PyTorch peer of clca: the same ViT (timm conventions, SPEC §1) with EViT / Top-K pruning,
-the cross-layer cache (CLC, SPEC §2) and the CLA head (SPEC §3), built from a safetensors file in
-the authors' parameter names (what `clca random-weights` writes and what the authors' checkpoints
-hold). Written for this harness from the SPEC, not copied from the authors' code; its job is to
-be what a PyTorch user would run (eager, autocast, torch.compile) and to agree with clca's logits.
+"""The PyTorch peer of clca: the same ViT (timm conventions, SPEC §1) with EViT / Top-K pruning or
+ToMe merging (SPEC §4.3), the cross-layer cache (CLC, SPEC §2) and the CLA head (SPEC §3), built
+from a safetensors file in the authors' parameter names (what `clca random-weights` writes and
+what the authors' checkpoints hold). Written for this harness from the SPEC, not copied from the
+authors' code; its job is to be what a PyTorch user would run (eager, autocast, torch.compile)
+and to agree with clca's logits.
 
-Only batch-uniform methods are here (plain ViT, Top-K, EViT): every image keeps the same count,
-so the batch stays one tensor, as in the authors' code.
+Only batch-uniform methods are here (plain ViT, Top-K, EViT, ToMe): every image keeps the same
+count, so the batch stays one tensor, as in the authors' code. Every shape follows from the input
+size, so `torch.onnx.export` traces the whole forward, reductions included (ToMe's matching is
+argsort/sort/gather/scatter_add: TopK, GatherElements and ScatterElements(add) in ONNX).
+
+`python benches/compare/clca_torch.py [GOLDEN_DIR]` checks the peer's logits against the authors'
+golden cases it covers (plain ViT, Top-K, EViT, ToMe; default $CLCA_GOLDEN_DIR, else
+../shared/golden beside the repository); exit status 1 above 1e-5 of max |logit|.
 """
 import math
 
@@ -19,7 +26,7 @@ class Flags:
     def __init__(self, method="evit", reduction_loc=(3, 6, 9), keep_rate=(0.1,), clc=True,
                  num_clr=1, ifa_head=True, clc_include_gap=True, clc_recover_at_last=True,
                  clc_pool_cls=False, clc_pool_clr=False, ifa_dws_conv_groups=2):
-        self.method = method  # "vit" | "topk" | "evit"
+        self.method = method  # "vit" | "topk" | "evit" | "tome"
         self.reduction_loc = list(reduction_loc)
         self.keep_rate = list(keep_rate)
         self.clc = clc
@@ -73,7 +80,16 @@ class TorchClca(torch.nn.Module):
             self.locs = list(flags.reduction_loc)
         kr = flags.keep_rate
         self.kr = {l: (kr[j] if len(kr) > 1 else kr[0]) for j, l in enumerate(self.locs)} \
-            if flags.method != "vit" else {}
+            if flags.method in ("topk", "evit") else {}
+        # ToMe (SPEC §4.3): target counts T_j = int(P·kr^(j+1)) (a keep_rate list holds them
+        # directly), r_j = T_{j-1} − T_j with T_{-1} = P, capped at (N−1)//2 when merging.
+        self.tome_r = {}
+        if flags.method == "tome":
+            C = sd["clr"].shape[1] if "clr" in sd else 0
+            P = sd["pos_embed"].shape[1] - (0 if self.no_embed_class else 1 + C)
+            T = [int(P * kr[0] ** (j + 1)) if len(kr) == 1 else int(kr[j])
+                 for j in range(len(self.locs))]
+            self.tome_r = {l: ([P] + T)[j] - T[j] for j, l in enumerate(self.locs)}
 
     def w(self, name):
         return self.params[name.replace(".", "__")]
@@ -85,7 +101,9 @@ class TorchClca(torch.nn.Module):
         return F.layer_norm(x, (self.dim,), self.w(name + ".weight"), self.w(name + ".bias"),
                             self.eps)
 
-    def block(self, x, i):
+    def block(self, x, i, size=None):
+        """Block i; `size` [B, N, 1] is ToMe's token sizes (None before its first merge).
+        Returns (x, size)."""
         B, N, D = x.shape
         H, hd = self.heads, D // self.heads
         pre = f"blocks.{i}."
@@ -99,6 +117,11 @@ class TorchClca(torch.nn.Module):
             a = ((q * hd ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
             o = a @ v
             cls_attn = a[:, :, 0, 1:].mean(1)  # [B, N-1]
+        elif size is not None:
+            # ToMe's proportional attention: log(size of key j) added to the scaled logits.
+            # (The mask in q's dtype: under autocast q is bf16/f16 and SDPA wants them alike.)
+            bias = size.log()[:, None, None, :, 0].to(q.dtype)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
             o = F.scaled_dot_product_attention(q, k, v)
         o = o.transpose(1, 2).reshape(B, N, D)
@@ -108,12 +131,16 @@ class TorchClca(torch.nn.Module):
         x = x + o
         if reduce:
             x = self.prune(x, cls_attn, math.ceil(self.kr[i] * (N - 1)))
+        r = min(self.tome_r.get(i, 0), (N - 1) // 2)
+        if r > 0:
+            # The metric: the keys (before scaling) averaged over heads.
+            x, size = tome_merge(x, size, k.mean(1), r)
         h = self.ln(x, pre + "norm2")
         h = F.gelu(F.linear(h, self.w(pre + "mlp.fc1.weight"), self.w(pre + "mlp.fc1.bias")))
         h = F.linear(h, self.w(pre + "mlp.fc2.weight"), self.w(pre + "mlp.fc2.bias"))
         if self.has(pre + "ls2.gamma"):
             h = h * self.w(pre + "ls2.gamma")
-        return x + h
+        return x + h, size
 
     def prune(self, x, cls_attn, k):
         B, N, D = x.shape
@@ -151,12 +178,15 @@ class TorchClca(torch.nn.Module):
         last_rec = max(rec) if rec else -1
         pool_end = x.shape[1] - C if (C > 0 and not f.clc_pool_clr) else x.shape[1]
         start = 0 if f.clc_pool_cls else 1
-        cache, taps = [], []
+        cache, taps, size = [], [], None
         for i in range(L):
-            x = self.block(x, i)
+            x, size = self.block(x, i, size)
             if i in rec:
                 pool_end = x.shape[1]
                 x = torch.cat([x] + cache, 1)
+                if size is not None:
+                    # ToMe: recovered tokens have size 1 (SPEC §2.3).
+                    size = F.pad(size, (0, 0, 0, x.shape[1] - pool_end), value=1.0)
                 cache = []
             if f.clc and i < last_rec:
                 if f.clc_include_gap:
@@ -181,6 +211,35 @@ class TorchClca(torch.nn.Module):
         return F.conv1d(u, w("4.weight"), w("4.bias")).squeeze(-1)
 
 
+def tome_merge(x, size, metric, r):
+    """ToMe's bipartite soft matching and size-weighted merge (SPEC §4.3), batched: removes r
+    tokens of x [B, N, D]; size [B, N, 1] or None (all ones), metric [B, N, hd]. Returns
+    (x [B, N−r, D], size [B, N−r, 1]). The sequence becomes [unmerged even-position tokens
+    (ascending, cls first), every odd-position token (each the size-weighted mean of itself and
+    its sources)]. x·size and size travel together as D+1 channels through one gather/scatter."""
+    B, N, D = x.shape
+    m = metric / metric.norm(dim=-1, keepdim=True)
+    scores = m[:, ::2] @ m[:, 1::2].transpose(-1, -2)  # [B, na, nb]: even vs odd positions
+    # cls (a[0]) never merges: its row is -inf (a cat, not an in-place write, for the export).
+    scores = torch.cat([torch.full_like(scores[:, :1], -math.inf), scores[:, 1:]], 1)
+    node_max, node_idx = scores.max(dim=-1)
+    edge = node_max.argsort(dim=-1, descending=True)
+    src_idx = edge[:, :r]  # the r best-matched a tokens merge
+    unm_idx = edge[:, r:].sort(dim=-1).values  # the rest stay, ascending (cls first)
+    dst_idx = node_idx.gather(1, src_idx)
+    if size is None:
+        size = torch.ones_like(x[..., :1])
+    xs = torch.cat([x * size, size], -1)
+    a, b = xs[:, ::2], xs[:, 1::2]
+    na, C = a.shape[1], D + 1
+    unm = a.gather(1, unm_idx[..., None].expand(B, na - r, C))
+    src = a.gather(1, src_idx[..., None].expand(B, r, C))
+    b = b.scatter_add(1, dst_idx[..., None].expand(B, r, C), src)
+    out = torch.cat([unm, b], 1)
+    size = out[..., D:]
+    return out[..., :D] / size, size
+
+
 def complement(idx, n):
     """The indices of [0, n) not in idx, ascending (per row)."""
     a = torch.arange(n, device=idx.device).expand(idx.shape[0], n)
@@ -201,3 +260,56 @@ def prune_chain(probs, x, k, fused=True):
     dropped = torch.gather(rest, 1, compl.unsqueeze(-1).expand(-1, -1, D))
     w = torch.gather(cls_attn, 1, compl).to(x.dtype)
     return torch.cat([x[:, :1], kept, (dropped * w.unsqueeze(-1)).sum(1, keepdim=True)], 1)
+
+
+# The golden cases' model classes this peer covers (../shared/golden/README.md).
+GOLDEN_METHODS = {"models.vit.ViT": "vit", "models.topk.TopK": "topk", "models.evit.EViT": "evit",
+                  "models.tome.ToMeViT": "tome"}
+
+
+def check_golden(root):
+    """Runs every golden case of a covered method; prints the max |logit error| / max |logit|
+    against the authors' output and returns the worst."""
+    import json
+    import os
+
+    from safetensors.torch import load_file
+    worst = 0.0
+    for case in sorted(os.listdir(root)):
+        cfg_path = os.path.join(root, case, "config.json")
+        if not os.path.exists(cfg_path):
+            continue
+        cfg = json.load(open(cfg_path))
+        method = GOLDEN_METHODS.get(cfg["model"]["model_class"])
+        if method is None:
+            continue
+        a = cfg["args"]
+        f = Flags(method, a["reduction_loc"], a["keep_rate"] or (1.0,), clc=a["clc"],
+                  num_clr=a["num_clr"], ifa_head=a["ifa_head"],
+                  clc_include_gap=a["clc_include_gap"],
+                  clc_recover_at_last=a["clc_recover_at_last"],
+                  clc_pool_cls=a["clc_pool_cls"], clc_pool_clr=a["clc_pool_clr"],
+                  ifa_dws_conv_groups=a["ifa_dws_conv_groups"])
+        m = cfg["model"]
+        model = TorchClca(load_file(os.path.join(root, case, "weights.safetensors")), f,
+                          num_heads=m["num_heads"], patch=m["patch_size"][0]).eval()
+        img = load_file(os.path.join(root, case, "input.safetensors"))["images"]
+        ref = load_file(os.path.join(root, case, "output.safetensors"))["logits"].double()
+        with torch.no_grad():
+            got = model(img).double()
+        err = ((got - ref).abs().max() / ref.abs().max()).item()
+        worst = max(worst, err)
+        print(f"{case:<24} {method:<5} max|err|/max|ref| = {err:.2e}  "
+              f"top-1 same: {bool((got.argmax(1) == ref.argmax(1)).all())}")
+    return worst
+
+
+if __name__ == "__main__":
+    import os
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
+        "CLCA_GOLDEN_DIR", os.path.join(here, "..", "..", "..", "shared", "golden"))
+    w = check_golden(root)
+    print(f"worst {w:.2e}")
+    sys.exit(0 if w < 1e-5 else 1)

@@ -1,7 +1,9 @@
 """Side by side on the CPU: clca's CLI, PyTorch eager and ONNX Runtime (the same PyTorch model
 exported, CPU execution provider, all graph optimizations), same weights, same inputs, the same
-thread count for everyone. Logits are checked first; then the three alternate, round after
-round, so that a noisy machine hits them alike. Prints one JSON line per point and a table:
+thread count for everyone. Models (MODELS): plain ViT, EViT + CLCA and ToMe + CLCA (CLC with one
+clr token + CLA head) on ViT-B/16 CLIP at 448 px. Logits are checked first; then the three
+alternate, round after round, so that a noisy machine hits them alike. Prints one JSON line per
+point and a table:
 
     bash benches/compare/setup.sh                   # once: .venv with torch, onnxruntime
     benches/compare/.venv/bin/python benches/compare/cpu_compare.py --threads 2
@@ -29,6 +31,11 @@ MODELS = {
     "evit_clca_kr0.1": Flags("evit", (3, 6, 9), (0.1,)),
     "evit_clca_kr0.25": Flags("evit", (3, 6, 9), (0.25,)),
     "evit_clca_kr0.7": Flags("evit", (3, 6, 9), (0.7,)),
+    # ToMe + CLCA, the README recipe's locs and keep rate (SPEC §2.5: 394/329/328 tokens out of
+    # the merging blocks, because ToMe merges at most half the tokens per block).
+    "tome_clca_kr0.1": Flags("tome", (3, 6, 9), (0.1,)),
+    "tome_clca_kr0.25": Flags("tome", (3, 6, 9), (0.25,)),
+    "tome_clca_kr0.7": Flags("tome", (3, 6, 9), (0.7,)),
 }
 
 
@@ -60,7 +67,8 @@ def main():
     ap.add_argument("--clca", default="target/release/clca")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--models", default="plain,evit_clca_kr0.1,evit_clca_kr0.25,evit_clca_kr0.7")
+    ap.add_argument("--models", default="plain,evit_clca_kr0.1,evit_clca_kr0.25,evit_clca_kr0.7,"
+                                        "tome_clca_kr0.1")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", default="/tmp/clca-cpu-compare")
     ap.add_argument("--json", default=None, help="write all results here")

@@ -1,7 +1,8 @@
 """Side by side on one GPU: clca's CLI against PyTorch (eager f32, eager autocast bf16,
 torch.compile) on the same weights and inputs, after checking that the logits agree; plus the
 issue-6 pruning point (batch 256, N 786, C 768) as PyTorch's op chain and the card's
-device-to-device copy bandwidth. Run by scripts/gpu-check.sh on the device machine:
+device-to-device copy bandwidth. End-to-end models (--models): EViT + CLCA kr 0.1, plain ViT and
+ToMe + CLCA kr 0.1, ViT-B/16 CLIP at 448 px. Run by scripts/gpu-check.sh on the device machine:
 
     python3 benches/compare/gpu_compare.py --clca gpu-bin/clca --out $OUT
 
@@ -78,11 +79,13 @@ def run_clca(clca, args):
     return r.stdout
 
 
-def end_to_end(clca, out, batches, compile_batches, compile_models, classes=200):
+def end_to_end(clca, out, batches, compile_batches, compile_models, models, classes=200):
     cases = [
         ("evit_clca_kr0.1", Flags("evit", (3, 6, 9), (0.1,), clc=True, num_clr=1, ifa_head=True)),
         ("plain", Flags("vit", (3, 6, 9), (1.0,), clc=False, num_clr=0, ifa_head=False)),
+        ("tome_clca_kr0.1", Flags("tome", (3, 6, 9), (0.1,), clc=True, num_clr=1, ifa_head=True)),
     ]
+    cases = [(name, f) for name, f in cases if name in models]
     gen = torch.Generator().manual_seed(7)
     bmax = max(batches)
     imgs = torch.randn(bmax, 3, 448, 448, generator=gen)
@@ -174,6 +177,8 @@ def main():
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--compile-batches", default="64")
     ap.add_argument("--compile-models", default="evit_clca_kr0.1")
+    ap.add_argument("--models", default="evit_clca_kr0.1,plain,tome_clca_kr0.1",
+                    help="end-to-end models (EViT + CLCA, plain ViT, ToMe + CLCA at 448 px)")
     ap.add_argument("--skip", default="", help="comma list of: copy,prune,e2e")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -183,7 +188,8 @@ def main():
     steps = [("copy", copy_bandwidth), ("prune", prune_point),
              ("e2e", lambda: end_to_end(a.clca, a.work, [int(b) for b in a.batches.split(",")],
                                         [int(b) for b in a.compile_batches.split(",") if b],
-                                        a.compile_models.split(",")))]
+                                        a.compile_models.split(","),
+                                        a.models.split(",")))]
     for name, fn in steps:
         if name in skip:
             continue
