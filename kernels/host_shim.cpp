@@ -60,6 +60,7 @@ enum class State { Run, WaitBlock, WaitWarp, Done };
 constexpr size_t kStackBytes = 64 * 1024;
 constexpr unsigned kMaxThreads = 1024;
 constexpr unsigned kMaxDynSmem = 48 * 1024;  // the default per-block limit without opt-in
+constexpr unsigned kMaxGatherBytes = 64;     // per lane, for warp_gather
 
 struct Fiber {
 #if defined(__x86_64__)
@@ -79,6 +80,7 @@ struct BlockRunner {
   std::vector<Fiber> fibers;
   char* stacks = nullptr;
   std::vector<uint64_t> warp_slots;  // [warp][lane]
+  std::vector<unsigned char> warp_gather_buf;  // [warp][lane][kMaxGatherBytes]
   std::vector<unsigned char> dyn_smem;
 #if defined(__x86_64__)
   void* sched;
@@ -293,6 +295,22 @@ uint64_t warp_exchange(unsigned mask, uint64_t v, int src_lane) {
   return got;
 }
 
+void warp_gather(unsigned mask, const void* mine, unsigned bytes, void* all) {
+  BlockRunner* r = g_runner;
+  unsigned me = r->cur;
+  unsigned warp = me / 32;
+  // bytes <= kMaxGatherBytes: warp_gather_all (the only caller) checks it at compile time.
+  unsigned char* base = r->warp_gather_buf.data() + static_cast<size_t>(warp) * 32 * kMaxGatherBytes;
+  std::memcpy(base + (me % 32) * kMaxGatherBytes, mine, bytes);
+  syncwarp(mask);
+  unsigned char* out = static_cast<unsigned char*>(all);
+  for (unsigned l = 0; l < 32; ++l) {
+    if (warp * 32 + l < r->nthreads) std::memcpy(out + l * bytes, base + l * kMaxGatherBytes, bytes);
+    else std::memset(out + l * bytes, 0, bytes);
+  }
+  syncwarp(mask);
+}
+
 unsigned ballot(unsigned mask, bool pred) {
   BlockRunner* r = g_runner;
   unsigned me = r->cur;
@@ -355,6 +373,7 @@ int run(void* fn, Trampoline tr, const clca_launch_cfg* cfg, void** args) {
       return;
     }
     r.warp_slots.assign(((nthreads + 31) / 32) * 32, 0);
+    r.warp_gather_buf.assign(((nthreads + 31) / 32) * 32 * kMaxGatherBytes, 0);
     r.dyn_smem.assign(cfg->smem ? cfg->smem : 16, 0);
     g_runner = &r;
     while (!failed.load()) {

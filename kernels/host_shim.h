@@ -62,6 +62,15 @@ void syncwarp(unsigned mask);
 // published by `src_lane` (a lane index within the warp).
 uint64_t warp_exchange(unsigned mask, uint64_t v, int src_lane);
 unsigned ballot(unsigned mask, bool pred);
+// Every lane of the calling warp publishes `bytes` (<= 64) bytes at `mine`; each gets all 32
+// lanes' bytes, lane order, at `all` (32 * bytes). The building block of the tensor-core
+// instruction models (mma.sync, ldmatrix) in common.cuh.
+void warp_gather(unsigned mask, const void* mine, unsigned bytes, void* all);
+template <class F>
+inline void warp_gather_all(const F& mine, F* all) {
+  static_assert(sizeof(F) <= 64, "warp_gather carries at most 64 bytes per lane");
+  warp_gather(0xffffffffu, &mine, sizeof(F), all);
+}
 void* dynamic_smem();
 int lane_id();
 

@@ -16,6 +16,30 @@ const EW_THREADS: u32 = 256;
 /// The attention's f32 score buffer holds at most this many bytes (images go in chunks).
 const ATTN_SCORE_BYTES: usize = 256 << 20;
 const EW_GRID_CAP: usize = 1 << 16;
+/// Head dimensions the fused attention kernel is built for (kernels/flash.cu).
+const FUSED_HEAD_DIMS: [usize; 3] = [32, 64, 128];
+
+/// How the device forward computes attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// One fused kernel (kernels/flash.cu: tensor cores, online softmax, nothing n×n in memory):
+    /// the default for f16/bf16 storage at head dimension 32, 64 or 128.
+    Fused,
+    /// Batched GEMMs (cuBLAS) around split/softmax/merge kernels, with the n×n scores in f32:
+    /// every dtype and head dimension; the only path for f32, so f32 stays exact to the CPU.
+    Gemm,
+}
+
+impl AttentionPath {
+    /// What a model gets by default in storage `dtype`.
+    pub fn default_for(cfg: &super::VitConfig, dtype: DType) -> Self {
+        if dtype != DType::F32 && FUSED_HEAD_DIMS.contains(&cfg.head_dim()) {
+            AttentionPath::Fused
+        } else {
+            AttentionPath::Gemm
+        }
+    }
+}
 
 struct DevBlock<D: Device, T: Element> {
     n1: (D::Buf<f32>, D::Buf<f32>),
@@ -44,6 +68,7 @@ enum DevHead<D: Device, T: Element> {
 /// A [`Vit`] with its weights on a device, in storage type `T`.
 pub struct DeviceVit<D: Device, T: Element> {
     model: Vit,
+    attention: AttentionPath,
     patch_w: D::Buf<T>,
     patch_b: Option<D::Buf<f32>>,
     cls: D::Buf<f32>,
@@ -62,6 +87,7 @@ use methods::{DevMethod, PreBufs};
 /// The activations of one forward at a given batch, sized from the plan.
 pub struct DeviceWorkspace<D: Device, T: Element> {
     batch: usize,
+    attention: AttentionPath,
     x: D::Buf<f32>,
     x2: D::Buf<f32>,
     h: D::Buf<T>,
@@ -71,7 +97,8 @@ pub struct DeviceWorkspace<D: Device, T: Element> {
     patches: D::Buf<T>,
     patch_out: D::Buf<T>,
     cls_probs: D::Buf<f32>,
-    /// Attention operands q, k [B, H, n, hd] and vᵀ [B, H, hd, n], one after the other.
+    /// The GEMM path's attention operands q, k [B, H, n, hd] and vᵀ [B, H, hd, n], one after
+    /// the other (one element each on the fused path, like `att_s` and `att_p`).
     heads3: D::Buf<T>,
     /// Scores S (f32) and probabilities P (T) [chunk, H, n, n] for `att_chunk` images at a time.
     att_s: D::Buf<f32>,
@@ -127,13 +154,30 @@ use crate::dtype::from_f32_slice as cvt;
 /// [`crate::device::WORKSPACE_ALIGN`]; the allocation itself must be aligned to it, as
 /// cudaMalloc's are). Pure arithmetic: the calls that build a workspace, counted, with no
 /// device and no memory behind them.
+/// Sized for the model's default [`AttentionPath`] (what the C ABI always uses).
 pub fn workspace_bytes(model: &Vit, dtype: DType, batch: usize) -> Result<usize> {
+    workspace_bytes_for(
+        model,
+        dtype,
+        batch,
+        AttentionPath::default_for(&model.cfg, dtype),
+    )
+}
+
+fn workspace_bytes_for(
+    model: &Vit,
+    dtype: DType,
+    batch: usize,
+    path: AttentionPath,
+) -> Result<usize> {
     let s = Sizer::default();
     match dtype {
-        DType::F32 => drop(DeviceWorkspace::<Sizer, f32>::new(&s, model, batch)?),
-        DType::F16 => drop(DeviceWorkspace::<Sizer, crate::f16>::new(&s, model, batch)?),
+        DType::F32 => drop(DeviceWorkspace::<Sizer, f32>::new(&s, model, batch, path)?),
+        DType::F16 => drop(DeviceWorkspace::<Sizer, crate::f16>::new(
+            &s, model, batch, path,
+        )?),
         DType::BF16 => drop(DeviceWorkspace::<Sizer, crate::bf16>::new(
-            &s, model, batch,
+            &s, model, batch, path,
         )?),
     }
     Ok(s.bytes.get())
@@ -227,7 +271,7 @@ impl<T: Element> DeviceVit<crate::cuda::CudaDevice, T> {
         // The address first: a misaligned pointer is the caller's real error whatever its
         // length (the first GPU run's `cuda_engine_entry` failure was this order).
         crate::cuda::check_arena_ptr(ptr)?;
-        let need = workspace_bytes(&self.model, T::DTYPE, batch)?;
+        let need = workspace_bytes_for(&self.model, T::DTYPE, batch, self.attention)?;
         if bytes < need {
             return Err(Error::InvalidArgument {
                 arg: "workspace_bytes",
@@ -297,7 +341,7 @@ impl<D: Device, T: Element> DeviceWorkspace<D, T> {
     }
 
     /// Every buffer of a forward of `model` at `batch`, sized from the plan.
-    fn new(dev: &D, model: &Vit, batch: usize) -> Result<Self> {
+    fn new(dev: &D, model: &Vit, batch: usize, attention: AttentionPath) -> Result<Self> {
         if batch == 0 {
             return Err(crate::error::invalid("batch", 0, "must be positive"));
         }
@@ -329,8 +373,11 @@ impl<D: Device, T: Element> DeviceWorkspace<D, T> {
         // The n×n scores of all heads of `chunk` images at a time, at most ATTN_SCORE_BYTES.
         let per_image = mul("attention scores", &[c.num_heads, l, l, 4])?;
         let chunk = (ATTN_SCORE_BYTES / per_image.max(1)).clamp(1, batch.max(1));
+        let gemm = attention == AttentionPath::Gemm;
+        let gemm_len = |what, dims: &[usize]| if gemm { mul(what, dims) } else { Ok(1) };
         Ok(DeviceWorkspace {
             batch,
+            attention,
             x: dev.zeros(mul("x", &[batch, l, d])?)?,
             x2: dev.zeros(mul("x", &[batch, l, d])?)?,
             h: dev.zeros(mul("h", &[batch, l, d])?)?,
@@ -340,9 +387,9 @@ impl<D: Device, T: Element> DeviceWorkspace<D, T> {
             patches: dev.zeros(mul("patches", &[batch, p, kp])?)?,
             patch_out: dev.zeros(mul("patch_out", &[batch, p, d])?)?,
             cls_probs: dev.zeros(mul("probs", &[batch, c.num_heads, l])?)?,
-            heads3: dev.zeros(mul("heads", &[3, batch, l, d])?)?,
-            att_s: dev.zeros(mul("attention scores", &[chunk, c.num_heads, l, l])?)?,
-            att_p: dev.zeros(mul("attention probs", &[chunk, c.num_heads, l, l])?)?,
+            heads3: dev.zeros(gemm_len("heads", &[3, batch, l, d])?)?,
+            att_s: dev.zeros(gemm_len("attention scores", &[chunk, c.num_heads, l, l])?)?,
+            att_p: dev.zeros(gemm_len("attention probs", &[chunk, c.num_heads, l, l])?)?,
             att_chunk: chunk,
             scores: dev.zeros(mul("scores", &[batch, l])?)?,
             idx: dev.zeros(mul("idx", &[batch, l])?)?,
@@ -374,7 +421,7 @@ impl<D: Device, T: Element> DeviceWorkspace<D, T> {
             zeros: dev.zeros(dy_len(&[batch, model.plan.cache_cap.max(1)])?)?,
             ats: methods::ats_buffers(dev, model)?,
             single: if c.reduction == Reduction::Ats && batch > 1 {
-                Some(Box::new(Self::new(dev, model, 1)?))
+                Some(Box::new(Self::new(dev, model, 1, attention)?))
             } else {
                 None
             },
@@ -532,8 +579,33 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             blocks,
             head,
             method: DevMethod::new(dev, &w.method)?,
+            attention: AttentionPath::default_for(&model.cfg, T::DTYPE),
             model: model.clone(),
         })
+    }
+
+    /// The attention path of the workspaces made from now on ([`AttentionPath::Fused`] where
+    /// this dtype and head dimension have the fused kernel, else an error).
+    pub fn set_attention(&mut self, path: AttentionPath) -> Result<()> {
+        if path == AttentionPath::Fused
+            && AttentionPath::default_for(&self.model.cfg, T::DTYPE) != AttentionPath::Fused
+        {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "fused attention in {} at head dimension {}",
+                    T::DTYPE,
+                    self.model.cfg.head_dim()
+                ),
+                supported: format!("f16 and bf16 at head dimension {FUSED_HEAD_DIMS:?}"),
+            });
+        }
+        self.attention = path;
+        Ok(())
+    }
+
+    /// The attention path new workspaces get.
+    pub fn attention_path(&self) -> AttentionPath {
+        self.attention
     }
 
     /// The model.
@@ -543,7 +615,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
 
     /// Allocates every activation buffer for `batch` images (once; the forward allocates none).
     pub fn workspace(&self, dev: &D, batch: usize) -> Result<DeviceWorkspace<D, T>> {
-        DeviceWorkspace::new(dev, &self.model, batch)
+        DeviceWorkspace::new(dev, &self.model, batch, self.attention)
     }
 
     /// One forward of `images` [batch, 3, S, S] (f32, normalized) into `ws.logits`. With `trace`,
@@ -712,7 +784,8 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 if let Some(qb) = &w.qkv_b {
                     self.bias_act(dev, ws.qkv.addr_mut(), rows, 3 * d, qb.addr(), false)?;
                 }
-                self.attention(dev, ws, n, have_sizes)?;
+                let need_cls = bp.keep.is_some() || bp.sample.is_some();
+                self.attention(dev, ws, n, have_sizes, need_cls)?;
                 if let Some(k) = bp.sample {
                     n = self.ats_sample(dev, ws, i, n, k, trace.as_deref_mut())?;
                 }
@@ -1093,9 +1166,11 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
     }
 
     /// Multi-head attention of `ws.qkv` [B, n, 3, H, hd] into `ws.attn` [B, n, D], the cls
-    /// rows of the probabilities into `ws.cls_probs`: split the heads, S = (q·scale)·kᵀ and
-    /// O = P·v as batched GEMMs (cuBLAS on a GPU) around a row softmax (with ToMe's log-size
-    /// bias when `have_sizes`), `att_chunk` images at a time; O is staged in `ws.h`.
+    /// rows of the probabilities into `ws.cls_probs` (on the fused path only when `need_cls`),
+    /// with ToMe's log-size bias when `have_sizes`. The workspace's [`AttentionPath`] picks
+    /// the way: one fused kernel, or split the heads, S = (q·scale)·kᵀ and O = P·v as batched
+    /// GEMMs (cuBLAS on a GPU) around a row softmax, `att_chunk` images at a time, O staged in
+    /// `ws.h`.
     ///
     /// # Safety
     /// The workspace was sized for this model and batch; n ≤ max_len.
@@ -1105,10 +1180,43 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         ws: &mut DeviceWorkspace<D, T>,
         n: usize,
         have_sizes: bool,
+        need_cls: bool,
     ) -> Result<()> {
         let c = &self.model.cfg;
         let (b, hh, hd, d) = (ws.batch, c.num_heads, c.head_dim(), c.embed_dim);
         let dt = T::DTYPE;
+        let u = |what, v| to_u32(what, v);
+        if ws.attention == AttentionPath::Fused {
+            // SAFETY: qkv [B, n, 3D], attn [B, n, D], cls_probs [B, H, n], sizes [B, n] (when
+            // used): sized for max_len ≥ n; the buffers are 256-byte aligned and hd % 16 == 0,
+            // so every 16-byte row load is aligned.
+            return unsafe {
+                go(
+                    dev,
+                    "flash",
+                    &format!("attn_flash{hd}"),
+                    dt,
+                    [
+                        u("query tiles", n.div_ceil(64))?,
+                        u("heads", hh)?,
+                        u("batch", b)?,
+                    ],
+                    [128, 1, 1],
+                    0,
+                    vec![
+                        Arg::Ptr(ws.qkv.addr()),
+                        Arg::U32(u("n", n)?),
+                        Arg::U32(u("heads", hh)?),
+                        Arg::F32((hd as f64).powf(-0.5) as f32),
+                        Arg::Ptr(if have_sizes { ws.sizes.addr() } else { 0 }),
+                        Arg::Ptr(ws.attn.addr_mut()),
+                        // The cls row costs one more pass over K in one warp per (image, head):
+                        // only for the layers whose selection reads it.
+                        Arg::Ptr(if need_cls { ws.cls_probs.addr_mut() } else { 0 }),
+                    ],
+                )
+            };
+        }
         let es = dt.size() as u64;
         let part = (b * n * d) as u64 * es;
         let (q, k, vt) = (
@@ -1117,7 +1225,6 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             ws.heads3.addr_mut() + 2 * part,
         );
         let total = b * n * 3 * d;
-        let u = |what, v| to_u32(what, v);
         // SAFETY (all launches): sizes as in the doc comment.
         unsafe {
             go(

@@ -1,0 +1,224 @@
+// Fused multi-head attention for the 16-bit storage types, after FlashAttention-2 (Dao, 2023):
+// one block per (tile of 64 queries, head, image). K and V stream through shared memory in tiles
+// of 64 keys; S = q.k^T and the output stay in registers (mma.sync m16n8k16, f32 accumulation)
+// with an online softmax. q, k and v are read in place from the qkv GEMM's output
+// [B, n, 3, H, hd] and O is written straight into [B, n, H*hd]: no head split, no n x n scores
+// in memory, no merge (the GEMM path of vit.cu moves about 5.7 GB per full-length ViT-B layer
+// at batch 64; this moves the 0.3 GB of q, k, v and O).
+//
+// Semantics match the GEMM path (attn_split/attn_softmax/attn_merge): q is scaled and rounded
+// to T before the product (timm's `q * scale` under autocast), the logits get ToMe's log-size
+// bias when `sizes` is given, and the cls query's probabilities (row 0) go to `cls_probs`
+// [B, H, n] in f32 for the token selection. Differences: P is rounded to T before P.V while
+// unnormalized (normalized after, in f32), and sums run in another order: within the 16-bit
+// tolerance the tests allow.
+#include "mma.cuh"
+
+namespace clca {
+
+constexpr int FA_BQ = 64;   // queries per block: 4 warps of 16 rows
+constexpr int FA_BK = 64;   // keys per tile
+constexpr int FA_PAD = 8;   // halves of padding per shared row: conflict-free fragment loads
+constexpr int FA_THREADS = 128;
+constexpr float FA_LOG2E = 1.4426950408889634f;
+
+__device__ __forceinline__ u32 ld32(const unsigned short* p) {
+  return *reinterpret_cast<const u32*>(p);
+}
+
+// Rows r0..r0+63 of one of q/k/v (`src` points at token 0's slice, `tok` elements per token)
+// into `dst` [64][HD + FA_PAD] halves; rows at or past n are zero.
+template <int HD>
+__device__ __forceinline__ void fa_load_tile(const unsigned short* src, u32 n, i64 tok, u32 r0,
+                                             unsigned short* dst) {
+  constexpr int CH = HD / 8;  // 16-byte chunks per row
+  constexpr int LD = HD + FA_PAD;
+  for (int c = threadIdx.x; c < FA_BK * CH; c += blockDim.x) {
+    const int r = c / CH, j = c % CH;
+    v16 v = {0u, 0u, 0u, 0u};
+    if (r0 + (u32)r < n) v = ld_v16(src + (i64)(r0 + r) * tok + j * 8);
+    *reinterpret_cast<v16*>(dst + r * LD + j * 8) = v;
+  }
+}
+
+template <class T, int HD>
+__device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, float scale,
+                                const float* __restrict__ sizes, T* __restrict__ out_t,
+                                float* __restrict__ cls_probs) {
+  constexpr int KS = HD / 16;  // k steps of q.k^T
+  constexpr int NT = HD / 8;   // 8-wide column tiles of O
+  constexpr int LD = HD + FA_PAD;
+  constexpr int ST = FA_BK / 8;  // 8-wide key tiles of S
+  __align__(16) __shared__ unsigned short ks[FA_BK * LD];  // Q staging, then each K tile
+  __align__(16) __shared__ unsigned short vs[FA_BK * LD];
+  __shared__ float lz[FA_BK];  // log2(size) of the tile's keys (ToMe), else 0
+
+  const unsigned short* qkv = reinterpret_cast<const unsigned short*>(qkv_t);
+  const u32 b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * FA_BQ;
+  const u32 d = heads * HD;
+  const i64 tok = 3 * (i64)d;
+  const unsigned short* qb = qkv + (i64)b * n * tok + (i64)h * HD;  // q of token t: qb + t*tok
+  const unsigned short* kb = qb + d;
+  const unsigned short* vb = qb + 2 * (i64)d;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const float neg_inf = -__int_as_float(0x7f800000);
+
+  // The warp's 16 query rows as A fragments, scaled and rounded to T.
+  fa_load_tile<HD>(qb, n, tok, q0, ks);
+  __syncthreads();
+  u32 qa[KS][4];
+  {
+    const unsigned short* r0 = ks + (warp * 16 + g) * LD + 2 * t4;
+    const unsigned short* r1 = r0 + 8 * LD;
+    CLCA_UNROLL
+    for (int kk = 0; kk < KS; ++kk) {
+      const u32 w[4] = {ld32(r0 + kk * 16), ld32(r1 + kk * 16), ld32(r0 + kk * 16 + 8),
+                        ld32(r1 + kk * 16 + 8)};
+      CLCA_UNROLL
+      for (int i = 0; i < 4; ++i)
+        qa[kk][i] = pack2<T>(lo_half<T>(w[i]) * scale, hi_half<T>(w[i]) * scale);
+    }
+  }
+
+  float o[NT][4];
+  CLCA_UNROLL
+  for (int j = 0; j < NT; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+  // Rows g and g+8 of the warp: running max (log2 units) and this lane's share of the sum.
+  float m[2] = {neg_inf, neg_inf}, l[2] = {0.0f, 0.0f};
+
+  for (u32 k0 = 0; k0 < n; k0 += FA_BK) {
+    __syncthreads();  // every warp is done with the previous tile (or the Q staging)
+    fa_load_tile<HD>(kb, n, tok, k0, ks);
+    fa_load_tile<HD>(vb, n, tok, k0, vs);
+    if (threadIdx.x < FA_BK)
+      lz[threadIdx.x] = (sizes && k0 + threadIdx.x < n) ? log2f(sizes[(i64)b * n + k0 + threadIdx.x])
+                                                       : 0.0f;
+    __syncthreads();
+
+    float s[ST][4];
+    CLCA_UNROLL
+    for (int j = 0; j < ST; ++j) {
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+      const unsigned short* kr = ks + (j * 8 + g) * LD + 2 * t4;
+      CLCA_UNROLL
+      for (int kk = 0; kk < KS; ++kk) {
+        const u32 bf[2] = {ld32(kr + kk * 16), ld32(kr + kk * 16 + 8)};
+        mma_16816<T>(s[j], qa[kk], bf);
+      }
+    }
+    // Logits in log2 units (exp(x) = 2^(x log2 e)); keys past n are -inf.
+    float mx[2] = {m[0], m[1]};
+    CLCA_UNROLL
+    for (int j = 0; j < ST; ++j) {
+      CLCA_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        const int c = j * 8 + 2 * t4 + (i & 1);
+        const float v = (k0 + (u32)c < n) ? s[j][i] * FA_LOG2E + lz[c] : neg_inf;
+        s[j][i] = v;
+        mx[i >> 1] = fmaxf(mx[i >> 1], v);
+      }
+    }
+    float alpha[2];
+    CLCA_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      alpha[r] = exp2f(m[r] - mx[r]);  // 0 on the first tile (m = -inf)
+      m[r] = mx[r];
+      l[r] *= alpha[r];
+    }
+    CLCA_UNROLL
+    for (int j = 0; j < NT; ++j) {
+      o[j][0] *= alpha[0];
+      o[j][1] *= alpha[0];
+      o[j][2] *= alpha[1];
+      o[j][3] *= alpha[1];
+    }
+    CLCA_UNROLL
+    for (int j = 0; j < ST; ++j) {
+      CLCA_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        const float p = exp2f(s[j][i] - m[i >> 1]);
+        s[j][i] = p;
+        l[i >> 1] += p;
+      }
+    }
+    // O += P.V: the C fragments of key tiles 2kk and 2kk+1 are the A fragment of k step kk; V's
+    // B fragments come transposed out of shared memory.
+    CLCA_UNROLL
+    for (int kk = 0; kk < FA_BK / 16; ++kk) {
+      const u32 pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                         pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                         pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      const int mi = lane >> 3;
+      const unsigned short* vr = vs + (kk * 16 + (lane & 7) + 8 * (mi & 1)) * LD + 8 * (mi >> 1);
+      CLCA_UNROLL
+      for (int np = 0; np < HD / 16; ++np) {
+        u32 r[4];
+        ldmatrix_x4_trans(r, vr + np * 16);
+        const u32 b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+        mma_16816<T>(o[2 * np], pa, b0);
+        mma_16816<T>(o[2 * np + 1], pa, b1);
+      }
+    }
+  }
+
+  CLCA_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+  T* out = out_t;
+  CLCA_UNROLL
+  for (int r = 0; r < 2; ++r) {
+    const u32 q = q0 + warp * 16 + g + 8 * r;
+    if (q < n) {
+      const float inv = 1.0f / l[r];
+      u32* orow = reinterpret_cast<u32*>(out + ((i64)b * n + q) * d + (i64)h * HD + 2 * t4);
+      CLCA_UNROLL
+      for (int j = 0; j < NT; ++j) orow[j * 4] = pack2<T>(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+    }
+  }
+
+  // The cls query's probabilities: warp 0 of the first query tile holds row 0 (lanes with g = 0)
+  // and its final max and sum; one more pass over K, straight from global memory.
+  if (cls_probs && blockIdx.x == 0 && warp == 0) {
+    float* cp = cls_probs + ((i64)b * heads + h) * n;
+    for (u32 k0 = 0; k0 < n; k0 += 8) {
+      float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const u32 key = min(k0 + (u32)g, n - 1);  // past n: any valid row, not written
+      const unsigned short* kr = kb + (i64)key * tok + 2 * t4;
+      CLCA_UNROLL
+      for (int kk = 0; kk < KS; ++kk) {
+        const u32 bf[2] = {ld32(kr + kk * 16), ld32(kr + kk * 16 + 8)};
+        mma_16816<T>(s4, qa[kk], bf);
+      }
+      if (g == 0) {
+        CLCA_UNROLL
+        for (int i = 0; i < 2; ++i) {
+          const u32 c = k0 + 2 * t4 + i;
+          if (c < n) {
+            const float bias = sizes ? log2f(sizes[(i64)b * n + c]) : 0.0f;
+            cp[c] = exp2f(s4[i] * FA_LOG2E + bias - m[0]) / l[0];
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace clca
+
+// grid (ceil(n / 64), heads, batch), block 128. qkv [B, n, 3, H, HD], out [B, n, H*HD] (T),
+// sizes [B, n] f32 or null, cls_probs [B, H, n] f32 or null. 16-byte aligned rows: HD % 16 == 0
+// and 16-byte aligned qkv.
+#define FLASH_ENTRIES(T, sfx, HD)                                                                 \
+  extern "C" __global__ void __launch_bounds__(clca::FA_THREADS) attn_flash##HD##_##sfx(          \
+      const T* __restrict__ qkv, unsigned n, unsigned heads, float scale,                         \
+      const float* __restrict__ sizes, T* __restrict__ out, float* __restrict__ cls_probs) {      \
+    clca::flash_attention<T, HD>(qkv, n, heads, scale, sizes, out, cls_probs);                    \
+  }                                                                                               \
+  CLCA_HOST_ENTRY(attn_flash##HD##_##sfx)
+#define FLASH_DTYPE(T, sfx) FLASH_ENTRIES(T, sfx, 32) FLASH_ENTRIES(T, sfx, 64) FLASH_ENTRIES(T, sfx, 128)
+FLASH_DTYPE(clca::f16, f16)
+FLASH_DTYPE(clca::bf16, bf16)
