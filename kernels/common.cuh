@@ -216,6 +216,30 @@ inline float fadd_rn(float a, float b) { return a + b; }
 
 __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
+// A 16-byte vector for wide copies (global <-> shared, row gathers).
+struct __align__(16) v16 {
+  u32 x, y, z, w;
+};
+
+// 16 bytes at p: one vector access on the device (the caller guarantees 16-byte alignment
+// there); on the host shim a memcpy, since a test's Vec carries no such promise.
+__device__ __forceinline__ v16 ld_v16(const void* p) {
+#if defined(CLCA_DEVICE_BUILD)
+  return *reinterpret_cast<const v16*>(p);
+#else
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+#endif
+}
+__device__ __forceinline__ void st_v16(void* p, v16 v) {
+#if defined(CLCA_DEVICE_BUILD)
+  *reinterpret_cast<v16*>(p) = v;
+#else
+  std::memcpy(p, &v, sizeof v);
+#endif
+}
+
 }  // namespace clca
 
 // Stamps MACRO(T, suffix) for every floating dtype we ship.

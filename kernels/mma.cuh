@@ -17,23 +17,6 @@
 
 namespace clca {
 
-// A 16-byte vector for tile copies (global -> shared).
-struct __align__(16) v16 {
-  u32 x, y, z, w;
-};
-
-// 16 bytes from global memory: one vector load on the device (the caller guarantees 16-byte
-// alignment there); on the host shim a memcpy, since a test's Vec carries no such promise.
-__device__ __forceinline__ v16 ld_v16(const unsigned short* p) {
-#if defined(CLCA_DEVICE_BUILD)
-  return *reinterpret_cast<const v16*>(p);
-#else
-  v16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-#endif
-}
-
 // Two T values in one register, `lo` in the low half.
 template <class T>
 __device__ __forceinline__ u32 pack2(float lo, float hi) {

@@ -133,6 +133,8 @@ pub struct DeviceWorkspace<D: Device, T: Element> {
     /// The configuration and plan the buffers were sized for; [`DeviceVit::forward`] refuses
     /// another (the kernels index the buffers by the plan's lengths).
     model: (super::VitConfig, crate::plan::SeqPlan),
+    /// Per-phase times while set ([`DeviceWorkspace::set_profile`]); each mark synchronizes.
+    profile: Option<super::profile::Profile>,
 }
 
 /// ToMe's matching and merge plan at the longest sequence (contract in [`crate::ops::tome`]);
@@ -340,6 +342,27 @@ impl<D: Device, T: Element> DeviceWorkspace<D, T> {
         self.batch
     }
 
+    /// Profiles the following forwards into `p` (`None`: stop). Every phase then ends with a
+    /// device synchronize, so the work is charged to the phase that queued it; the gaps this
+    /// puts between launches make the total a little longer than an unprofiled forward.
+    pub fn set_profile(&mut self, p: Option<super::profile::Profile>) {
+        self.profile = p;
+    }
+
+    /// The profile so far, leaving profiling off.
+    pub fn take_profile(&mut self) -> Option<super::profile::Profile> {
+        self.profile.take()
+    }
+
+    /// With a profile: waits for the queued work, then charges it to `(block, phase)`.
+    fn mark(&mut self, dev: &D, block: Option<usize>, phase: &'static str) -> Result<()> {
+        if let Some(p) = self.profile.as_mut() {
+            dev.synchronize()?;
+            p.mark(block, phase);
+        }
+        Ok(())
+    }
+
     /// Every buffer of a forward of `model` at `batch`, sized from the plan.
     fn new(dev: &D, model: &Vit, batch: usize, attention: AttentionPath) -> Result<Self> {
         if batch == 0 {
@@ -431,6 +454,7 @@ impl<D: Device, T: Element> DeviceWorkspace<D, T> {
                 None
             },
             model: (c.clone(), model.plan.clone()),
+            profile: None,
         })
     }
 }
@@ -651,6 +675,10 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             // SAFETY: ws was made by `workspace` for this model.
             return unsafe { self.per_image(dev, ws, images, trace) };
         }
+        if let Some(p) = ws.profile.as_mut() {
+            dev.synchronize()?;
+            p.begin();
+        }
         let dt = T::DTYPE;
         let p = c.num_patches();
         let kp = ch * ps * ps;
@@ -722,6 +750,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 self.layernorm::<f32>(dev, ws.x.addr(), b * n, d, d, g, be, ws.x2.addr_mut())?;
                 std::mem::swap(&mut ws.x, &mut ws.x2);
             }
+            ws.mark(dev, None, "patch embed")?;
             let mut tap = 0;
             // ToMe: sizes exist from the first merge on (all ones, i.e. no bias, before it).
             let mut have_sizes = false;
@@ -752,6 +781,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 if let Some(pre) = &bp.pre {
                     let j = locs.iter().position(|&l| l == i).unwrap_or(0);
                     n = self.pre_reduce(dev, ws, i, j, pre, trace.as_deref_mut())?;
+                    ws.mark(dev, Some(i), "reduction")?;
                 }
                 let w = &self.blocks[i];
                 if let Some(t) = trace.as_deref_mut() {
@@ -772,6 +802,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     &w.n1.1,
                     ws.h.addr_mut(),
                 )?;
+                ws.mark(dev, Some(i), "ln1")?;
                 dev.gemm_nt(
                     dt,
                     ws.h.addr(),
@@ -784,10 +815,13 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 if let Some(qb) = &w.qkv_b {
                     self.bias_act(dev, ws.qkv.addr_mut(), rows, 3 * d, qb.addr(), false)?;
                 }
+                ws.mark(dev, Some(i), "qkv")?;
                 let need_cls = bp.keep.is_some() || bp.sample.is_some();
                 self.attention(dev, ws, n, have_sizes, need_cls)?;
+                ws.mark(dev, Some(i), "attention")?;
                 if let Some(k) = bp.sample {
                     n = self.ats_sample(dev, ws, i, n, k, trace.as_deref_mut())?;
+                    ws.mark(dev, Some(i), "reduction")?;
                 }
                 let rows = b * n;
                 dev.gemm_nt(
@@ -800,7 +834,9 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     ws.h.addr_mut(),
                 )?;
                 self.bias_act(dev, ws.h.addr_mut(), rows, d, w.proj_b.addr(), false)?;
+                ws.mark(dev, Some(i), "proj")?;
                 self.residual(dev, ws.x.addr_mut(), ws.h.addr(), rows, d, w.ls1.as_ref())?;
+                ws.mark(dev, Some(i), "residual")?;
 
                 if let Some(r) = bp.merge {
                     self.merge(dev, ws, n, r, have_sizes)?;
@@ -814,6 +850,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     std::mem::swap(&mut ws.sizes, &mut ws.sizes2);
                     have_sizes = true;
                     n -= r;
+                    ws.mark(dev, Some(i), "reduction")?;
                 }
                 if let Some(k) = bp.keep {
                     let ku = u("k", k)?;
@@ -877,6 +914,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     }
                     std::mem::swap(&mut ws.x, &mut ws.x2);
                     n = mode.out_tokens(k);
+                    ws.mark(dev, Some(i), "reduction")?;
                 }
                 let rows = b * n;
                 self.layernorm::<T>(
@@ -889,6 +927,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     &w.n2.1,
                     ws.h.addr_mut(),
                 )?;
+                ws.mark(dev, Some(i), "ln2")?;
                 dev.gemm_nt(
                     dt,
                     ws.h.addr(),
@@ -898,7 +937,9 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     hm,
                     ws.mlp.addr_mut(),
                 )?;
+                ws.mark(dev, Some(i), "fc1")?;
                 self.bias_act(dev, ws.mlp.addr_mut(), rows, hm, w.fc1_b.addr(), true)?;
+                ws.mark(dev, Some(i), "gelu")?;
                 dev.gemm_nt(
                     dt,
                     ws.mlp.addr(),
@@ -909,7 +950,9 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     ws.h.addr_mut(),
                 )?;
                 self.bias_act(dev, ws.h.addr_mut(), rows, d, w.fc2_b.addr(), false)?;
+                ws.mark(dev, Some(i), "fc2")?;
                 self.residual(dev, ws.x.addr_mut(), ws.h.addr(), rows, d, w.ls2.as_ref())?;
+                ws.mark(dev, Some(i), "residual")?;
                 if let Some(t) = trace.as_deref_mut() {
                     t.push_f32(
                         &format!("block_out.{i}"),
@@ -1026,6 +1069,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     )?;
                     tap += 1;
                 }
+                ws.mark(dev, Some(i), "cache")?;
             }
             match &self.head {
                 DevHead::Linear { norm, w, b: hb } => {
@@ -1074,6 +1118,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     h.forward(dev, &ws.taps, b, &mut ws.hidden, &mut ws.logits)?;
                 }
             }
+            ws.mark(dev, None, "head")?;
         }
         if let Some(t) = trace {
             let v: Vec<f32> = dev

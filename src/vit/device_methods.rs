@@ -693,6 +693,8 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             return Err(Error::Plan("per-image buffers missing".into()));
         };
         let mut traces = Vec::new();
+        // A profile follows the images: each image's forward counts as one run.
+        one.profile = ws.profile.take();
         for bi in 0..b {
             // SAFETY: images hold b·per floats (checked by `forward`), img1 per, the logits
             // b·k and one's logits k.
@@ -729,6 +731,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             }
             traces.extend(t);
         }
+        ws.profile = one.profile.take();
         if let Some(out) = trace {
             crate::vit::methods::stack_traces(traces, b, out);
         }

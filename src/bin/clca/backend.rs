@@ -2,7 +2,7 @@
 //! shim or a GPU, behind one [`Engine`] so the commands time and read them the same way.
 use crate::error::{CliError, CliResult, Context};
 use clca::vit::cpu::CpuWorkspace;
-use clca::vit::device::{DeviceVit, DeviceWorkspace};
+use clca::vit::device::{AttentionPath, DeviceVit, DeviceWorkspace};
 use clca::vit::profile::Profile;
 use clca::vit::{Trace, TraceData, Vit};
 use clca::{bf16, f16, Buffer, Device, Element, HostShim};
@@ -128,7 +128,20 @@ pub struct DevEngine<'a, D: Device, T: Element> {
 
 impl<'a, D: Device, T: Element> DevEngine<'a, D, T> {
     pub fn new(dev: &'a D, label: &str, model: &Vit, batch: usize) -> clca::Result<Self> {
-        let vit = DeviceVit::<D, T>::new(dev, model)?;
+        let mut vit = DeviceVit::<D, T>::new(dev, model)?;
+        // CLCA_ATTENTION=gemm|fused overrides the attention path (for side-by-side timing).
+        match std::env::var("CLCA_ATTENTION").as_deref() {
+            Ok("gemm") => vit.set_attention(AttentionPath::Gemm)?,
+            Ok("fused") => vit.set_attention(AttentionPath::Fused)?,
+            Ok(other) if !other.is_empty() => {
+                return Err(clca::Error::InvalidArgument {
+                    arg: "CLCA_ATTENTION",
+                    value: other.into(),
+                    why: "must be `gemm` or `fused` (or unset: the default path)".into(),
+                })
+            }
+            _ => {}
+        }
         let ws = vit.workspace(dev, batch)?;
         let c = &model.cfg;
         let len = batch
@@ -147,7 +160,11 @@ impl<'a, D: Device, T: Element> DevEngine<'a, D, T> {
 
 impl<D: Device, T: Element> Engine for DevEngine<'_, D, T> {
     fn describe(&self) -> String {
-        format!("{} {}", self.label, T::DTYPE)
+        let att = match self.vit.attention_path() {
+            AttentionPath::Fused => "fused attention",
+            AttentionPath::Gemm => "GEMM attention",
+        };
+        format!("{} {}, {att}", self.label, T::DTYPE)
     }
     fn stage(&mut self, images: &[f32]) -> clca::Result<()> {
         if images.len() != self.images.len() {
@@ -166,6 +183,13 @@ impl<D: Device, T: Element> Engine for DevEngine<'_, D, T> {
     }
     fn logits(&self) -> clca::Result<Vec<f32>> {
         self.vit.logits(self.dev, &self.ws)
+    }
+    fn set_profile(&mut self, p: Option<Profile>) -> bool {
+        self.ws.set_profile(p);
+        true
+    }
+    fn take_profile(&mut self) -> Option<Profile> {
+        self.ws.take_profile()
     }
 }
 

@@ -236,9 +236,8 @@ fn profile_on(e: &mut dyn crate::backend::Engine) -> CliResult<()> {
         Ok(())
     } else {
         Err(CliError::input(format!(
-            "--profile: the {} forward has no profile yet",
+            "--profile: the {} forward has no profile",
             e.describe()
-        ))
-        .hint("use --device cpu (the CPU forward) with --profile"))
+        )))
     }
 }

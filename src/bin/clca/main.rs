@@ -145,7 +145,8 @@ pub struct ForwardArgs {
     pub json: bool,
     /// Time every phase of every block (patch embed, ln1, qkv, attention, proj, residual, ln2,
     /// fc1, gelu, fc2, reduction, cache, head) over the timed runs and print the table on
-    /// stderr (with --json also as a `profile` field). CPU only for now.
+    /// stderr (with --json also as a `profile` field). On a device every phase ends with a
+    /// synchronize, so the profiled forward runs a little slower than an unprofiled one.
     #[arg(long)]
     pub profile: bool,
     /// The model, when no --config is given (train.py names; --dpc-noise-seed and
