@@ -62,7 +62,10 @@ if has tests; then
     phase tests
     export CLCA_GPU_ONLY=1 CLCA_REQUIRE_GPU=1
     # cli runs the debug CLI of a cargo checkout; the rest are self-contained.
-    ls "$bin"/tests/* | grep -v '/cli-' | xargs -P 4 -I{} sh -c \
+    # TEST_BINS="flash capi …" limits the run to those binaries (a short lease).
+    ls "$bin"/tests/* | grep -v '/cli-' \
+        | { if [ -n "${TEST_BINS:-}" ]; then grep -E "/($(echo $TEST_BINS | tr ' ' '|'))-"; else cat; fi; } \
+        | xargs -P 4 -I{} sh -c \
         'n=$(basename {}); if timeout 120 {} --test-threads 4 >'"$logs"'/test-$n.log 2>&1; then r=ok; else r="FAIL($?)"; fi; echo "$n $r $(grep -h "test result" '"$logs"'/test-$n.log | tail -1)"' \
         | sort | tee -a "$summary"
     grep -h "skipping the GPU\|panicked" "$logs"/test-*.log | sort | uniq -c | head -20 | tee -a "$summary"
@@ -85,11 +88,15 @@ if has sanitizer; then
         }
         export -f run_san
         export san bin logs
-        printf '%s\n' "memcheck topk" "memcheck prune" "memcheck attn_score" "memcheck token_cache" \
-            "memcheck tome" "memcheck cla_head" "memcheck merge" "memcheck dyvit" "memcheck dpcknn" \
-            "memcheck ats" "memcheck golden_vit" "racecheck topk" "racecheck tome" "racecheck dpcknn" \
-            "racecheck attn_score" "racecheck ats" \
-            | xargs -P 8 -L 1 bash -c 'run_san "$@"' _ | sort | tee -a "$summary"
+        # SAN_LIST="memcheck flash,racecheck flash" replaces the list (a short lease).
+        if [ -n "${SAN_LIST:-}" ]; then
+            echo "$SAN_LIST" | tr ',' '\n'
+        else
+            printf '%s\n' "memcheck topk" "memcheck prune" "memcheck attn_score" "memcheck token_cache" \
+                "memcheck tome" "memcheck cla_head" "memcheck merge" "memcheck dyvit" "memcheck dpcknn" \
+                "memcheck ats" "memcheck flash" "memcheck golden_vit" "racecheck topk" "racecheck tome" \
+                "racecheck dpcknn" "racecheck attn_score" "racecheck ats" "racecheck flash"
+        fi | xargs -P 8 -L 1 bash -c 'run_san "$@"' _ | sort | tee -a "$summary"
         unset CLCA_GPU_ONLY CLCA_REQUIRE_GPU
     fi
 fi
@@ -112,8 +119,8 @@ if has benches; then
     # bench binary and criterion filter: the issue-6 points and bf16 for the rest (f32/f16 when
     # BENCH_ALL=1), to stay inside a short lease.
     if [ -n "${BENCH_ALL:-}" ]; then f=cuda_; fb=cuda_; else f=bf16; fb='cuda_prune_b256|cuda_prune_bf16|cuda_evit_prune_bf16'; fi
-    for spec in "prune:$fb" "select:cuda_.*$f" "token_cache:cuda_.*$f" "tome:cuda_.*$f" \
-        "cla_head:cuda_.*$f" "methods_ops:cuda_.*$f" "dpc_ats:cuda_.*$f"; do
+    specs=${BENCH_SPECS:-"prune:$fb select:cuda_.*$f token_cache:cuda_.*$f tome:cuda_.*$f cla_head:cuda_.*$f methods_ops:cuda_.*$f dpc_ats:cuda_.*$f"}
+    for spec in $specs; do
         b=${spec%%:*} filter=${spec#*:}
         t=$(ls "$bin"/benches/$b-* 2>/dev/null | head -1)
         [ -n "$t" ] || continue

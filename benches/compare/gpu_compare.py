@@ -72,14 +72,16 @@ def prune_point():
         torch.cuda.empty_cache()
 
 
-def run_clca(clca, args):
-    r = subprocess.run([clca, *args], capture_output=True, text=True, timeout=300)
+def run_clca(clca, args, env=None):
+    r = subprocess.run([clca, *args], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, **(env or {})})
     if r.returncode != 0:
         raise RuntimeError(f"clca {' '.join(args)}: exit {r.returncode}: {r.stderr[-2000:]}")
     return r.stdout
 
 
-def end_to_end(clca, out, batches, compile_batches, compile_models, models, classes=200):
+def end_to_end(clca, out, batches, compile_batches, compile_models, models, dtypes=("f32", "bf16"),
+               gemm_attention=False, profile_batches=(), classes=200):
     cases = [
         ("evit_clca_kr0.1", Flags("evit", (3, 6, 9), (0.1,), clc=True, num_clr=1, ifa_head=True)),
         ("plain", Flags("vit", (3, 6, 9), (1.0,), clc=False, num_clr=0, ifa_head=False)),
@@ -113,15 +115,27 @@ def end_to_end(clca, out, batches, compile_batches, compile_models, models, clas
             if not os.path.exists(inp):
                 save_file({"images": imgs[:b].contiguous()}, inp)
             x = imgs[:b].cuda()
-            for dt in ("f32", "bf16"):
+            for dt in dtypes:
                 runs = 20 if b < 64 else 10
-                j = json.loads(run_clca(clca, [
-                    "forward", "--weights", w, "--input", inp, "--output",
-                    os.path.join(out, "o.safetensors"), *f.cli(), "--device", "cuda",
-                    "--dtype", dt, "--warmup", "3", "--runs", str(runs), "--json"]))
+                fwd = ["forward", "--weights", w, "--input", inp, "--output",
+                       os.path.join(out, "o.safetensors"), *f.cli(), "--device", "cuda",
+                       "--dtype", dt, "--warmup", "3", "--runs", str(runs), "--json"]
+                j = json.loads(run_clca(clca, fwd))
                 emit(what="e2e", model=name, impl="clca", dtype=dt, batch=b,
                      median_s=j["forward_median_s"], min_s=j["forward_min_s"],
-                     max_s=j["forward_max_s"], macs=j["macs"])
+                     max_s=j["forward_max_s"], macs=j["macs"], backend=j.get("backend"))
+                if gemm_attention and dt != "f32":
+                    # The same forward with the GEMM attention path (the default before the
+                    # fused kernel), for the side by side of the two paths.
+                    j = json.loads(run_clca(clca, fwd, env={"CLCA_ATTENTION": "gemm"}))
+                    emit(what="e2e", model=name, impl="clca_gemm_attention", dtype=dt, batch=b,
+                         median_s=j["forward_median_s"], min_s=j["forward_min_s"],
+                         max_s=j["forward_max_s"], macs=j["macs"], backend=j.get("backend"))
+                if b in profile_batches and dt != "f32":
+                    prof = fwd[:-5] + ["--warmup", "2", "--runs", "3", "--json", "--profile"]
+                    j = json.loads(run_clca(clca, prof))
+                    emit(what="profile", model=name, dtype=dt, batch=b,
+                         median_s=j["forward_median_s"], profile=j.get("profile"))
                 with torch.no_grad():
                     if dt == "f32":
                         fn = lambda: model(x)
@@ -156,6 +170,14 @@ def table():
         elif r["what"] == "torch_prune_chain_b256":
             print(f"torch prune chain B256 {r['dtype']}: {r['median_s']*1e6:.0f} us, "
                   f"{r['gbps']:.0f} GB/s")
+        elif r["what"] == "profile" and r.get("profile"):
+            pr = r["profile"]
+            parts = ", ".join(f"{x['phase']} {x['s']*1e3:.2f} ms ({x['share']*100:.0f}%)"
+                              for x in pr["phases"])
+            print(f"profile {r['model']} {r['dtype']} B{r['batch']} (synchronized per phase, "
+                  f"{pr['total_s']*1e3:.2f} ms): {parts}")
+            for blk in pr["blocks"]:
+                print(f"  block {blk['block']}: {blk['total_s']*1e3:.2f} ms")
         elif r["what"] == "logits_check":
             print(f"logits {r['model']} f32 clca vs torch: rel max err {r['rel_max_err']:.2e}, "
                   f"top-1 agree {r['top1_agree']:.2f}")
@@ -180,6 +202,11 @@ def main():
     ap.add_argument("--models", default="evit_clca_kr0.1,plain,tome_clca_kr0.1",
                     help="end-to-end models (EViT + CLCA, plain ViT, ToMe + CLCA at 448 px)")
     ap.add_argument("--skip", default="", help="comma list of: copy,prune,e2e")
+    ap.add_argument("--dtypes", default="f32,bf16", help="end-to-end storage types")
+    ap.add_argument("--gemm-attention", action="store_true",
+                    help="also time clca's 16-bit forwards with CLCA_ATTENTION=gemm")
+    ap.add_argument("--profile-batches", default="",
+                    help="batches at which clca's 16-bit forward is also run with --profile")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     os.makedirs(a.work, exist_ok=True)
@@ -189,7 +216,9 @@ def main():
              ("e2e", lambda: end_to_end(a.clca, a.work, [int(b) for b in a.batches.split(",")],
                                         [int(b) for b in a.compile_batches.split(",") if b],
                                         a.compile_models.split(","),
-                                        a.models.split(",")))]
+                                        a.models.split(","), a.dtypes.split(","),
+                                        a.gemm_attention,
+                                        [int(b) for b in a.profile_batches.split(",") if b]))]
     for name, fn in steps:
         if name in skip:
             continue
