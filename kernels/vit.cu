@@ -27,6 +27,39 @@ __device__ void layernorm_rows(const float* __restrict__ x, unsigned rows, unsig
   }
 }
 
+// x[r] += gamma * round_T(y[r] + bias) (the projection's bias, rounded to T as a separate
+// bias pass would, then the residual add), then y_out[r] = LayerNorm(x[r]) in T: the residual and
+// the next LayerNorm in one pass over the row (bit-identical to residual_ then layernorm_, whose
+// sums run in the same thread-strided order with the same 256 threads). One block per row.
+template <class T>
+__device__ void residual_ln_rows(float* __restrict__ x, const T* __restrict__ y, unsigned rows,
+                                 unsigned d, const float* __restrict__ gamma,
+                                 const float* __restrict__ bias, const float* __restrict__ g,
+                                 const float* __restrict__ b, float eps, T* __restrict__ out) {
+  __shared__ float red[32];
+  for (unsigned r = blockIdx.x; r < rows; r += gridDim.x) {
+    float* xr = x + (i64)r * d;
+    const T* yr = y + (i64)r * d;
+    float s = 0.0f;
+    for (unsigned c = threadIdx.x; c < d; c += blockDim.x) {
+      float v = to_f32(yr[c]);
+      if (bias) v = to_f32(from_f32<T>(v + bias[c]));
+      const float nx = xr[c] + (gamma ? gamma[c] * v : v);
+      xr[c] = nx;  // read back below by this thread only
+      s += nx;
+    }
+    const float mean = block_sum(s, red) / (float)d;
+    float q = 0.0f;
+    for (unsigned c = threadIdx.x; c < d; c += blockDim.x) {
+      const float e = xr[c] - mean;
+      q += e * e;
+    }
+    const float rstd = rsqrtf(block_sum(q, red) / (float)d + eps);
+    for (unsigned c = threadIdx.x; c < d; c += blockDim.x)
+      out[(i64)r * d + c] = from_f32<T>((xr[c] - mean) * rstd * g[c] + b[c]);
+  }
+}
+
 // Attention runs as batched GEMMs (cuBLAS on a GPU, bgemm_nt on the shim) around three small
 // kernels: split the heads, softmax the score rows, merge the heads. The naive one-block-per-
 // query kernel this replaces re-read K and V for every query (measured on an H200: 524 ms for
@@ -109,18 +142,29 @@ __device__ void bgemm_nt_tile(const T* __restrict__ x, unsigned m, unsigned k, i
     }                                                                                             \
   }                                                                                               \
   CLCA_HOST_ENTRY(bias_act_##sfx)                                                                 \
-  /* x[r, c] += gamma[c] * y[r, c] (gamma null: 1). x is the f32 residual stream. */              \
+  /* x[r, c] += gamma[c] * round_T(y[r, c] + bias[c]) (gamma null: 1; bias null: none, else   \
+     rounded to T as bias_act would have stored it). x is the f32 residual stream. */             \
   extern "C" __global__ void residual_##sfx(float* __restrict__ x, const T* __restrict__ y,       \
                                             long long rows, unsigned d,                           \
-                                            const float* __restrict__ gamma) {                    \
+                                            const float* __restrict__ gamma,                      \
+                                            const float* __restrict__ bias) {                     \
     const long long total = rows * (long long)d;                                                  \
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;               \
          e += (long long)gridDim.x * blockDim.x) {                                                \
-      const float v = clca::to_f32(y[e]);                                                         \
+      float v = clca::to_f32(y[e]);                                                               \
+      if (bias) v = clca::to_f32(clca::from_f32<T>(v + bias[e % d]));                             \
       x[e] += gamma ? gamma[e % d] * v : v;                                                       \
     }                                                                                             \
   }                                                                                               \
   CLCA_HOST_ENTRY(residual_##sfx)                                                                 \
+  /* residual_ then layernorm_ of the same rows in one pass (see residual_ln_rows). */            \
+  extern "C" __global__ void residual_ln_##sfx(                                                   \
+      float* __restrict__ x, const T* __restrict__ y, unsigned rows, unsigned d,                  \
+      const float* __restrict__ gamma, const float* __restrict__ bias,                            \
+      const float* __restrict__ g, const float* __restrict__ b, float eps, T* __restrict__ out) { \
+    clca::residual_ln_rows<T>(x, y, rows, d, gamma, bias, g, b, eps, out);                        \
+  }                                                                                               \
+  CLCA_HOST_ENTRY(residual_ln_##sfx)                                                              \
   /* qkv [B, n, 3, H, hd] -> q (times scale), k [B, H, n, hd] and vt [B, H, hd, n]: the     \
      operands of the batched score and output GEMMs. Grid-stride over qkv. */                   \
   extern "C" __global__ void attn_split_##sfx(const T* __restrict__ qkv, unsigned batch,          \

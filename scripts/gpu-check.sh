@@ -3,6 +3,8 @@
 # here by scripts/gpu_prepare.sh: the device machine has no Rust toolchain and no network).
 #
 #   bash scripts/gpu-check.sh [PHASES]      PHASES: comma list, default info,tests,sanitizer,cli,benches,compare
+#   Knobs for a short lease: TEST_BINS, SAN_LIST, SAN_TIMEOUT, BENCH_SPECS, BENCH_TIMEOUT,
+#   COMPARE_ARGS, COMPARE_TIMEOUT.
 #
 # - tests:     every `cuda` test binary with CLCA_GPU_ONLY=1 (the host-shim bodies ran in CI) and
 #              CLCA_REQUIRE_GPU=1 (a GPU that cannot start fails instead of skipping);
@@ -82,7 +84,7 @@ if has sanitizer; then
         run_san() { # tool test [filter]
             local t
             t=$(ls "$bin"/tests/$2-* | head -1)
-            timeout 150 "$san" --tool "$1" --error-exitcode 9 "$t" --test-threads 1 ${3:-} \
+            timeout ${SAN_TIMEOUT:-150} "$san" --tool "$1" --error-exitcode 9 "$t" --test-threads 1 ${3:-} \
                 >"$logs/san-$1-$2.log" 2>&1
             echo "$1 $2: exit $? | $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$logs/san-$1-$2.log" | tail -1) | $(grep -h 'test result' "$logs/san-$1-$2.log" | tail -1)"
         }
@@ -134,11 +136,12 @@ fi
 
 if has compare; then
     phase compare
-    PYTHONUNBUFFERED=1 timeout 420 python3 benches/compare/gpu_compare.py --clca "$bin/clca" \
-        --out "$out" ${COMPARE_ARGS:-} >"$logs/compare.log" 2>&1
+    # The log goes straight to $out: its JSON lines survive a lease that ends mid-run.
+    PYTHONUNBUFFERED=1 timeout ${COMPARE_TIMEOUT:-420} python3 benches/compare/gpu_compare.py \
+        --clca "$bin/clca" --out "$out" ${COMPARE_ARGS:-} >"$out/compare.log" 2>&1
     note "compare: exit $?"
-    sed -n '/== summary ==/,$p' "$logs/compare.log" >>"$summary"
-    grep '"error"' "$logs/compare.log" | tee -a "$summary"
+    sed -n '/== summary ==/,$p' "$out/compare.log" >>"$summary"
+    grep '"error"' "$out/compare.log" | tee -a "$summary"
 fi
 
 phase done

@@ -833,9 +833,34 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     d,
                     ws.h.addr_mut(),
                 )?;
-                self.bias_act(dev, ws.h.addr_mut(), rows, d, w.proj_b.addr(), false)?;
                 ws.mark(dev, Some(i), "proj")?;
-                self.residual(dev, ws.x.addr_mut(), ws.h.addr(), rows, d, w.ls1.as_ref())?;
+                // With no reduction between them, the residual add (with the projection's
+                // bias) and the second LayerNorm are one pass, its output in `ws.attn` (free
+                // once the projection has read it).
+                let fuse_ln2 = bp.merge.is_none() && bp.keep.is_none();
+                if fuse_ln2 {
+                    self.residual_ln(
+                        dev,
+                        ws.x.addr_mut(),
+                        ws.h.addr(),
+                        rows,
+                        d,
+                        w.ls1.as_ref(),
+                        &w.proj_b,
+                        &w.n2,
+                        ws.attn.addr_mut(),
+                    )?;
+                } else {
+                    self.residual(
+                        dev,
+                        ws.x.addr_mut(),
+                        ws.h.addr(),
+                        rows,
+                        d,
+                        w.ls1.as_ref(),
+                        Some(&w.proj_b),
+                    )?;
+                }
                 ws.mark(dev, Some(i), "residual")?;
 
                 if let Some(r) = bp.merge {
@@ -917,26 +942,23 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     ws.mark(dev, Some(i), "reduction")?;
                 }
                 let rows = b * n;
-                self.layernorm::<T>(
-                    dev,
-                    ws.x.addr(),
-                    rows,
-                    d,
-                    d,
-                    &w.n2.0,
-                    &w.n2.1,
-                    ws.h.addr_mut(),
-                )?;
-                ws.mark(dev, Some(i), "ln2")?;
-                dev.gemm_nt(
-                    dt,
-                    ws.h.addr(),
-                    rows,
-                    d,
-                    w.fc1_w.addr(),
-                    hm,
-                    ws.mlp.addr_mut(),
-                )?;
+                let ln2_out = if fuse_ln2 {
+                    ws.attn.addr()
+                } else {
+                    self.layernorm::<T>(
+                        dev,
+                        ws.x.addr(),
+                        rows,
+                        d,
+                        d,
+                        &w.n2.0,
+                        &w.n2.1,
+                        ws.h.addr_mut(),
+                    )?;
+                    ws.mark(dev, Some(i), "ln2")?;
+                    ws.h.addr()
+                };
+                dev.gemm_nt(dt, ln2_out, rows, d, w.fc1_w.addr(), hm, ws.mlp.addr_mut())?;
                 ws.mark(dev, Some(i), "fc1")?;
                 self.bias_act(dev, ws.mlp.addr_mut(), rows, hm, w.fc1_b.addr(), true)?;
                 ws.mark(dev, Some(i), "gelu")?;
@@ -949,9 +971,16 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     d,
                     ws.h.addr_mut(),
                 )?;
-                self.bias_act(dev, ws.h.addr_mut(), rows, d, w.fc2_b.addr(), false)?;
                 ws.mark(dev, Some(i), "fc2")?;
-                self.residual(dev, ws.x.addr_mut(), ws.h.addr(), rows, d, w.ls2.as_ref())?;
+                self.residual(
+                    dev,
+                    ws.x.addr_mut(),
+                    ws.h.addr(),
+                    rows,
+                    d,
+                    w.ls2.as_ref(),
+                    Some(&w.fc2_b),
+                )?;
                 ws.mark(dev, Some(i), "residual")?;
                 if let Some(t) = trace.as_deref_mut() {
                     t.push_f32(
@@ -1456,6 +1485,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         rows: usize,
         d: usize,
         gamma: Option<&D::Buf<f32>>,
+        bias: Option<&D::Buf<f32>>,
     ) -> Result<()> {
         let args = vec![
             Arg::Ptr(x),
@@ -1463,6 +1493,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             Arg::I64(rows as i64),
             Arg::U32(to_u32("d", d)?),
             Arg::Ptr(gamma.map(|g| g.addr()).unwrap_or(0)),
+            Arg::Ptr(bias.map(|g| g.addr()).unwrap_or(0)),
         ];
         // SAFETY: forwarded from `forward`.
         unsafe {
@@ -1473,6 +1504,56 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 T::DTYPE,
                 ew_grid(rows * d)?,
                 [EW_THREADS, 1, 1],
+                0,
+                args,
+            )
+        }
+    }
+
+    /// x += gamma·round_T(y + bias), then out = LayerNorm(x) (`norm`) in T: one pass per row
+    /// (kernels/vit.cu `residual_ln`).
+    ///
+    /// # Safety
+    /// x and y hold rows·d elements, out rows·d `T` and not overlapping y; the weights d.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn residual_ln(
+        &self,
+        dev: &D,
+        x: u64,
+        y: u64,
+        rows: usize,
+        d: usize,
+        gamma: Option<&D::Buf<f32>>,
+        bias: &D::Buf<f32>,
+        norm: &(D::Buf<f32>, D::Buf<f32>),
+        out: u64,
+    ) -> Result<()> {
+        let grid = [
+            to_u32("rows", rows.clamp(1, crate::kernels::ROW_GRID_CAP as usize))?,
+            1,
+            1,
+        ];
+        let args = vec![
+            Arg::Ptr(x),
+            Arg::Ptr(y),
+            Arg::U32(to_u32("rows", rows)?),
+            Arg::U32(to_u32("d", d)?),
+            Arg::Ptr(gamma.map(|g| g.addr()).unwrap_or(0)),
+            Arg::Ptr(bias.addr()),
+            Arg::Ptr(norm.0.addr()),
+            Arg::Ptr(norm.1.addr()),
+            Arg::F32(self.model.cfg.ln_eps as f32),
+            Arg::Ptr(out),
+        ];
+        // SAFETY: forwarded from `forward`; 256 threads as `layernorm` (same sums, same bits).
+        unsafe {
+            go(
+                dev,
+                "vit",
+                "residual_ln",
+                T::DTYPE,
+                grid,
+                [256, 1, 1],
                 0,
                 args,
             )
