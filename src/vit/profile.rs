@@ -10,6 +10,9 @@
 //! When the forward holds no profile (`Option<Profile>` is `None`) a mark is one branch.
 use std::time::{Duration, Instant};
 
+/// One block's phases with their times (`None` = outside the blocks), in first-mark order.
+pub type BlockRow = (Option<usize>, Vec<(&'static str, Duration)>);
+
 /// One `(block, phase)` cell: the time charged to it over all runs and how many marks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProfileEntry {
@@ -126,16 +129,17 @@ impl Profile {
     }
 
     /// Per block (`None` = outside the blocks), each with its phases, in first-mark order.
-    pub fn by_block(&self) -> Vec<(Option<usize>, Vec<(&'static str, Duration)>)> {
-        let mut out: Vec<(Option<usize>, Vec<(&'static str, Duration)>)> = Vec::new();
+    pub fn by_block(&self) -> Vec<BlockRow> {
+        let mut out: Vec<BlockRow> = Vec::new();
         for e in &self.entries {
-            let row = match out.iter().position(|(b, _)| *b == e.block) {
-                Some(i) => &mut out[i].1,
+            let i = match out.iter().position(|(b, _)| *b == e.block) {
+                Some(i) => i,
                 None => {
                     out.push((e.block, Vec::new()));
-                    &mut out.last_mut().expect("just pushed").1
+                    out.len() - 1
                 }
             };
+            let row = &mut out[i].1;
             match row.iter_mut().find(|(p, _)| *p == e.phase) {
                 Some((_, t)) => *t += e.elapsed,
                 None => row.push((e.phase, e.elapsed)),
@@ -240,6 +244,7 @@ pub(crate) fn mark(p: &mut Option<Profile>, block: Option<usize>, phase: &'stati
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
