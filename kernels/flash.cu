@@ -16,7 +16,6 @@
 
 namespace clca {
 
-constexpr int FA_BQ = 64;   // queries per block: 4 warps of 16 rows
 constexpr int FA_BK = 64;   // keys per tile
 constexpr int FA_PAD = 8;   // halves of padding per shared row: conflict-free fragment loads
 constexpr int FA_THREADS = 128;
@@ -41,7 +40,11 @@ __device__ __forceinline__ void fa_load_tile(const unsigned short* src, u32 n, i
   }
 }
 
-template <class T, int HD>
+// MT m-tiles of 16 query rows per warp (4 warps, 64·MT queries per block): each K and V fragment
+// read from shared memory feeds MT mma instructions. With MT = 1 the H200 measured 93 TFLOP/s at
+// B64 × 786 tokens, with shared-memory reads about as long as the mma work; MT = 2 halves them
+// per FLOP (FlashAttention-2's 128-row tiles), at the cost of registers (HD 128 keeps MT = 1).
+template <class T, int HD, int MT>
 __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, float scale,
                                 const float* __restrict__ sizes, T* __restrict__ out_t,
                                 float* __restrict__ cls_probs) {
@@ -49,12 +52,15 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
   constexpr int NT = HD / 8;   // 8-wide column tiles of O
   constexpr int LD = HD + FA_PAD;
   constexpr int ST = FA_BK / 8;  // 8-wide key tiles of S
-  __align__(16) __shared__ unsigned short ks[FA_BK * LD];  // Q staging, then each K tile
-  __align__(16) __shared__ unsigned short vs[FA_BK * LD];
+  constexpr int BQ = 64 * MT;
+  static_assert(BQ <= 2 * FA_BK, "the Q staging uses the K and V tiles' space");
+  __align__(16) __shared__ unsigned short kv[2 * FA_BK * LD];  // Q staging, then K | V tiles
   __shared__ float lz[FA_BK];  // log2(size) of the tile's keys (ToMe), else 0
+  unsigned short* ks = kv;
+  unsigned short* vs = kv + FA_BK * LD;
 
   const unsigned short* qkv = reinterpret_cast<const unsigned short*>(qkv_t);
-  const u32 b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * FA_BQ;
+  const u32 b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BQ;
   const u32 d = heads * HD;
   const i64 tok = 3 * (i64)d;
   const unsigned short* qb = qkv + (i64)b * n * tok + (i64)h * HD;  // q of token t: qb + t*tok
@@ -63,12 +69,14 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
   const float neg_inf = -__int_as_float(0x7f800000);
 
-  // The warp's 16 query rows as A fragments, scaled and rounded to T.
-  fa_load_tile<HD>(qb, n, tok, q0, ks);
+  // The warp's 16·MT query rows as A fragments, scaled and rounded to T.
+  CLCA_UNROLL
+  for (int i = 0; i < MT; ++i) fa_load_tile<HD>(qb, n, tok, q0 + 64 * i, kv + 64 * i * LD);
   __syncthreads();
-  u32 qa[KS][4];
-  {
-    const unsigned short* r0 = ks + (warp * 16 + g) * LD + 2 * t4;
+  u32 qa[MT][KS][4];
+  CLCA_UNROLL
+  for (int mt = 0; mt < MT; ++mt) {
+    const unsigned short* r0 = kv + (warp * 16 * MT + mt * 16 + g) * LD + 2 * t4;
     const unsigned short* r1 = r0 + 8 * LD;
     CLCA_UNROLL
     for (int kk = 0; kk < KS; ++kk) {
@@ -76,15 +84,22 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
                         ld32(r1 + kk * 16 + 8)};
       CLCA_UNROLL
       for (int i = 0; i < 4; ++i)
-        qa[kk][i] = pack2<T>(lo_half<T>(w[i]) * scale, hi_half<T>(w[i]) * scale);
+        qa[mt][kk][i] = pack2<T>(lo_half<T>(w[i]) * scale, hi_half<T>(w[i]) * scale);
     }
   }
 
-  float o[NT][4];
+  float o[MT][NT][4];
+  // Rows g and g+8 of each m-tile: running max (log2 units) and this lane's share of the sum.
+  float m[MT][2], l[MT][2];
   CLCA_UNROLL
-  for (int j = 0; j < NT; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-  // Rows g and g+8 of the warp: running max (log2 units) and this lane's share of the sum.
-  float m[2] = {neg_inf, neg_inf}, l[2] = {0.0f, 0.0f};
+  for (int mt = 0; mt < MT; ++mt) {
+    CLCA_UNROLL
+    for (int j = 0; j < NT; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.0f;
+    m[mt][0] = m[mt][1] = neg_inf;
+    l[mt][0] = l[mt][1] = 0.0f;
+  }
+  // ldmatrix addressing: lane l points at row l % 8 of matrix l / 8.
+  const int mi = lane >> 3, mrow = lane & 7;
 
   for (u32 k0 = 0; k0 < n; k0 += FA_BK) {
     __syncthreads();  // every warp is done with the previous tile (or the Q staging)
@@ -95,93 +110,115 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
                                                        : 0.0f;
     __syncthreads();
 
-    float s[ST][4];
+    // S = q.k^T. K's B fragments for key tiles 2jp and 2jp+1 at k step kk in one ldmatrix:
+    // matrices (keys +0, dims +0), (keys +0, dims +8), (keys +8, dims +0), (keys +8, dims +8).
+    float s[MT][ST][4];
     CLCA_UNROLL
-    for (int j = 0; j < ST; ++j) {
-      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-      const unsigned short* kr = ks + (j * 8 + g) * LD + 2 * t4;
+    for (int mt = 0; mt < MT; ++mt) {
       CLCA_UNROLL
-      for (int kk = 0; kk < KS; ++kk) {
-        const u32 bf[2] = {ld32(kr + kk * 16), ld32(kr + kk * 16 + 8)};
-        mma_16816<T>(s[j], qa[kk], bf);
+      for (int j = 0; j < ST; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.0f;
+    }
+    CLCA_UNROLL
+    for (int kk = 0; kk < KS; ++kk) {
+      CLCA_UNROLL
+      for (int jp = 0; jp < ST / 2; ++jp) {
+        u32 r[4];
+        ldmatrix_x4(r, ks + (jp * 16 + mrow + 8 * (mi >> 1)) * LD + kk * 16 + 8 * (mi & 1));
+        const u32 b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+        CLCA_UNROLL
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_16816<T>(s[mt][2 * jp], qa[mt][kk], b0);
+          mma_16816<T>(s[mt][2 * jp + 1], qa[mt][kk], b1);
+        }
       }
     }
-    // Logits in log2 units (exp(x) = 2^(x log2 e)); keys past n are -inf.
-    float mx[2] = {m[0], m[1]};
     CLCA_UNROLL
-    for (int j = 0; j < ST; ++j) {
+    for (int mt = 0; mt < MT; ++mt) {
+      // Logits in log2 units (exp(x) = 2^(x log2 e)); keys past n are -inf.
+      float mx[2] = {m[mt][0], m[mt][1]};
       CLCA_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        const int c = j * 8 + 2 * t4 + (i & 1);
-        const float v = (k0 + (u32)c < n) ? s[j][i] * FA_LOG2E + lz[c] : neg_inf;
-        s[j][i] = v;
-        mx[i >> 1] = fmaxf(mx[i >> 1], v);
+      for (int j = 0; j < ST; ++j) {
+        CLCA_UNROLL
+        for (int i = 0; i < 4; ++i) {
+          const int c = j * 8 + 2 * t4 + (i & 1);
+          const float v = (k0 + (u32)c < n) ? s[mt][j][i] * FA_LOG2E + lz[c] : neg_inf;
+          s[mt][j][i] = v;
+          mx[i >> 1] = fmaxf(mx[i >> 1], v);
+        }
       }
-    }
-    float alpha[2];
-    CLCA_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      alpha[r] = exp2f(m[r] - mx[r]);  // 0 on the first tile (m = -inf)
-      m[r] = mx[r];
-      l[r] *= alpha[r];
-    }
-    CLCA_UNROLL
-    for (int j = 0; j < NT; ++j) {
-      o[j][0] *= alpha[0];
-      o[j][1] *= alpha[0];
-      o[j][2] *= alpha[1];
-      o[j][3] *= alpha[1];
-    }
-    CLCA_UNROLL
-    for (int j = 0; j < ST; ++j) {
+      float alpha[2];
       CLCA_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        const float p = exp2f(s[j][i] - m[i >> 1]);
-        s[j][i] = p;
-        l[i >> 1] += p;
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        alpha[r] = exp2f(m[mt][r] - mx[r]);  // 0 on the first tile (m = -inf)
+        m[mt][r] = mx[r];
+        l[mt][r] *= alpha[r];
+      }
+      CLCA_UNROLL
+      for (int j = 0; j < NT; ++j) {
+        o[mt][j][0] *= alpha[0];
+        o[mt][j][1] *= alpha[0];
+        o[mt][j][2] *= alpha[1];
+        o[mt][j][3] *= alpha[1];
+      }
+      CLCA_UNROLL
+      for (int j = 0; j < ST; ++j) {
+        CLCA_UNROLL
+        for (int i = 0; i < 4; ++i) {
+          const float p = exp2f(s[mt][j][i] - m[mt][i >> 1]);
+          s[mt][j][i] = p;
+          l[mt][i >> 1] += p;
+        }
       }
     }
     // O += P.V: the C fragments of key tiles 2kk and 2kk+1 are the A fragment of k step kk; V's
     // B fragments come transposed out of shared memory.
     CLCA_UNROLL
     for (int kk = 0; kk < FA_BK / 16; ++kk) {
-      const u32 pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                         pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                         pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-      const int mi = lane >> 3;
-      const unsigned short* vr = vs + (kk * 16 + (lane & 7) + 8 * (mi & 1)) * LD + 8 * (mi >> 1);
+      u32 pa[MT][4];
+      CLCA_UNROLL
+      for (int mt = 0; mt < MT; ++mt) {
+        pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+      const unsigned short* vr = vs + (kk * 16 + mrow + 8 * (mi & 1)) * LD + 8 * (mi >> 1);
       CLCA_UNROLL
       for (int np = 0; np < HD / 16; ++np) {
         u32 r[4];
         ldmatrix_x4_trans(r, vr + np * 16);
         const u32 b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-        mma_16816<T>(o[2 * np], pa, b0);
-        mma_16816<T>(o[2 * np + 1], pa, b1);
+        CLCA_UNROLL
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_16816<T>(o[mt][2 * np], pa[mt], b0);
+          mma_16816<T>(o[mt][2 * np + 1], pa[mt], b1);
+        }
       }
     }
   }
 
-  CLCA_UNROLL
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-  }
   T* out = out_t;
   CLCA_UNROLL
-  for (int r = 0; r < 2; ++r) {
-    const u32 q = q0 + warp * 16 + g + 8 * r;
-    if (q < n) {
-      const float inv = 1.0f / l[r];
-      u32* orow = reinterpret_cast<u32*>(out + ((i64)b * n + q) * d + (i64)h * HD + 2 * t4);
-      CLCA_UNROLL
-      for (int j = 0; j < NT; ++j) orow[j * 4] = pack2<T>(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+  for (int mt = 0; mt < MT; ++mt) {
+    CLCA_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      l[mt][r] += __shfl_xor_sync(0xffffffffu, l[mt][r], 1);
+      l[mt][r] += __shfl_xor_sync(0xffffffffu, l[mt][r], 2);
+      const u32 q = q0 + warp * 16 * MT + mt * 16 + g + 8 * r;
+      if (q < n) {
+        const float inv = 1.0f / l[mt][r];
+        u32* orow = reinterpret_cast<u32*>(out + ((i64)b * n + q) * d + (i64)h * HD + 2 * t4);
+        CLCA_UNROLL
+        for (int j = 0; j < NT; ++j)
+          orow[j * 4] = pack2<T>(o[mt][j][2 * r] * inv, o[mt][j][2 * r + 1] * inv);
+      }
     }
   }
 
-  // The cls query's probabilities: warp 0 of the first query tile holds row 0 (lanes with g = 0)
-  // and its final max and sum; one more pass over K, straight from global memory.
+  // The cls query's probabilities: warp 0 of the first query tile holds row 0 (m-tile 0, lanes
+  // with g = 0) and its final max and sum; one more pass over K, straight from global memory.
   if (cls_probs && blockIdx.x == 0 && warp == 0) {
     float* cp = cls_probs + ((i64)b * heads + h) * n;
     for (u32 k0 = 0; k0 < n; k0 += 8) {
@@ -191,7 +228,7 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
       CLCA_UNROLL
       for (int kk = 0; kk < KS; ++kk) {
         const u32 bf[2] = {ld32(kr + kk * 16), ld32(kr + kk * 16 + 8)};
-        mma_16816<T>(s4, qa[kk], bf);
+        mma_16816<T>(s4, qa[0][kk], bf);
       }
       if (g == 0) {
         CLCA_UNROLL
@@ -199,7 +236,7 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
           const u32 c = k0 + 2 * t4 + i;
           if (c < n) {
             const float bias = sizes ? log2f(sizes[(i64)b * n + c]) : 0.0f;
-            cp[c] = exp2f(s4[i] * FA_LOG2E + bias - m[0]) / l[0];
+            cp[c] = exp2f(s4[i] * FA_LOG2E + bias - m[0][0]) / l[0][0];
           }
         }
       }
@@ -209,16 +246,18 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
 
 }  // namespace clca
 
-// grid (ceil(n / 64), heads, batch), block 128. qkv [B, n, 3, H, HD], out [B, n, H*HD] (T),
+// grid (ceil(n / FA_QUERIES_HD), heads, batch), block 128: 128 queries per block at HD 32 and
+// 64 (MT = 2), 64 at HD 128 (MT = 1). qkv [B, n, 3, H, HD], out [B, n, H*HD] (T),
 // sizes [B, n] f32 or null, cls_probs [B, H, n] f32 or null. 16-byte aligned rows: HD % 16 == 0
 // and 16-byte aligned qkv.
-#define FLASH_ENTRIES(T, sfx, HD)                                                                 \
+#define FLASH_ENTRIES(T, sfx, HD, MT)                                                             \
   extern "C" __global__ void __launch_bounds__(clca::FA_THREADS) attn_flash##HD##_##sfx(          \
       const T* __restrict__ qkv, unsigned n, unsigned heads, float scale,                         \
       const float* __restrict__ sizes, T* __restrict__ out, float* __restrict__ cls_probs) {      \
-    clca::flash_attention<T, HD>(qkv, n, heads, scale, sizes, out, cls_probs);                    \
+    clca::flash_attention<T, HD, MT>(qkv, n, heads, scale, sizes, out, cls_probs);                \
   }                                                                                               \
   CLCA_HOST_ENTRY(attn_flash##HD##_##sfx)
-#define FLASH_DTYPE(T, sfx) FLASH_ENTRIES(T, sfx, 32) FLASH_ENTRIES(T, sfx, 64) FLASH_ENTRIES(T, sfx, 128)
+#define FLASH_DTYPE(T, sfx) \
+  FLASH_ENTRIES(T, sfx, 32, 2) FLASH_ENTRIES(T, sfx, 64, 2) FLASH_ENTRIES(T, sfx, 128, 1)
 FLASH_DTYPE(clca::f16, f16)
 FLASH_DTYPE(clca::bf16, bf16)

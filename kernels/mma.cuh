@@ -1,5 +1,5 @@
 // Tensor-core building blocks for the 16-bit storage types: mma.sync m16n8k16 (f16/bf16 in,
-// f32 accumulate) and ldmatrix .x4 .trans, as inline PTX on the device (sm_80+) and, on the host
+// f32 accumulate) and ldmatrix .x4 (plain and .trans), as inline PTX on the device (sm_80+) and, on the host
 // shim, as models that follow the PTX ISA's fragment layouts lane by lane. The models move each
 // operand through the lanes that hold it on a GPU, so the host tests check our fragment
 // bookkeeping, not just the arithmetic.
@@ -54,14 +54,24 @@ __device__ __forceinline__ void mma_16816<f16>(float d[4], const u32 a[4], const
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+  u32 a;
+  asm("{ .reg .u64 p; cvta.to.shared.u64 p, %1; cvt.u32.u64 %0, p; }" : "=r"(a) : "l"(p));
+  return a;
+}
+// Four 8x8 16-bit matrices from shared memory: lane l gives the address of row l%8 of matrix
+// l/8 (16-byte aligned); register i gets matrix i's elements (g, 2t) and (g, 2t+1).
+__device__ __forceinline__ void ldmatrix_x4(u32 r[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(row)));
+}
 // Four 8x8 16-bit matrices from shared memory, transposed: lane l gives the address of row l%8
 // of matrix l/8 (16-byte aligned); register i gets matrix i's elements (2t, g) and (2t+1, g).
 __device__ __forceinline__ void ldmatrix_x4_trans(u32 r[4], const void* row) {
-  u32 a;
-  asm("{ .reg .u64 p; cvta.to.shared.u64 p, %1; cvt.u32.u64 %0, p; }" : "=r"(a) : "l"(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
+               : "r"(smem_u32(row)));
 }
 #else
 template <class T>
@@ -88,6 +98,15 @@ inline void mma_16816(float d[4], const u32 a[4], const u32 b[2]) {
     // Products of 16-bit floats are exact in f32; only the summation order is ours.
     for (int k = 0; k < 16; ++k) acc += A(r, k) * B(k, c);
     d[i] = acc;
+  }
+}
+inline void ldmatrix_x4(u32 r[4], const void* row) {
+  const void* rows[32];
+  clca_shim::warp_gather_all(row, rows);
+  const int lane = clca_shim::lane_id(), g = lane >> 2, t = lane & 3;
+  for (int i = 0; i < 4; ++i) {
+    const unsigned short* rp = static_cast<const unsigned short*>(rows[i * 8 + g]);
+    r[i] = (u32)rp[2 * t] | ((u32)rp[2 * t + 1] << 16);
   }
 }
 inline void ldmatrix_x4_trans(u32 r[4], const void* row) {

@@ -27,6 +27,23 @@ __device__ void layernorm_rows(const float* __restrict__ x, unsigned rows, unsig
   }
 }
 
+// The column e % n of a grid-stride walk over a row-major [rows, n] tensor, kept by addition:
+// one 64-bit division per thread instead of one per element (the per-element `%` made the
+// bias/GELU and residual passes compute-bound: 1.9 ms of a 17.9 ms B64 forward on an H200).
+struct ColumnWalk {
+  unsigned c, step, n;
+  __device__ explicit ColumnWalk(unsigned n_) : n(n_) {
+    c = (unsigned)(first() % n_);
+    step = (unsigned)(stride() % n_);
+  }
+  __device__ long long first() const { return (long long)blockIdx.x * blockDim.x + threadIdx.x; }
+  __device__ long long stride() const { return (long long)gridDim.x * blockDim.x; }
+  __device__ void next() {
+    c += step;  // both < n, so one subtraction wraps it
+    if (c >= n) c -= n;
+  }
+};
+
 // x[r] += gamma * round_T(y[r] + bias) (the projection's bias, rounded to T as a separate
 // bias pass would, then the residual add), then y_out[r] = LayerNorm(x[r]) in T: the residual and
 // the next LayerNorm in one pass over the row (bit-identical to residual_ then layernorm_, whose
@@ -133,9 +150,9 @@ __device__ void bgemm_nt_tile(const T* __restrict__ x, unsigned m, unsigned k, i
                                             const float* __restrict__ bias, unsigned act) {       \
     /* act: 0 none, 1 exact GELU, 2 exp (DPC-KNN's token weights). */                             \
     const long long total = rows * (long long)n;                                                  \
-    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;               \
-         e += (long long)gridDim.x * blockDim.x) {                                                \
-      float v = clca::to_f32(y[e]) + (bias ? bias[e % n] : 0.0f);                                 \
+    clca::ColumnWalk col(n);                                                                      \
+    for (long long e = col.first(); e < total; e += col.stride(), col.next()) {                   \
+      float v = clca::to_f32(y[e]) + (bias ? bias[col.c] : 0.0f);                                 \
       if (act == 1) v = clca::gelu_erf(v);                                                        \
       else if (act == 2) v = expf(v);                                                             \
       y[e] = clca::from_f32<T>(v);                                                                \
@@ -149,11 +166,11 @@ __device__ void bgemm_nt_tile(const T* __restrict__ x, unsigned m, unsigned k, i
                                             const float* __restrict__ gamma,                      \
                                             const float* __restrict__ bias) {                     \
     const long long total = rows * (long long)d;                                                  \
-    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;               \
-         e += (long long)gridDim.x * blockDim.x) {                                                \
+    clca::ColumnWalk col(d);                                                                      \
+    for (long long e = col.first(); e < total; e += col.stride(), col.next()) {                   \
       float v = clca::to_f32(y[e]);                                                               \
-      if (bias) v = clca::to_f32(clca::from_f32<T>(v + bias[e % d]));                             \
-      x[e] += gamma ? gamma[e % d] * v : v;                                                       \
+      if (bias) v = clca::to_f32(clca::from_f32<T>(v + bias[col.c]));                             \
+      x[e] += gamma ? gamma[col.c] * v : v;                                                       \
     }                                                                                             \
   }                                                                                               \
   CLCA_HOST_ENTRY(residual_##sfx)                                                                 \
@@ -227,19 +244,20 @@ __device__ void bgemm_nt_tile(const T* __restrict__ x, unsigned m, unsigned k, i
   }                                                                                               \
   CLCA_HOST_ENTRY(bgemm_nt_f32out_##sfx)                                                          \
   /* im2col of img [B, C, S, S] (f32) into out [B*P, C*p*p] (T), (c, ky, kx) order. */            \
+  /* One block per patch row (grid-stride), threads over its chans*p*p columns. */                \
   extern "C" __global__ void patch_im2col_##sfx(const float* __restrict__ img, unsigned batch,    \
                                                 unsigned chans, unsigned size, unsigned p,        \
                                                 T* __restrict__ out) {                            \
     const unsigned gw = size / p, np = gw * gw, kp = chans * p * p;                               \
-    const long long total = (long long)batch * np * kp;                                           \
-    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;               \
-         e += (long long)gridDim.x * blockDim.x) {                                                \
-      const unsigned col = (unsigned)(e % kp);                                                    \
-      const long long row = e / kp;                                                               \
+    const long long rows = (long long)batch * np;                                                 \
+    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {                              \
       const unsigned b = (unsigned)(row / np), t = (unsigned)(row % np);                          \
-      const unsigned c = col / (p * p), ky = (col / p) % p, kx = col % p;                         \
-      const unsigned y = (t / gw) * p + ky, x = (t % gw) * p + kx;                                \
-      out[e] = clca::from_f32<T>(img[(((long long)b * chans + c) * size + y) * size + x]);        \
+      const unsigned y0 = (t / gw) * p, x0 = (t % gw) * p;                                        \
+      for (unsigned col = threadIdx.x; col < kp; col += blockDim.x) {                             \
+        const unsigned c = col / (p * p), ky = (col / p) % p, kx = col % p;                       \
+        out[row * kp + col] = clca::from_f32<T>(                                                  \
+            img[(((long long)b * chans + c) * size + y0 + ky) * size + x0 + kx]);                 \
+      }                                                                                           \
     }                                                                                             \
   }                                                                                               \
   CLCA_HOST_ENTRY(patch_im2col_##sfx)                                                             \

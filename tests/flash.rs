@@ -5,7 +5,7 @@
 //! through models that follow the PTX fragment layouts lane by lane, so these tests check the
 //! kernel's fragment bookkeeping; on a GPU the same tests check it on the real instructions.
 mod common;
-use clca::kernels::{Arg, Launch};
+use clca::ops::attention::flash_launch;
 use clca::{bf16, f16, Buffer, Device, Element};
 use common::*;
 use proptest::prelude::*;
@@ -80,21 +80,16 @@ fn run<D: Device, T: Element>(
     let ds = sizes.as_ref().map(|s| up(dev, s));
     let mut dout = sentinel(dev, b * n * d, T::from_f32(f32::NAN));
     let mut dcls = sentinel(dev, b * h * n, f32::NAN);
-    let l = Launch::new(
-        "flash",
-        &format!("attn_flash{hd}"),
+    let l = flash_launch(
         T::DTYPE,
-        [n.div_ceil(64) as u32, h as u32, b as u32],
-        [128, 1, 1],
-        vec![
-            Arg::Ptr(dq.addr()),
-            Arg::U32(n as u32),
-            Arg::U32(h as u32),
-            Arg::F32((hd as f64).powf(-0.5) as f32),
-            Arg::Ptr(ds.as_ref().map_or(0, |s| s.addr())),
-            Arg::Ptr(dout.addr_mut()),
-            Arg::Ptr(dcls.addr_mut()),
-        ],
+        dq.addr(),
+        b,
+        n,
+        h,
+        hd,
+        ds.as_ref().map_or(0, |s| s.addr()),
+        dout.addr_mut(),
+        dcls.addr_mut(),
     )
     .expect("launch");
     // SAFETY: every buffer holds the extents the kernel's contract names.

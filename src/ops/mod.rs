@@ -1,6 +1,7 @@
 //! The op contracts: shapes, dtypes, ordering and tie rules, validation, and the safe wrappers
 //! that launch the kernels on any [`Device`](crate::Device). One module per op family.
 pub mod ats;
+pub mod attention;
 pub mod attn_score;
 pub mod cla_head;
 pub mod dpcknn;

@@ -16,8 +16,7 @@ const EW_THREADS: u32 = 256;
 /// The attention's f32 score buffer holds at most this many bytes (images go in chunks).
 const ATTN_SCORE_BYTES: usize = 256 << 20;
 const EW_GRID_CAP: usize = 1 << 16;
-/// Head dimensions the fused attention kernel is built for (kernels/flash.cu).
-const FUSED_HEAD_DIMS: [usize; 3] = [32, 64, 128];
+use crate::ops::attention::HEAD_DIMS as FUSED_HEAD_DIMS;
 
 /// How the device forward computes attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -693,13 +692,19 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         // capacity, the taps and the batch; each launch touches at most the current n ≤ max_len
         // tokens of `b` samples, and the weight buffers hold the checked parameter shapes.
         unsafe {
-            let total = b * p * kp;
             go(
                 dev,
                 "vit",
                 "patch_im2col",
                 dt,
-                ew_grid(total)?,
+                [
+                    u(
+                        "patch rows",
+                        (b * p).clamp(1, crate::kernels::ROW_GRID_CAP as usize),
+                    )?,
+                    1,
+                    1,
+                ],
                 [EW_THREADS, 1, 1],
                 0,
                 vec![
@@ -1264,32 +1269,20 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             // SAFETY: qkv [B, n, 3D], attn [B, n, D], cls_probs [B, H, n], sizes [B, n] (when
             // used): sized for max_len ≥ n; the buffers are 256-byte aligned and hd % 16 == 0,
             // so every 16-byte row load is aligned.
-            return unsafe {
-                go(
-                    dev,
-                    "flash",
-                    &format!("attn_flash{hd}"),
-                    dt,
-                    [
-                        u("query tiles", n.div_ceil(64))?,
-                        u("heads", hh)?,
-                        u("batch", b)?,
-                    ],
-                    [128, 1, 1],
-                    0,
-                    vec![
-                        Arg::Ptr(ws.qkv.addr()),
-                        Arg::U32(u("n", n)?),
-                        Arg::U32(u("heads", hh)?),
-                        Arg::F32((hd as f64).powf(-0.5) as f32),
-                        Arg::Ptr(if have_sizes { ws.sizes.addr() } else { 0 }),
-                        Arg::Ptr(ws.attn.addr_mut()),
-                        // The cls row costs one more pass over K in one warp per (image, head):
-                        // only for the layers whose selection reads it.
-                        Arg::Ptr(if need_cls { ws.cls_probs.addr_mut() } else { 0 }),
-                    ],
-                )
-            };
+            let l = crate::ops::attention::flash_launch(
+                dt,
+                ws.qkv.addr(),
+                b,
+                n,
+                hh,
+                hd,
+                if have_sizes { ws.sizes.addr() } else { 0 },
+                ws.attn.addr_mut(),
+                // The cls row costs one more pass over K in one warp per (image, head): only
+                // for the layers whose selection reads it.
+                if need_cls { ws.cls_probs.addr_mut() } else { 0 },
+            )?;
+            return unsafe { dev.launch(&l) };
         }
         let es = dt.size() as u64;
         let part = (b * n * d) as u64 * es;
