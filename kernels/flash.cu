@@ -41,10 +41,26 @@ __device__ __forceinline__ void fa_load_tile(const unsigned short* src, u32 n, i
 }
 
 // MT m-tiles of 16 query rows per warp (4 warps, 64·MT queries per block): each K and V fragment
-// read from shared memory feeds MT mma instructions. With MT = 1 the H200 measured 93 TFLOP/s at
-// B64 × 786 tokens, with shared-memory reads about as long as the mma work; MT = 2 halves them
-// per FLOP (FlashAttention-2's 128-row tiles), at the cost of registers (HD 128 keeps MT = 1).
-template <class T, int HD, int MT>
+// read from shared memory feeds MT mma instructions. Measured on an H200 at B64 × 786 tokens
+// (EViT + CLCA forward, attention summed over blocks): MT = 1 5.64 ms (93 TFLOP/s in the first
+// block), MT = 2 6.18 ms: 255 registers leave 8 warps an SM to hide the synchronous tile loads,
+// against 16. So MT = 1, and the loads overlap the math instead: STAGES = 2 streams tile t+1 in
+// by cp.async while tile t is computed.
+// K and V rows r0..r0+63 into `dst` (K) and `dst + FA_BK*LD` (V) by cp.async, zero past n.
+template <int HD>
+__device__ __forceinline__ void fa_issue_kv(const unsigned short* kb, const unsigned short* vb,
+                                            u32 n, i64 tok, u32 r0, unsigned short* dst) {
+  constexpr int CH = HD / 8;
+  constexpr int LD = HD + FA_PAD;
+  for (int c = threadIdx.x; c < 2 * FA_BK * CH; c += blockDim.x) {
+    const int which = c / (FA_BK * CH), r = (c / CH) % FA_BK, j = c % CH;
+    const bool ok = r0 + (u32)r < n;
+    const unsigned short* src = (which ? vb : kb) + (ok ? (i64)(r0 + r) * tok : 0) + j * 8;
+    cp_async16(dst + (which * FA_BK + r) * LD + j * 8, src, ok);
+  }
+}
+
+template <class T, int HD, int MT, int STAGES>
 __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, float scale,
                                 const float* __restrict__ sizes, T* __restrict__ out_t,
                                 float* __restrict__ cls_probs) {
@@ -54,10 +70,10 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
   constexpr int ST = FA_BK / 8;  // 8-wide key tiles of S
   constexpr int BQ = 64 * MT;
   static_assert(BQ <= 2 * FA_BK, "the Q staging uses the K and V tiles' space");
-  __align__(16) __shared__ unsigned short kv[2 * FA_BK * LD];  // Q staging, then K | V tiles
-  __shared__ float lz[FA_BK];  // log2(size) of the tile's keys (ToMe), else 0
-  unsigned short* ks = kv;
-  unsigned short* vs = kv + FA_BK * LD;
+  static_assert(STAGES == 1 || STAGES == 2, "one or two K/V stages");
+  // STAGES K|V tiles: with two, tile t+1 streams in (cp.async) while tile t is computed.
+  __align__(16) __shared__ unsigned short kv[STAGES * 2 * FA_BK * LD];
+  __shared__ float lz[STAGES * FA_BK];  // log2(size) of the tile's keys (ToMe), else 0
 
   const unsigned short* qkv = reinterpret_cast<const unsigned short*>(qkv_t);
   const u32 b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BQ;
@@ -69,14 +85,20 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
   const float neg_inf = -__int_as_float(0x7f800000);
 
-  // The warp's 16·MT query rows as A fragments, scaled and rounded to T.
+  // The warp's 16·MT query rows as A fragments, scaled and rounded to T. Staged in the last
+  // stage's space: the first K|V tile goes to stage 0 meanwhile.
+  unsigned short* qst = kv + (STAGES - 1) * 2 * FA_BK * LD;
+  if (STAGES == 2) {
+    fa_issue_kv<HD>(kb, vb, n, tok, 0, kv);
+    cp_async_commit();
+  }
   CLCA_UNROLL
-  for (int i = 0; i < MT; ++i) fa_load_tile<HD>(qb, n, tok, q0 + 64 * i, kv + 64 * i * LD);
+  for (int i = 0; i < MT; ++i) fa_load_tile<HD>(qb, n, tok, q0 + 64 * i, qst + 64 * i * LD);
   __syncthreads();
   u32 qa[MT][KS][4];
   CLCA_UNROLL
   for (int mt = 0; mt < MT; ++mt) {
-    const unsigned short* r0 = kv + (warp * 16 * MT + mt * 16 + g) * LD + 2 * t4;
+    const unsigned short* r0 = qst + (warp * 16 * MT + mt * 16 + g) * LD + 2 * t4;
     const unsigned short* r1 = r0 + 8 * LD;
     CLCA_UNROLL
     for (int kk = 0; kk < KS; ++kk) {
@@ -101,13 +123,24 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
   // ldmatrix addressing: lane l points at row l % 8 of matrix l / 8.
   const int mi = lane >> 3, mrow = lane & 7;
 
-  for (u32 k0 = 0; k0 < n; k0 += FA_BK) {
-    __syncthreads();  // every warp is done with the previous tile (or the Q staging)
-    fa_load_tile<HD>(kb, n, tok, k0, ks);
-    fa_load_tile<HD>(vb, n, tok, k0, vs);
+  int stage = 0;
+  for (u32 k0 = 0; k0 < n; k0 += FA_BK, stage = (stage + 1) % STAGES) {
+    unsigned short* ks = kv + stage * 2 * FA_BK * LD;
+    unsigned short* vs = ks + FA_BK * LD;
+    float* lzs = lz + stage * FA_BK;
+    __syncthreads();  // every warp is done with the stage about to be refilled (or with Q)
+    if (STAGES == 2) {
+      // Tile t+1 into the other stage, then wait for tile t (all but the newest group).
+      if (k0 + FA_BK < n) fa_issue_kv<HD>(kb, vb, n, tok, k0 + FA_BK, kv + (1 - stage) * 2 * FA_BK * LD);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      fa_load_tile<HD>(kb, n, tok, k0, ks);
+      fa_load_tile<HD>(vb, n, tok, k0, vs);
+    }
     if (threadIdx.x < FA_BK)
-      lz[threadIdx.x] = (sizes && k0 + threadIdx.x < n) ? log2f(sizes[(i64)b * n + k0 + threadIdx.x])
-                                                       : 0.0f;
+      lzs[threadIdx.x] = (sizes && k0 + threadIdx.x < n) ? log2f(sizes[(i64)b * n + k0 + threadIdx.x])
+                                                        : 0.0f;
     __syncthreads();
 
     // S = q.k^T. K's B fragments for key tiles 2jp and 2jp+1 at k step kk in one ldmatrix:
@@ -141,7 +174,7 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
         CLCA_UNROLL
         for (int i = 0; i < 4; ++i) {
           const int c = j * 8 + 2 * t4 + (i & 1);
-          const float v = (k0 + (u32)c < n) ? s[mt][j][i] * FA_LOG2E + lz[c] : neg_inf;
+          const float v = (k0 + (u32)c < n) ? s[mt][j][i] * FA_LOG2E + lzs[c] : neg_inf;
           s[mt][j][i] = v;
           mx[i >> 1] = fmaxf(mx[i >> 1], v);
         }
@@ -250,14 +283,15 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
 // 64 (MT = 2), 64 at HD 128 (MT = 1). qkv [B, n, 3, H, HD], out [B, n, H*HD] (T),
 // sizes [B, n] f32 or null, cls_probs [B, H, n] f32 or null. 16-byte aligned rows: HD % 16 == 0
 // and 16-byte aligned qkv.
-#define FLASH_ENTRIES(T, sfx, HD, MT)                                                             \
+#define FLASH_ENTRIES(T, sfx, HD, MT, STAGES)                                                     \
   extern "C" __global__ void __launch_bounds__(clca::FA_THREADS) attn_flash##HD##_##sfx(          \
       const T* __restrict__ qkv, unsigned n, unsigned heads, float scale,                         \
       const float* __restrict__ sizes, T* __restrict__ out, float* __restrict__ cls_probs) {      \
-    clca::flash_attention<T, HD, MT>(qkv, n, heads, scale, sizes, out, cls_probs);                \
+    clca::flash_attention<T, HD, MT, STAGES>(qkv, n, heads, scale, sizes, out, cls_probs);        \
   }                                                                                               \
   CLCA_HOST_ENTRY(attn_flash##HD##_##sfx)
+// HD 128 stays single-stage: two stages would pass the 48 KiB of static shared memory.
 #define FLASH_DTYPE(T, sfx) \
-  FLASH_ENTRIES(T, sfx, 32, 2) FLASH_ENTRIES(T, sfx, 64, 2) FLASH_ENTRIES(T, sfx, 128, 1)
+  FLASH_ENTRIES(T, sfx, 32, 1, 2) FLASH_ENTRIES(T, sfx, 64, 1, 2) FLASH_ENTRIES(T, sfx, 128, 1, 1)
 FLASH_DTYPE(clca::f16, f16)
 FLASH_DTYPE(clca::bf16, bf16)

@@ -66,6 +66,18 @@ __device__ __forceinline__ void ldmatrix_x4(u32 r[4], const void* row) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(row)));
 }
+// 16 bytes global -> shared without passing through registers (cp.async, sm_80+); `valid` false
+// zero-fills the destination instead (a row past the sequence). Completes at cp_async_wait.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
 // Four 8x8 16-bit matrices from shared memory, transposed: lane l gives the address of row l%8
 // of matrix l/8 (16-byte aligned); register i gets matrix i's elements (2t, g) and (2t+1, g).
 __device__ __forceinline__ void ldmatrix_x4_trans(u32 r[4], const void* row) {
@@ -100,6 +112,14 @@ inline void mma_16816(float d[4], const u32 a[4], const u32 b[2]) {
     d[i] = acc;
   }
 }
+// The shim completes each copy at once: a legal schedule of the asynchronous copy.
+inline void cp_async16(void* smem, const void* gmem, bool valid) {
+  if (valid) std::memcpy(smem, gmem, 16);
+  else std::memset(smem, 0, 16);
+}
+inline void cp_async_commit() {}
+template <int N>
+inline void cp_async_wait() {}
 inline void ldmatrix_x4(u32 r[4], const void* row) {
   const void* rows[32];
   clca_shim::warp_gather_all(row, rows);

@@ -15,14 +15,9 @@ use crate::{error, DType, Error, Result};
 /// Head dimensions the kernel is built for.
 pub const HEAD_DIMS: [usize; 3] = [32, 64, 128];
 
-/// Queries per block: 128 (two 16-row tiles per warp) at head dimension 32 and 64, 64 at 128,
-/// where two tiles' registers would spill.
-pub fn queries_per_block(hd: usize) -> usize {
-    if hd <= 64 {
-        128
-    } else {
-        64
-    }
+/// Queries per block (one 16-row tile per warp, 4 warps; see kernels/flash.cu for why not two).
+pub fn queries_per_block(_hd: usize) -> usize {
+    64
 }
 
 /// The launch of the fused attention (addresses as in the module contract; 0 = none).
