@@ -5,6 +5,23 @@
 
 namespace clca {
 
+// The rest of a LayerNorm of one f32 row once each thread holds `s`, its share of the row's sum
+// over its thread-strided columns: mean, variance, and y = (x - mean) * rstd * g + b in T.
+template <class T>
+__device__ __forceinline__ void ln_finish(const float* __restrict__ xr, float s, unsigned d,
+                                          const float* __restrict__ g, const float* __restrict__ b,
+                                          float eps, T* __restrict__ y, float* red) {
+  const float mean = block_sum(s, red) / (float)d;
+  float q = 0.0f;
+  for (unsigned c = threadIdx.x; c < d; c += blockDim.x) {
+    const float e = xr[c] - mean;
+    q += e * e;
+  }
+  const float rstd = rsqrtf(block_sum(q, red) / (float)d + eps);
+  for (unsigned c = threadIdx.x; c < d; c += blockDim.x)
+    y[c] = from_f32<T>((xr[c] - mean) * rstd * g[c] + b[c]);
+}
+
 // LayerNorm of row r of x (f32, row stride xs) into y[r] (T, compact). One block per row.
 template <class T>
 __device__ void layernorm_rows(const float* __restrict__ x, unsigned rows, unsigned d, i64 xs,
@@ -15,15 +32,7 @@ __device__ void layernorm_rows(const float* __restrict__ x, unsigned rows, unsig
     const float* xr = x + (i64)r * xs;
     float s = 0.0f;
     for (unsigned c = threadIdx.x; c < d; c += blockDim.x) s += xr[c];
-    const float mean = block_sum(s, red) / (float)d;
-    float q = 0.0f;
-    for (unsigned c = threadIdx.x; c < d; c += blockDim.x) {
-      const float e = xr[c] - mean;
-      q += e * e;
-    }
-    const float rstd = rsqrtf(block_sum(q, red) / (float)d + eps);
-    for (unsigned c = threadIdx.x; c < d; c += blockDim.x)
-      y[(i64)r * d + c] = from_f32<T>((xr[c] - mean) * rstd * g[c] + b[c]);
+    ln_finish<T>(xr, s, d, g, b, eps, y + (i64)r * d, red);
   }
 }
 
@@ -151,18 +160,10 @@ __device__ void residual_ln_rows(float* __restrict__ x, const T* __restrict__ y,
       float v = to_f32(yr[c]);
       if (bias) v = to_f32(from_f32<T>(v + bias[c]));
       const float nx = xr[c] + (gamma ? gamma[c] * v : v);
-      xr[c] = nx;  // read back below by this thread only
+      xr[c] = nx;  // read back in ln_finish by this thread only
       s += nx;
     }
-    const float mean = block_sum(s, red) / (float)d;
-    float q = 0.0f;
-    for (unsigned c = threadIdx.x; c < d; c += blockDim.x) {
-      const float e = xr[c] - mean;
-      q += e * e;
-    }
-    const float rstd = rsqrtf(block_sum(q, red) / (float)d + eps);
-    for (unsigned c = threadIdx.x; c < d; c += blockDim.x)
-      out[(i64)r * d + c] = from_f32<T>((xr[c] - mean) * rstd * g[c] + b[c]);
+    ln_finish<T>(xr, s, d, g, b, eps, out + (i64)r * d, red);
   }
 }
 
