@@ -1,6 +1,7 @@
 //! The CPU forward (f32): patch embed → blocks (reduce inside, per the plan) → cache → CLS taps
 //! → CLA head or final norm + head, in the order of SPEC §1.2 and §2.3. Every activation
 //! buffer is sized from the plan once per (model, batch) in [`CpuWorkspace`].
+use super::profile::{mark, Profile};
 use super::weights::HeadWeights;
 use super::{Trace, Vit};
 use crate::cpu::dense::{gelu_inplace, layer_norm, linear, softmax};
@@ -38,6 +39,8 @@ pub struct CpuWorkspace {
     pub(super) single: Option<Box<CpuWorkspace>>,
     /// The configuration and plan the buffers were sized for; [`forward`] refuses another.
     model: (super::VitConfig, crate::plan::SeqPlan),
+    /// Per-phase times of every forward while set ([`CpuWorkspace::set_profile`]).
+    pub(super) profile: Option<Profile>,
 }
 
 struct AttnScratch {
@@ -57,6 +60,22 @@ impl CpuWorkspace {
     /// The batch this workspace was sized for.
     pub fn batch(&self) -> usize {
         self.batch
+    }
+
+    /// Profiles every following forward into `p` (phases per block; see [`Profile`]), or stops
+    /// profiling with `None`. Off by default; off, a phase boundary costs one branch.
+    pub fn set_profile(&mut self, p: Option<Profile>) {
+        self.profile = p;
+    }
+
+    /// The profile so far, leaving profiling off.
+    pub fn take_profile(&mut self) -> Option<Profile> {
+        self.profile.take()
+    }
+
+    /// The profile so far, if profiling is on.
+    pub fn profile(&self) -> Option<&Profile> {
+        self.profile.as_ref()
     }
 
     /// Sizes every buffer from the plan. Sizes are checked products and every buffer is
@@ -118,6 +137,7 @@ impl CpuWorkspace {
             node_idx: crate::error::try_zeroed("ToMe matching", l.div_ceil(2))?,
             slots,
             model: (m.cfg.clone(), m.plan.clone()),
+            profile: None,
         })
     }
 }
@@ -142,6 +162,19 @@ pub fn forward(
     images: &[f32],
     trace: Option<&mut Trace>,
 ) -> Result<Vec<f32>> {
+    if let Some(p) = ws.profile.as_mut() {
+        p.begin();
+    }
+    forward_run(m, ws, images, trace)
+}
+
+/// [`forward`] without starting a profile run (ATS's per-image forwards are one run).
+pub(super) fn forward_run(
+    m: &Vit,
+    ws: &mut CpuWorkspace,
+    images: &[f32],
+    trace: Option<&mut Trace>,
+) -> Result<Vec<f32>> {
     let c = &m.cfg;
     let w = &m.weights;
     let b = ws.batch;
@@ -159,7 +192,10 @@ pub fn forward(
         crate::error::mul("images", &[b, ch, img, img])?,
     )?;
     if let Some(one) = ws.single.as_deref_mut() {
-        return super::methods::per_image(m, one, images, b, trace);
+        one.profile = ws.profile.take();
+        let r = super::methods::per_image(m, one, images, b, trace);
+        ws.profile = one.profile.take();
+        return r;
     }
     let mut trace = trace;
     let p = c.num_patches();
@@ -224,6 +260,7 @@ pub fn forward(
         );
         ws.x[..b * n * d].copy_from_slice(&ws.h[..b * n * d]);
     }
+    mark(&mut ws.profile, None, "patch embed");
 
     // 4. Blocks.
     let mut tap = 0;
@@ -250,6 +287,7 @@ pub fn forward(
         if let Some(pre) = &bp.pre {
             let j = locs.iter().position(|&l| l == i).unwrap_or(0);
             n = super::methods::pre_reduce(m, ws, i, j, pre, rng.as_mut(), trace.as_deref_mut())?;
+            mark(&mut ws.profile, Some(i), "reduction");
         }
         debug_assert!(if exact {
             n == bp.len_in
@@ -269,6 +307,7 @@ pub fn forward(
             c.ln_eps,
             &mut ws.h[..rows * d],
         );
+        mark(&mut ws.profile, Some(i), "ln1");
         linear(
             &ws.h,
             rows,
@@ -279,10 +318,13 @@ pub fn forward(
             &mut ws.qkv,
             3 * d,
         );
+        mark(&mut ws.profile, Some(i), "qkv");
         attention(m, ws, n, have_sizes, masked)?;
+        mark(&mut ws.profile, Some(i), "attention");
         if let Some(k) = bp.sample {
             n = super::methods::ats_sample(m, ws, i, n, k, trace.as_deref_mut())?;
             masked = ws.delta[..b * n].contains(&0.0);
+            mark(&mut ws.profile, Some(i), "reduction");
         }
         let rows = b * n;
         linear(
@@ -295,12 +337,14 @@ pub fn forward(
             &mut ws.h,
             d,
         );
+        mark(&mut ws.profile, Some(i), "proj");
         residual(
             &mut ws.x[..rows * d],
             &ws.h[..rows * d],
             bw.ls1.as_deref(),
             d,
         );
+        mark(&mut ws.profile, Some(i), "residual");
 
         if let Some(r) = bp.merge {
             // ToMe (SPEC §4.3), with the reference ops of crate::cpu::tome; sizes are all ones
@@ -352,6 +396,7 @@ pub fn forward(
             std::mem::swap(&mut ws.sizes, &mut ws.sizes2);
             have_sizes = true;
             n = out_n;
+            mark(&mut ws.profile, Some(i), "reduction");
         }
         if let Some(k) = bp.keep {
             // Scores: mean over heads of the cls-query probabilities, keys 1..n-1.
@@ -384,6 +429,7 @@ pub fn forward(
             }
             std::mem::swap(&mut ws.x, &mut ws.x2);
             n = out_n;
+            mark(&mut ws.profile, Some(i), "reduction");
         }
         debug_assert!(if exact {
             n == bp.len_out
@@ -399,6 +445,7 @@ pub fn forward(
             c.ln_eps,
             &mut ws.h[..rows * d],
         );
+        mark(&mut ws.profile, Some(i), "ln2");
         let hm = c.mlp_hidden;
         linear(
             &ws.h,
@@ -410,9 +457,11 @@ pub fn forward(
             &mut ws.mlp,
             hm,
         );
+        mark(&mut ws.profile, Some(i), "fc1");
         ws.mlp[..rows * hm]
             .par_chunks_mut(4096)
             .for_each(gelu_inplace);
+        mark(&mut ws.profile, Some(i), "gelu");
         linear(
             &ws.mlp,
             rows,
@@ -423,12 +472,14 @@ pub fn forward(
             &mut ws.h,
             d,
         );
+        mark(&mut ws.profile, Some(i), "fc2");
         residual(
             &mut ws.x[..rows * d],
             &ws.h[..rows * d],
             bw.ls2.as_deref(),
             d,
         );
+        mark(&mut ws.profile, Some(i), "residual");
         if let Some(t) = trace.as_deref_mut() {
             t.push_f32(&format!("block_out.{i}"), &[b, n, d], &ws.x[..rows * d]);
             if have_sizes {
@@ -493,6 +544,7 @@ pub fn forward(
             }
             tap += 1;
         }
+        mark(&mut ws.profile, Some(i), "cache");
     }
 
     // 5. Head.
@@ -531,6 +583,7 @@ pub fn forward(
             head.forward_cpu(z, b)?
         }
     };
+    mark(&mut ws.profile, None, "head");
     if let Some(t) = trace {
         t.push_f32("logits", &[b, c.num_classes], &logits);
     }

@@ -234,7 +234,7 @@ pub(crate) fn per_image(
     let mut traces: Vec<Trace> = Vec::new();
     for bi in 0..b {
         let mut t = trace.is_some().then(Trace::default);
-        logits.extend(super::cpu::forward(
+        logits.extend(super::cpu::forward_run(
             m,
             one,
             &images[bi * per..(bi + 1) * per],

@@ -9,6 +9,7 @@ pub mod flags;
 pub mod macs;
 mod methods;
 pub mod preprocess;
+pub mod profile;
 pub mod random;
 pub mod weights;
 

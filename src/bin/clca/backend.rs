@@ -3,6 +3,7 @@
 use crate::error::{CliError, CliResult, Context};
 use clca::vit::cpu::CpuWorkspace;
 use clca::vit::device::{DeviceVit, DeviceWorkspace};
+use clca::vit::profile::Profile;
 use clca::vit::{Trace, TraceData, Vit};
 use clca::{bf16, f16, Buffer, Device, Element, HostShim};
 use std::time::Instant;
@@ -60,6 +61,15 @@ pub trait Engine {
     fn run(&mut self, trace: Option<&mut Trace>) -> clca::Result<()>;
     /// The logits of the last [`Engine::run`], [batch, classes] as f32.
     fn logits(&self) -> clca::Result<Vec<f32>>;
+    /// Profiles the following runs into `p` (`None`: stop). False when this engine cannot.
+    fn set_profile(&mut self, p: Option<Profile>) -> bool {
+        let _ = p;
+        false
+    }
+    /// The profile so far, leaving profiling off.
+    fn take_profile(&mut self) -> Option<Profile> {
+        None
+    }
 }
 
 /// The CPU reference.
@@ -97,6 +107,13 @@ impl Engine for CpuEngine<'_> {
     }
     fn logits(&self) -> clca::Result<Vec<f32>> {
         Ok(self.logits.clone())
+    }
+    fn set_profile(&mut self, p: Option<Profile>) -> bool {
+        self.ws.set_profile(p);
+        true
+    }
+    fn take_profile(&mut self) -> Option<Profile> {
+        self.ws.take_profile()
     }
 }
 

@@ -100,22 +100,37 @@ pub fn main(a: &ForwardArgs) -> CliResult<()> {
     let macs = model.macs();
     let classes = model.cfg.num_classes;
 
-    let (trace, first, timing, describe) = with_engine(a.device, a.dtype, &model, batch, |e| {
-        e.stage(&images).ctx("staging the images")?;
-        let mut trace = Trace::default();
-        let t = Instant::now();
-        e.run(a.trace.then_some(&mut trace)).ctx("forward")?;
-        let first = t.elapsed().as_secs_f64();
-        if !a.trace {
-            trace = logits_trace(e.logits().ctx("reading the logits")?, batch, classes);
-        }
-        let timing = if a.runs > 0 {
-            Some(time_runs(e, a.warmup, a.runs)?)
-        } else {
-            None
-        };
-        Ok((trace, first, timing, e.describe()))
-    })?;
+    let (trace, first, timing, describe, profile) =
+        with_engine(a.device, a.dtype, &model, batch, |e| {
+            e.stage(&images).ctx("staging the images")?;
+            let mut trace = Trace::default();
+            let t = Instant::now();
+            e.run(a.trace.then_some(&mut trace)).ctx("forward")?;
+            let first = t.elapsed().as_secs_f64();
+            if !a.trace {
+                trace = logits_trace(e.logits().ctx("reading the logits")?, batch, classes);
+            }
+            if a.profile && a.runs == 0 {
+                // No timed runs: profile one extra forward.
+                profile_on(e)?;
+                e.run(None).ctx("forward (profiled)")?;
+            }
+            let timing = if a.runs > 0 {
+                for _ in 0..a.warmup {
+                    e.run(None).ctx("forward (warm-up)")?;
+                }
+                if a.profile {
+                    profile_on(e)?;
+                }
+                Some(time_runs(e, 0, a.runs)?)
+            } else {
+                None
+            };
+            Ok((trace, first, timing, e.describe(), e.take_profile()))
+        })?;
+    if let Some(p) = &profile {
+        eprint!("{}", p.table());
+    }
     trace
         .save(&a.output)
         .ctx(format!("writing {}", a.output.display()))
@@ -154,6 +169,10 @@ pub fn main(a: &ForwardArgs) -> CliResult<()> {
             "warmup": warmup,
             "backend": describe,
         });
+        let mut j = j;
+        if let Some(p) = &profile {
+            j["profile"] = p.to_json();
+        }
         println!("{j}");
     } else {
         let c = &model.cfg;
@@ -209,4 +228,17 @@ pub fn main(a: &ForwardArgs) -> CliResult<()> {
         eprintln!("warning: {nonfinite} logits are not finite");
     }
     Ok(())
+}
+
+/// Turns profiling on, or says that this backend has none.
+fn profile_on(e: &mut dyn crate::backend::Engine) -> CliResult<()> {
+    if e.set_profile(Some(clca::vit::profile::Profile::new())) {
+        Ok(())
+    } else {
+        Err(CliError::input(format!(
+            "--profile: the {} forward has no profile yet",
+            e.describe()
+        ))
+        .hint("use --device cpu (the CPU forward) with --profile"))
+    }
 }

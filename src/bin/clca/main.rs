@@ -143,6 +143,11 @@ pub struct ForwardArgs {
     /// Print one JSON line (forward_median_s, forward_min_s, forward_max_s, batch, macs, device, dtype, threads, …) and nothing else on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Time every phase of every block (patch embed, ln1, qkv, attention, proj, residual, ln2,
+    /// fc1, gelu, fc2, reduction, cache, head) over the timed runs and print the table on
+    /// stderr (with --json also as a `profile` field). CPU only for now.
+    #[arg(long)]
+    pub profile: bool,
     /// The model, when no --config is given (train.py names; --dpc-noise-seed and
     /// --ats-batch-padding apply with --config too).
     #[command(flatten)]
