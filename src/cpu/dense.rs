@@ -167,6 +167,17 @@ fn exp_neg(y: f32) -> f32 {
 /// 2 ulp of libm's, no call per element; the attention's softmax runs B·H·n² of them).
 #[inline]
 pub(crate) fn softmax(row: &mut [f32]) {
+    let s = softmax_parts(row);
+    for v in row.iter_mut() {
+        *v /= s;
+    }
+}
+
+/// [`softmax`] without the division: row = exp(x − max), returning Σ (so the caller can
+/// divide a product of the row instead of the row). A row with a non-finite max is
+/// normalized here and the result is 1.
+#[inline]
+pub(crate) fn softmax_parts(row: &mut [f32]) -> f32 {
     // Max and sum over 16 interleaved lanes (element i in lane i mod 16), the lanes combined
     // in a fixed order: one vector chain instead of a 4-cycle dependency per element. The max
     // is exact in any order.
@@ -192,7 +203,7 @@ pub(crate) fn softmax(row: &mut [f32]) {
         for v in row.iter_mut() {
             *v /= s;
         }
-        return;
+        return 1.0;
     }
     for v in row.iter_mut() {
         *v = exp_neg(m - *v);
@@ -215,10 +226,7 @@ pub(crate) fn softmax(row: &mut [f32]) {
         }
         w /= 2;
     }
-    let s = acc[0];
-    for v in row.iter_mut() {
-        *v /= s;
-    }
+    acc[0]
 }
 
 #[cfg(test)]

@@ -91,10 +91,14 @@ unsafe impl Send for Ptr {}
 // SAFETY: as above.
 unsafe impl Sync for Ptr {}
 
-/// Rows per task chunk: the chunk's rows of x stay in L2 while the task's panels pass.
+/// Rows per task chunk: the chunk's rows of x (× KC) stay in L2 while the task's panels pass.
 const MC: usize = 8 * MR;
 /// Panels per task.
 const NP: usize = 4;
+/// The K block: a task walks K in blocks of KC, keeping its partial sums in a buffer of
+/// MC × 32·NP, so that with K = 3072 (fc2) the rows of x it rereads still fit L2. The sums are
+/// stored and reloaded exactly: each element is still one FMA chain over k in order.
+const KC: usize = 768;
 
 /// y[m, n] (row stride `y_rs`) = epi(x[m, k] (row stride `x_rs`) · wᵀ + bias), on AVX-512.
 /// Tasks are (row chunk, panel group) tiles, spread over rayon when the product is large.
@@ -181,19 +185,24 @@ pub unsafe fn gemm_serial(
     c: *mut f32,
     ldc: usize,
 ) {
-    tile_task(
-        a,
-        lda,
-        0..m,
-        b,
-        n,
-        k,
-        0..n.div_ceil(NR),
-        None,
-        c,
-        ldc,
-        Epi::Store,
-    );
+    let np = n.div_ceil(NR);
+    for r0 in (0..m).step_by(MC) {
+        for p0 in (0..np).step_by(NP) {
+            tile_task(
+                a,
+                lda,
+                r0..m.min(r0 + MC),
+                b,
+                n,
+                k,
+                p0..np.min(p0 + NP),
+                None,
+                c,
+                ldc,
+                Epi::Store,
+            );
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -211,22 +220,41 @@ unsafe fn tile_task(
     y_rs: usize,
     epi: Epi<'_>,
 ) {
-    let mut tile = [0f32; MR * NR];
-    for p in panels {
-        let b = bdata.add(p * k * NR);
+    const LDC: usize = NP * NR;
+    debug_assert!(rows.len() <= MC && panels.len() <= NP);
+    // Partial sums of the task's rows × panels, uninitialized (zeroing 48 KB per call cost
+    // more than the attention's small GEMMs): the first K block writes every value read later.
+    let mut cbuf = std::mem::MaybeUninit::<[f32; MC * LDC]>::uninit();
+    let cb = cbuf.as_mut_ptr().cast::<f32>();
+    let mut k0 = 0;
+    while k0 < k {
+        let kl = KC.min(k - k0);
+        for (pi, p) in panels.clone().enumerate() {
+            let b = bdata.add((p * k + k0) * NR);
+            let mut i0 = rows.start;
+            while i0 < rows.end {
+                let r = MR.min(rows.end - i0);
+                let c = cb.add((i0 - rows.start) * LDC + pi * NR);
+                micro(r, kl, x.add(i0 * x_rs + k0), x_rs, b, c, LDC, k0 > 0);
+                i0 += r;
+            }
+        }
+        k0 += kl;
+    }
+    for (pi, p) in panels.enumerate() {
         let n0 = p * NR;
         let cols = NR.min(n - n0);
-        let mut i0 = rows.start;
-        while i0 < rows.end {
-            let r = MR.min(rows.end - i0);
-            micro(r, k, x.add(i0 * x_rs), x_rs, b, tile.as_mut_ptr(), NR);
-            for (i, t) in tile.chunks_exact_mut(NR).take(r).enumerate() {
-                let t = &mut t[..cols];
-                // SAFETY (caller): row i0 + i < m and columns n0 .. n0 + cols < n are inside y.
-                let out = std::slice::from_raw_parts_mut(y.add((i0 + i) * y_rs + n0), cols);
-                epilogue(t, out, bias.map(|b| &b[n0..n0 + cols]), epi, n0);
+        for i in 0..rows.len() {
+            // SAFETY: row i, columns pi·32 .. pi·32 + cols of the buffer were written by the
+            // first K block (k ≥ 1; with k = 0 nothing was, and the sums are 0).
+            if k == 0 {
+                std::ptr::write_bytes(cb.add(i * LDC + pi * NR), 0, cols);
             }
-            i0 += r;
+            let t = std::slice::from_raw_parts_mut(cb.add(i * LDC + pi * NR), cols);
+            // SAFETY (caller): row rows.start + i < m and columns n0 .. n0 + cols ≤ n are
+            // inside y.
+            let out = std::slice::from_raw_parts_mut(y.add((rows.start + i) * y_rs + n0), cols);
+            epilogue(t, out, bias.map(|b| &b[n0..n0 + cols]), epi, n0);
         }
     }
 }
@@ -259,10 +287,13 @@ fn epilogue(t: &mut [f32], out: &mut [f32], bias: Option<&[f32]>, epi: Epi<'_>, 
     }
 }
 
-/// c[r × 32] (row stride `ldc`) = a[r rows, row stride `lda`, k contiguous] · b[k][32].
+/// c[r × 32] (row stride `ldc`) (+)= a[r rows, row stride `lda`, k contiguous] · b[k][32];
+/// with `load` the sums go on from c's values (stored and reloaded exactly: still one FMA
+/// chain per element over k in order).
 ///
 /// # Safety
 /// AVX-512F; r ≤ MR; a's r rows of k, b's k·32 and c's r rows of 32 are readable/writable.
+#[allow(clippy::too_many_arguments)]
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 pub unsafe fn micro(
     r: usize,
@@ -272,25 +303,26 @@ pub unsafe fn micro(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
+    load: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
     match r {
-        12 => kern::<12>(k, a, lda, b, c, ldc),
-        11 => kern::<11>(k, a, lda, b, c, ldc),
-        10 => kern::<10>(k, a, lda, b, c, ldc),
-        9 => kern::<9>(k, a, lda, b, c, ldc),
-        8 => kern::<8>(k, a, lda, b, c, ldc),
-        7 => kern::<7>(k, a, lda, b, c, ldc),
-        6 => kern::<6>(k, a, lda, b, c, ldc),
-        5 => kern::<5>(k, a, lda, b, c, ldc),
-        4 => kern::<4>(k, a, lda, b, c, ldc),
-        3 => kern::<3>(k, a, lda, b, c, ldc),
-        2 => kern::<2>(k, a, lda, b, c, ldc),
-        1 => kern::<1>(k, a, lda, b, c, ldc),
+        12 => kern::<12>(k, a, lda, b, c, ldc, load),
+        11 => kern::<11>(k, a, lda, b, c, ldc, load),
+        10 => kern::<10>(k, a, lda, b, c, ldc, load),
+        9 => kern::<9>(k, a, lda, b, c, ldc, load),
+        8 => kern::<8>(k, a, lda, b, c, ldc, load),
+        7 => kern::<7>(k, a, lda, b, c, ldc, load),
+        6 => kern::<6>(k, a, lda, b, c, ldc, load),
+        5 => kern::<5>(k, a, lda, b, c, ldc, load),
+        4 => kern::<4>(k, a, lda, b, c, ldc, load),
+        3 => kern::<3>(k, a, lda, b, c, ldc, load),
+        2 => kern::<2>(k, a, lda, b, c, ldc, load),
+        1 => kern::<1>(k, a, lda, b, c, ldc, load),
         _ => {}
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (r, k, a, lda, b, c, ldc);
+    let _ = (r, k, a, lda, b, c, ldc, load);
 }
 
 /// The register tile: R rows × 32 columns in 2R zmm accumulators, one FMA chain per element
@@ -304,9 +336,16 @@ unsafe fn kern<const R: usize>(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
+    load: bool,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    if load {
+        for (i, row) in acc.iter_mut().enumerate() {
+            row[0] = _mm512_loadu_ps(c.add(i * ldc));
+            row[1] = _mm512_loadu_ps(c.add(i * ldc + 16));
+        }
+    }
     let (mut ap, mut bp) = (a, b);
     for _ in 0..k {
         let b0 = _mm512_loadu_ps(bp);

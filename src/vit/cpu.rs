@@ -4,7 +4,7 @@
 use super::profile::{mark, Profile};
 use super::weights::HeadWeights;
 use super::{Trace, Vit};
-use crate::cpu::dense::{gelu_inplace, layer_norm, linear, softmax};
+use crate::cpu::dense::{gelu_inplace, layer_norm, linear, softmax, softmax_parts};
 use crate::cpu::packed::{self, Epi, PackedMat};
 use crate::plan::Reduction;
 use crate::{Error, Result};
@@ -874,9 +874,10 @@ struct AttnDims {
 /// One (image, head) pair of [`attention`] with the packed microkernel: Kᵀ and V packed into
 /// 32-column panels once, then 12 queries at a time: logits (12 × n) = q·Kᵀ, the log sizes or
 /// the mask, softmax over each row, and the 12 output rows = P·V, so the 12 × n block stays in
-/// L1/L2 instead of an n × n matrix per pair. Same operations and order per element as the
-/// portable path: (q·scale)·kᵀ accumulated over the head dim, softmax, Σₜ p·v over keys in
-/// order.
+/// L1/L2 instead of an n × n matrix per pair. As the portable path: (q·scale)·kᵀ accumulated
+/// over the head dim, exp(logit − max), Σₜ over keys in order; the division by the row's sum
+/// comes after the product with V (hd divisions per query instead of n; the cls row's
+/// probabilities are divided as they are).
 ///
 /// # Safety
 /// AVX-512F; the buffers hold what [`attention`] checks; `attn` and `probs` point at ws.attn
@@ -924,6 +925,7 @@ unsafe fn attention_pair_packed(
             s.vp[((j / NR) * n + t) * NR + j % NR] = vv;
         }
     }
+    let mut sums = [0f32; MR];
     let mut i0 = 0;
     while i0 < n {
         let r = MR.min(n - i0);
@@ -954,10 +956,13 @@ unsafe fn attention_pair_packed(
                     }
                 }
             }
-            softmax(row);
+            sums[qi] = softmax_parts(row);
         }
         if i0 == 0 {
-            std::ptr::copy_nonoverlapping(a.as_ptr(), probs.0.add((bi * hh + h) * n), n);
+            let p0 = std::slice::from_raw_parts_mut(probs.0.add((bi * hh + h) * n), n);
+            for (p, v) in p0.iter_mut().zip(&a[..n]) {
+                *p = v / sums[0];
+            }
         }
         packed::gemm_serial(
             r,
@@ -969,6 +974,12 @@ unsafe fn attention_pair_packed(
             attn.0.add((bi * n + i0) * d + h * hd),
             d,
         );
+        for (qi, &sum) in sums[..r].iter().enumerate() {
+            let o = std::slice::from_raw_parts_mut(attn.0.add((bi * n + i0 + qi) * d + h * hd), hd);
+            for v in o {
+                *v /= sum;
+            }
+        }
         i0 += r;
     }
 }
