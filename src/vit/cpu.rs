@@ -165,6 +165,17 @@ impl CpuWorkspace {
         Self::with_packed(m, batch, packed)
     }
 
+    /// A workspace for the portable path (the `gemm` crate and the n × n attention), which
+    /// CPUs without AVX-512F take: for comparisons and tests of that path on any CPU.
+    pub fn new_portable(m: &Vit, batch: usize) -> Result<Self> {
+        Self::with_packed(m, batch, None)
+    }
+
+    /// Whether this workspace runs the packed AVX-512 path.
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
     fn with_packed(m: &Vit, batch: usize, packed: Option<Arc<PackedVit>>) -> Result<Self> {
         if batch == 0 {
             return Err(crate::error::invalid("batch", 0, "must be positive"));
