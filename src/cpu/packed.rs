@@ -91,6 +91,13 @@ unsafe impl Send for Ptr {}
 // SAFETY: as above.
 unsafe impl Sync for Ptr {}
 
+impl Ptr {
+    /// The pointer (a method, so that closures capture the whole `Ptr`, which is Send).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Rows per task chunk: the chunk's rows of x (× KC) stay in L2 while the task's panels pass.
 const MC: usize = 8 * MR;
 /// Panels per task.
@@ -121,7 +128,7 @@ pub fn linear(
         x_rs >= k
             && y_rs >= n
             && (m == 0 || (x.len() >= (m - 1) * x_rs + k && y.len() >= (m - 1) * y_rs + n))
-            && bias.map_or(true, |b| b.len() >= n)
+            && bias.is_none_or(|b| b.len() >= n)
             && match epi {
                 Epi::AddTo(Some(g)) => g.len() >= n,
                 _ => true,
@@ -138,7 +145,6 @@ pub fn linear(
         let (c, g) = (t / groups, t % groups);
         let rows = c * MC..(m).min((c + 1) * MC);
         let panels = g * NP..w.panels().min((g + 1) * NP);
-        let yp = yp;
         // SAFETY: AVX-512F is present (asserted); the task reads rows `rows` of x and panels
         // `panels` of w (inside their buffers by the assert) and writes only y's tile
         // rows × [32·panels.start, min(n, 32·panels.end)), disjoint from every other task's.
@@ -152,7 +158,7 @@ pub fn linear(
                 k,
                 panels,
                 bias,
-                yp.0,
+                yp.get(),
                 y_rs,
                 epi,
             )
@@ -392,7 +398,9 @@ mod tests {
                 .collect();
             let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
             let ls: Vec<f32> = (0..n).map(|i| 1.0 - i as f32 * 0.003).collect();
-            let pw = PackedMat::new(&w, n, k).unwrap();
+            let Ok(pw) = PackedMat::new(&w, n, k) else {
+                panic!("pack")
+            };
             assert!(pw.is_for(&w));
             let exact = |i: usize, j: usize| {
                 let s: f64 = (0..k)
