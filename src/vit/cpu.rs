@@ -750,8 +750,11 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
     }
     let scale = (hd as f64).powf(-0.5) as f32;
     let pairs = b * hh;
-    let nslots = ws.slots.len();
-    let per = pairs.div_ceil(nslots);
+    // Pairs are handed out one at a time from a shared counter, so a thread that the OS
+    // deschedules (a shared machine) does not hold back a fixed share; each pair is computed
+    // whole by one task, whichever, so results do not depend on the split.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let take = || next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let qkv = &ws.qkv;
     let log_sizes: Option<&[f32]> = sizes.then_some(&ws.sizes[..b * n]);
     let mask: Option<&[f32]> = masked.then_some(&ws.delta[..b * n]);
@@ -765,11 +768,13 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
             hd,
             scale,
         };
-        ws.slots
-            .par_iter_mut()
-            .enumerate()
-            .for_each(|(s, scratch)| {
-                for pair in s * per..((s + 1) * per).min(pairs) {
+        ws.slots.par_iter_mut().for_each(|scratch| {
+            loop {
+                let pair = take();
+                if pair >= pairs {
+                    break;
+                }
+                {
                     // SAFETY: AVX-512F is present (the workspace packs only then); the buffer
                     // bounds were checked above, and pair (bi, h) alone writes probs[bi, h, ..n]
                     // and head h's hd columns of rows bi·n .. (bi+1)·n of attn.
@@ -779,15 +784,18 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
                         )
                     };
                 }
-            });
+            }
+        });
         return Ok(());
     }
-    ws.slots
-        .par_iter_mut()
-        .enumerate()
-        .for_each(|(s, scratch)| {
-            let (attn, probs) = (attn, probs);
-            for pair in s * per..((s + 1) * per).min(pairs) {
+    ws.slots.par_iter_mut().for_each(|scratch| {
+        let (attn, probs) = (attn, probs);
+        loop {
+            let pair = take();
+            if pair >= pairs {
+                break;
+            }
+            {
                 let (bi, h) = (pair / hh, pair % hh);
                 let base = bi * n * 3 * d;
                 for t in 0..n {
@@ -869,7 +877,8 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
                     );
                 }
             }
-        });
+        }
+    });
     Ok(())
 }
 
