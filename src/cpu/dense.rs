@@ -175,8 +175,9 @@ pub(crate) fn softmax(row: &mut [f32]) {
 
 /// [`softmax`] without the division: row = exp(x − max), returning Σ (so the caller can
 /// divide a product of the row instead of the row). A row with a non-finite max is
-/// normalized here and the result is 1.
-#[inline]
+/// normalized here and the result is 1. Always inlined: the attention calls it from AVX-512
+/// code, where its loops vectorize 16 wide (a call would run them in baseline SSE2).
+#[inline(always)]
 pub(crate) fn softmax_parts(row: &mut [f32]) -> f32 {
     // Max and sum over 16 interleaved lanes (element i in lane i mod 16), the lanes combined
     // in a fixed order: one vector chain instead of a 4-cycle dependency per element. The max
