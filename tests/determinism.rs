@@ -193,3 +193,43 @@ fn batch_composition_changes_at_most_the_last_bits() {
         }
     }
 }
+
+/// The portable path (the `gemm` crate, taken by CPUs without AVX-512F) and the packed one
+/// agree to rounding, and the portable path is also bit-identical across thread counts.
+#[test]
+fn portable_and_packed_paths_agree() {
+    for prefix in PREFIXES {
+        let m = model(prefix, 64, 4, 96, 4);
+        let img = random_images(3, 3, 64, 5);
+        let run = |threads: usize, portable: bool| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            pool.install(|| {
+                let mut ws = if portable {
+                    clca::vit::cpu::CpuWorkspace::new_portable(&m, 3)
+                } else {
+                    clca::vit::cpu::CpuWorkspace::new(&m, 3)
+                }
+                .expect("workspace");
+                assert!(!portable || !ws.is_packed());
+                clca::vit::cpu::forward(&m, &mut ws, &img, None).expect("forward")
+            })
+        };
+        let p1 = run(1, true);
+        assert_eq!(
+            bits(&p1),
+            bits(&run(3, true)),
+            "{prefix}: portable, 1 vs 3 threads"
+        );
+        let packed = run(2, false);
+        let scale = p1.iter().fold(1f32, |a, v| a.max(v.abs()));
+        for (x, y) in p1.iter().zip(&packed) {
+            assert!(
+                (x - y).abs() <= 1e-4 * scale,
+                "{prefix}: portable {x} vs packed {y}"
+            );
+        }
+    }
+}

@@ -7,6 +7,7 @@ pub mod dense;
 pub mod dpcknn;
 pub mod dyvit;
 pub mod merge;
+pub mod packed;
 pub mod prune;
 pub mod token_cache;
 pub mod tome;

@@ -41,7 +41,7 @@ pub use crate::device::{workspace_granule, WORKSPACE_ALIGN as ARENA_ALIGN};
 /// A caller workspace address must be non-null and [`ARENA_ALIGN`]-aligned. Checked before its
 /// size, so that a misaligned pointer is reported as such whatever length comes with it.
 pub fn check_arena_ptr(ptr: u64) -> Result<()> {
-    if ptr == 0 || ptr % ARENA_ALIGN as u64 != 0 {
+    if ptr == 0 || !ptr.is_multiple_of(ARENA_ALIGN as u64) {
         return Err(Error::InvalidArgument {
             arg: "workspace",
             value: format!("{ptr:#x}"),

@@ -38,7 +38,7 @@ pub fn significance<D: Device, T: Element>(
     d: usize,
     sig: &mut D::Buf<f32>,
 ) -> Result<()> {
-    if heads == 0 || d % heads != 0 {
+    if heads == 0 || !d.is_multiple_of(heads) {
         return Err(error::invalid(
             "heads",
             heads,
@@ -132,7 +132,7 @@ pub(crate) fn significance_launch(
     d: usize,
     sig: u64,
 ) -> Result<Launch> {
-    if heads == 0 || d % heads != 0 || n < 2 {
+    if heads == 0 || !d.is_multiple_of(heads) || n < 2 {
         return Err(error::invalid(
             "heads, n",
             format!("{heads}, {n}"),

@@ -403,7 +403,10 @@ impl VitConfig {
     /// a constant row into NaN).
     pub fn validate(&self) -> Result<()> {
         let l = &LIMITS;
-        if self.patch_size == 0 || self.img_size == 0 || self.img_size % self.patch_size != 0 {
+        if self.patch_size == 0
+            || self.img_size == 0
+            || !self.img_size.is_multiple_of(self.patch_size)
+        {
             return Err(bad(
                 "img_size",
                 self.img_size,
@@ -420,7 +423,10 @@ impl VitConfig {
                 format!("larger than the limit {}", l.img_size),
             ));
         }
-        if self.embed_dim == 0 || self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+        if self.embed_dim == 0
+            || self.num_heads == 0
+            || !self.embed_dim.is_multiple_of(self.num_heads)
+        {
             return Err(bad(
                 "num_heads",
                 self.num_heads,

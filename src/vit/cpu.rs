@@ -4,10 +4,12 @@
 use super::profile::{mark, Profile};
 use super::weights::HeadWeights;
 use super::{Trace, Vit};
-use crate::cpu::dense::{gelu_inplace, layer_norm, linear, softmax};
+use crate::cpu::dense::{gelu_inplace, layer_norm, linear, softmax, softmax_parts};
+use crate::cpu::packed::{self, Epi, PackedMat};
 use crate::plan::Reduction;
 use crate::{Error, Result};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Buffers of one forward at a given batch.
 pub struct CpuWorkspace {
@@ -41,11 +43,85 @@ pub struct CpuWorkspace {
     model: (super::VitConfig, crate::plan::SeqPlan),
     /// Per-phase times of every forward while set ([`CpuWorkspace::set_profile`]).
     pub(super) profile: Option<Profile>,
+    /// The blocks' weights packed for [`packed::linear`] (AVX-512 CPUs), shared with `single`.
+    packed: Option<Arc<PackedVit>>,
 }
 
+/// One packed copy of every block's four weights, made with the workspace. A weight is used
+/// packed only while the model's slice is the one it was packed from (same address and
+/// length; else the forward uses the `gemm` crate on the slice): a model whose weights are
+/// changed in place needs a new workspace.
+struct PackedVit {
+    /// qkv, proj, fc1, fc2 of each block.
+    blocks: Vec<[PackedMat; 4]>,
+    patch: PackedMat,
+}
+
+impl PackedVit {
+    fn new(m: &Vit) -> Result<Self> {
+        let c = &m.cfg;
+        let (d, hm) = (c.embed_dim, c.mlp_hidden);
+        let blocks = m
+            .weights
+            .blocks
+            .iter()
+            .map(|bw| {
+                Ok([
+                    PackedMat::new(&bw.qkv_w, 3 * d, d)?,
+                    PackedMat::new(&bw.proj_w, d, d)?,
+                    PackedMat::new(&bw.fc1_w, hm, d)?,
+                    PackedMat::new(&bw.fc2_w, d, hm)?,
+                ])
+            })
+            .collect::<Result<_>>()?;
+        let kpatch = c.in_chans * c.patch_size * c.patch_size;
+        Ok(PackedVit {
+            blocks,
+            patch: PackedMat::new(&m.weights.patch_w, d, kpatch)?,
+        })
+    }
+}
+
+/// out = epi(x[rows, k] · wᵀ + bias): packed when `pw` was packed from `w`, else the `gemm`
+/// crate then the epilogue as a separate pass (through `tmp` for [`Epi::AddTo`]).
+#[allow(clippy::too_many_arguments)]
+fn dense(
+    pw: Option<&PackedMat>,
+    w: &[f32],
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    tmp: &mut [f32],
+    epi: Epi<'_>,
+) {
+    if let Some(p) = pw.filter(|p| p.is_for(w) && p.n == n && p.k == k) {
+        packed::linear(x, k, rows, p, bias, out, n, epi);
+        return;
+    }
+    match epi {
+        Epi::Store => linear(x, rows, k, w, n, bias, out, n),
+        Epi::Gelu => {
+            linear(x, rows, k, w, n, bias, out, n);
+            out[..rows * n].par_chunks_mut(4096).for_each(gelu_inplace);
+        }
+        Epi::AddTo(ls) => {
+            linear(x, rows, k, w, n, bias, tmp, n);
+            residual(&mut out[..rows * n], &tmp[..rows * n], ls, n);
+        }
+    }
+}
+
+/// Attention scratch of one task. Portable path: q (scaled) [n, hd] and the n×n
+/// probabilities in `a`. Packed path: q, Kᵀ in panels [⌈n/32⌉][hd][32] (`kp`), V in panels
+/// [⌈hd/32⌉][n][32] (`vp`) and the logits of 12 queries [12, 32⌈n/32⌉] (`a`).
 struct AttnScratch {
     q: Vec<f32>,
     a: Vec<f32>,
+    kp: Vec<f32>,
+    vp: Vec<f32>,
 }
 
 /// A raw pointer that may cross threads; users write disjoint regions (see each SAFETY note).
@@ -81,6 +157,26 @@ impl CpuWorkspace {
     /// Sizes every buffer from the plan. Sizes are checked products and every buffer is
     /// allocated fallibly: a request the allocator refuses is [`Error::Alloc`], not an abort.
     pub fn new(m: &Vit, batch: usize) -> Result<Self> {
+        let packed = if packed::available() {
+            Some(Arc::new(PackedVit::new(m)?))
+        } else {
+            None
+        };
+        Self::with_packed(m, batch, packed)
+    }
+
+    /// A workspace for the portable path (the `gemm` crate and the n × n attention), which
+    /// CPUs without AVX-512F take: for comparisons and tests of that path on any CPU.
+    pub fn new_portable(m: &Vit, batch: usize) -> Result<Self> {
+        Self::with_packed(m, batch, None)
+    }
+
+    /// Whether this workspace runs the packed AVX-512 path.
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    fn with_packed(m: &Vit, batch: usize, packed: Option<Arc<PackedVit>>) -> Result<Self> {
         if batch == 0 {
             return Err(crate::error::invalid("batch", 0, "must be positive"));
         }
@@ -99,11 +195,26 @@ impl CpuWorkspace {
             .saturating_mul(c.num_heads)
             .clamp(1, rayon::current_num_threads().max(1));
         let kpatch = mul("patches", &[c.in_chans, c.patch_size, c.patch_size])?;
+        let (lp, hp) = (
+            l.div_ceil(packed::NR) * packed::NR,
+            hd.div_ceil(packed::NR) * packed::NR,
+        );
         let slots = (0..nslots)
             .map(|_| {
-                Ok(AttnScratch {
-                    q: zeros("attention scratch", &[l, hd])?,
-                    a: zeros("attention scratch", &[l, l])?,
+                Ok(if packed.is_some() {
+                    AttnScratch {
+                        q: zeros("attention scratch", &[l, hd])?,
+                        a: zeros("attention scratch", &[packed::MR, lp])?,
+                        kp: zeros("attention scratch", &[lp, hd])?,
+                        vp: zeros("attention scratch", &[l, hp])?,
+                    }
+                } else {
+                    AttnScratch {
+                        q: zeros("attention scratch", &[l, hd])?,
+                        a: zeros("attention scratch", &[l, l])?,
+                        kp: Vec::new(),
+                        vp: Vec::new(),
+                    }
                 })
             })
             .collect::<Result<_>>()?;
@@ -129,7 +240,7 @@ impl CpuWorkspace {
                 && !m.cfg.method.ats_batch_padding
                 && batch > 1
             {
-                Some(Box::new(CpuWorkspace::new(m, 1)?))
+                Some(Box::new(CpuWorkspace::with_packed(m, 1, packed.clone())?))
             } else {
                 None
             },
@@ -138,6 +249,7 @@ impl CpuWorkspace {
             slots,
             model: (m.cfg.clone(), m.plan.clone()),
             profile: None,
+            packed,
         })
     }
 }
@@ -217,18 +329,16 @@ pub(super) fn forward_run(
     }
     let n0 = 1 + p + c.num_clr;
     // Patch tokens go to rows 1..1+P of each sample.
+    let pk = ws.packed.clone();
     for bi in 0..b {
         let out = &mut ws.x[(bi * n0 + 1) * d..];
-        linear(
-            &ws.patches[bi * p * kpatch..],
-            p,
-            kpatch,
-            &w.patch_w,
-            d,
-            w.patch_b.as_deref(),
-            out,
-            d,
-        );
+        let x = &ws.patches[bi * p * kpatch..];
+        match pk.as_deref().map(|pk| &pk.patch) {
+            Some(pw) if pw.is_for(&w.patch_w) => {
+                packed::linear(x, kpatch, p, pw, w.patch_b.as_deref(), out, d, Epi::Store)
+            }
+            _ => linear(x, p, kpatch, &w.patch_w, d, w.patch_b.as_deref(), out, d),
+        }
     }
     // 2. Tokens and positions.
     for bi in 0..b {
@@ -295,6 +405,7 @@ pub(super) fn forward_run(
             n <= bp.len_in
         });
         let bw = &w.blocks[i];
+        let pb = pk.as_deref().map(|pk| &pk.blocks[i]);
         if let Some(t) = trace.as_deref_mut() {
             t.push_f32(&format!("block_in.{i}"), &[b, n, d], &ws.x[..b * n * d]);
         }
@@ -308,15 +419,17 @@ pub(super) fn forward_run(
             &mut ws.h[..rows * d],
         );
         mark(&mut ws.profile, Some(i), "ln1");
-        linear(
+        dense(
+            pb.map(|p| &p[0]),
+            &bw.qkv_w,
             &ws.h,
             rows,
             d,
-            &bw.qkv_w,
             3 * d,
             bw.qkv_b.as_deref(),
             &mut ws.qkv,
-            3 * d,
+            &mut [],
+            Epi::Store,
         );
         mark(&mut ws.profile, Some(i), "qkv");
         attention(m, ws, n, have_sizes, masked)?;
@@ -327,24 +440,20 @@ pub(super) fn forward_run(
             mark(&mut ws.profile, Some(i), "reduction");
         }
         let rows = b * n;
-        linear(
+        // proj, + bias, added into the stream (the residual), in one pass per tile.
+        dense(
+            pb.map(|p| &p[1]),
+            &bw.proj_w,
             &ws.attn,
             rows,
             d,
-            &bw.proj_w,
             d,
             Some(&bw.proj_b),
+            &mut ws.x,
             &mut ws.h,
-            d,
+            Epi::AddTo(bw.ls1.as_deref()),
         );
-        mark(&mut ws.profile, Some(i), "proj");
-        residual(
-            &mut ws.x[..rows * d],
-            &ws.h[..rows * d],
-            bw.ls1.as_deref(),
-            d,
-        );
-        mark(&mut ws.profile, Some(i), "residual");
+        mark(&mut ws.profile, Some(i), "proj+residual");
 
         if let Some(r) = bp.merge {
             // ToMe (SPEC §4.3), with the reference ops of crate::cpu::tome; sizes are all ones
@@ -447,39 +556,32 @@ pub(super) fn forward_run(
         );
         mark(&mut ws.profile, Some(i), "ln2");
         let hm = c.mlp_hidden;
-        linear(
+        dense(
+            pb.map(|p| &p[2]),
+            &bw.fc1_w,
             &ws.h,
             rows,
             d,
-            &bw.fc1_w,
             hm,
             Some(&bw.fc1_b),
             &mut ws.mlp,
-            hm,
+            &mut [],
+            Epi::Gelu,
         );
-        mark(&mut ws.profile, Some(i), "fc1");
-        ws.mlp[..rows * hm]
-            .par_chunks_mut(4096)
-            .for_each(gelu_inplace);
-        mark(&mut ws.profile, Some(i), "gelu");
-        linear(
+        mark(&mut ws.profile, Some(i), "fc1+gelu");
+        dense(
+            pb.map(|p| &p[3]),
+            &bw.fc2_w,
             &ws.mlp,
             rows,
             hm,
-            &bw.fc2_w,
             d,
             Some(&bw.fc2_b),
+            &mut ws.x,
             &mut ws.h,
-            d,
+            Epi::AddTo(bw.ls2.as_deref()),
         );
-        mark(&mut ws.profile, Some(i), "fc2");
-        residual(
-            &mut ws.x[..rows * d],
-            &ws.h[..rows * d],
-            bw.ls2.as_deref(),
-            d,
-        );
-        mark(&mut ws.profile, Some(i), "residual");
+        mark(&mut ws.profile, Some(i), "fc2+residual");
         if let Some(t) = trace.as_deref_mut() {
             t.push_f32(&format!("block_out.{i}"), &[b, n, d], &ws.x[..rows * d]);
             if have_sizes {
@@ -628,10 +730,17 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
         || !fits(ws.cls_probs.len(), &[b, hh, n])
         || (sizes && !fits(ws.sizes.len(), &[b, n]))
         || (masked && !fits(ws.delta.len(), &[b, n]))
-        || ws
-            .slots
-            .iter()
-            .any(|s| !fits(s.q.len(), &[n, hd]) || !fits(s.a.len(), &[n, n]))
+        || ws.slots.iter().any(|s| {
+            let (np, hp) = (n.div_ceil(packed::NR), hd.div_ceil(packed::NR));
+            !fits(s.q.len(), &[n, hd])
+                || if ws.packed.is_some() {
+                    !fits(s.a.len(), &[packed::MR, np, packed::NR])
+                        || !fits(s.kp.len(), &[np, packed::NR, hd])
+                        || !fits(s.vp.len(), &[hp, n, packed::NR])
+                } else {
+                    !fits(s.a.len(), &[n, n])
+                }
+        })
     {
         return Err(Error::Shape {
             arg: "workspace",
@@ -641,19 +750,52 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
     }
     let scale = (hd as f64).powf(-0.5) as f32;
     let pairs = b * hh;
-    let nslots = ws.slots.len();
-    let per = pairs.div_ceil(nslots);
+    // Pairs are handed out one at a time from a shared counter, so a thread that the OS
+    // deschedules (a shared machine) does not hold back a fixed share; each pair is computed
+    // whole by one task, whichever, so results do not depend on the split.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let take = || next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let qkv = &ws.qkv;
     let log_sizes: Option<&[f32]> = sizes.then_some(&ws.sizes[..b * n]);
     let mask: Option<&[f32]> = masked.then_some(&ws.delta[..b * n]);
     let attn = SendPtr(ws.attn.as_mut_ptr());
     let probs = SendPtr(ws.cls_probs.as_mut_ptr());
-    ws.slots
-        .par_iter_mut()
-        .enumerate()
-        .for_each(|(s, scratch)| {
-            let (attn, probs) = (attn, probs);
-            for pair in s * per..((s + 1) * per).min(pairs) {
+    if ws.packed.is_some() {
+        let dims = AttnDims {
+            n,
+            d,
+            hh,
+            hd,
+            scale,
+        };
+        ws.slots.par_iter_mut().for_each(|scratch| {
+            loop {
+                let pair = take();
+                if pair >= pairs {
+                    break;
+                }
+                {
+                    // SAFETY: AVX-512F is present (the workspace packs only then); the buffer
+                    // bounds were checked above, and pair (bi, h) alone writes probs[bi, h, ..n]
+                    // and head h's hd columns of rows bi·n .. (bi+1)·n of attn.
+                    unsafe {
+                        attention_pair_packed(
+                            &dims, pair, qkv, scratch, log_sizes, mask, attn, probs,
+                        )
+                    };
+                }
+            }
+        });
+        return Ok(());
+    }
+    ws.slots.par_iter_mut().for_each(|scratch| {
+        let (attn, probs) = (attn, probs);
+        loop {
+            let pair = take();
+            if pair >= pairs {
+                break;
+            }
+            {
                 let (bi, h) = (pair / hh, pair % hh);
                 let base = bi * n * 3 * d;
                 for t in 0..n {
@@ -735,8 +877,131 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
                     );
                 }
             }
-        });
+        }
+    });
     Ok(())
+}
+
+/// The attention's sizes: n tokens of width d, hh heads of hd, logits scaled by `scale`.
+struct AttnDims {
+    n: usize,
+    d: usize,
+    hh: usize,
+    hd: usize,
+    scale: f32,
+}
+
+/// One (image, head) pair of [`attention`] with the packed microkernel: Kᵀ and V packed into
+/// 32-column panels once, then 12 queries at a time: logits (12 × n) = q·Kᵀ, the log sizes or
+/// the mask, softmax over each row, and the 12 output rows = P·V, so the 12 × n block stays in
+/// L1/L2 instead of an n × n matrix per pair. As the portable path: (q·scale)·kᵀ accumulated
+/// over the head dim, exp(logit − max), Σₜ over keys in order; the division by the row's sum
+/// comes after the product with V (hd divisions per query instead of n; the cls row's
+/// probabilities are divided as they are).
+///
+/// # Safety
+/// AVX-512F; the buffers hold what [`attention`] checks; `attn` and `probs` point at ws.attn
+/// and ws.cls_probs, of which this pair writes only its own region.
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn attention_pair_packed(
+    g: &AttnDims,
+    pair: usize,
+    qkv: &[f32],
+    s: &mut AttnScratch,
+    log_sizes: Option<&[f32]>,
+    mask: Option<&[f32]>,
+    attn: SendPtr,
+    probs: SendPtr,
+) {
+    use packed::{MR, NR};
+    let AttnDims {
+        n,
+        d,
+        hh,
+        hd,
+        scale,
+    } = *g;
+    let (bi, h) = (pair / hh, pair % hh);
+    let base = bi * n * 3 * d;
+    let np = n.div_ceil(NR);
+    let lp = np * NR;
+    for t in 0..n {
+        let row = &qkv[base + t * 3 * d..][..3 * d];
+        let (qr, kr, vr) = (
+            &row[h * hd..][..hd],
+            &row[d + h * hd..][..hd],
+            &row[2 * d + h * hd..][..hd],
+        );
+        for (qd, &qv) in s.q[t * hd..(t + 1) * hd].iter_mut().zip(qr) {
+            *qd = qv * scale;
+        }
+        // Kᵀ panel t/32, column t%32; V panel j/32, row t, column j%32.
+        let kpanel = &mut s.kp[(t / NR) * hd * NR..][..hd * NR];
+        for (j, &kv) in kr.iter().enumerate() {
+            kpanel[j * NR + t % NR] = kv;
+        }
+        for (j, &vv) in vr.iter().enumerate() {
+            s.vp[((j / NR) * n + t) * NR + j % NR] = vv;
+        }
+    }
+    let mut sums = [0f32; MR];
+    let mut i0 = 0;
+    while i0 < n {
+        let r = MR.min(n - i0);
+        let a = &mut s.a[..r * lp];
+        packed::gemm_serial(
+            r,
+            hd,
+            s.q.as_ptr().add(i0 * hd),
+            hd,
+            s.kp.as_ptr(),
+            n,
+            a.as_mut_ptr(),
+            lp,
+        );
+        for (qi, row) in a.chunks_exact_mut(lp).enumerate() {
+            let row = &mut row[..n];
+            if let Some(sz) = log_sizes {
+                for (v, s) in row.iter_mut().zip(&sz[bi * n..(bi + 1) * n]) {
+                    *v += s.ln();
+                }
+            }
+            if let Some(mk) = mask {
+                let mb = &mk[bi * n..(bi + 1) * n];
+                let qmask = mb[i0 + qi] == 0.0;
+                for (v, &keep) in row.iter_mut().zip(mb) {
+                    if qmask || keep == 0.0 {
+                        *v = -f32::MAX;
+                    }
+                }
+            }
+            sums[qi] = softmax_parts(row);
+        }
+        if i0 == 0 {
+            let p0 = std::slice::from_raw_parts_mut(probs.0.add((bi * hh + h) * n), n);
+            for (p, v) in p0.iter_mut().zip(&a[..n]) {
+                *p = v / sums[0];
+            }
+        }
+        packed::gemm_serial(
+            r,
+            n,
+            a.as_ptr(),
+            lp,
+            s.vp.as_ptr(),
+            hd,
+            attn.0.add((bi * n + i0) * d + h * hd),
+            d,
+        );
+        for (qi, &sum) in sums[..r].iter().enumerate() {
+            let o = std::slice::from_raw_parts_mut(attn.0.add((bi * n + i0 + qi) * d + h * hd), hd);
+            for v in o {
+                *v /= sum;
+            }
+        }
+        i0 += r;
+    }
 }
 
 impl Vit {
