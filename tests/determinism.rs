@@ -5,8 +5,8 @@
 //! Every method, with the cross-layer cache and the CLA head.
 mod common;
 use clca::vit::device::DeviceVit;
-use clca::vit::random::{random_images, random_weights};
-use clca::vit::{Trace, TraceData, TrainFlags, Vit, VitConfig};
+use clca::vit::random::random_images;
+use clca::vit::{Trace, TraceData, Vit};
 use clca::Device;
 
 const PREFIXES: [&str; 9] = [
@@ -21,31 +21,14 @@ const PREFIXES: [&str; 9] = [
     "dyvit_",
 ];
 
-/// A model of the given size with the paper's CLCA options.
+/// A model of the given size with the paper's CLCA options; DPC-KNN with the authors' noise
+/// switched on, seeded: still deterministic.
 fn model(prefix: &str, img: usize, patch: usize, d: usize, depth: usize) -> Vit {
-    let f = TrainFlags {
-        reduction_loc: vec![1, 3],
-        keep_rate: vec![0.5],
-        clc: true,
-        num_clr: 1,
-        ifa_head: true,
-        ..TrainFlags::default()
-    };
-    let mut cfg =
-        VitConfig::from_model_name(&format!("{prefix}deit_tiny_patch16_224"), &f).expect("cfg");
-    cfg.img_size = img;
-    cfg.patch_size = patch;
-    cfg.embed_dim = d;
-    cfg.mlp_hidden = 4 * d;
-    cfg.depth = depth;
-    cfg.num_heads = 3;
-    cfg.num_classes = 10;
-    // DPC-KNN with the authors' noise switched on, seeded: still deterministic.
-    if prefix == "dpcknn_" {
-        cfg.method.dpc_noise_seed = Some(3);
-    }
-    let taps = cfg.plan().expect("plan").taps;
-    Vit::new(cfg.clone(), random_weights(&cfg, taps, 1)).expect("weights")
+    common::clca_model(prefix, img, patch, d, depth, |cfg| {
+        if prefix == "dpcknn_" {
+            cfg.method.dpc_noise_seed = Some(3);
+        }
+    })
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {

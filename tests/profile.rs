@@ -1,31 +1,14 @@
 //! The CPU forward's profile (`CpuWorkspace::set_profile`): every phase of the forward is
 //! named, the marks add up to about the wall time, runs accumulate, and profiling off leaves
 //! the results bit for bit.
+mod common;
 use clca::vit::profile::Profile;
-use clca::vit::random::{random_images, random_weights};
-use clca::vit::{TrainFlags, Vit, VitConfig};
+use clca::vit::random::random_images;
+use clca::vit::Vit;
 use std::time::Instant;
 
 fn model(prefix: &str) -> Vit {
-    let f = TrainFlags {
-        reduction_loc: vec![1, 3],
-        keep_rate: vec![0.5],
-        clc: true,
-        num_clr: 1,
-        ifa_head: true,
-        ..TrainFlags::default()
-    };
-    let mut cfg =
-        VitConfig::from_model_name(&format!("{prefix}deit_tiny_patch16_224"), &f).expect("cfg");
-    cfg.img_size = 64;
-    cfg.patch_size = 4;
-    cfg.embed_dim = 96;
-    cfg.mlp_hidden = 384;
-    cfg.depth = 5;
-    cfg.num_heads = 3;
-    cfg.num_classes = 10;
-    let taps = cfg.plan().expect("plan").taps;
-    Vit::new(cfg.clone(), random_weights(&cfg, taps, 1)).expect("weights")
+    common::clca_model(prefix, 64, 4, 96, 5, |_| {})
 }
 
 #[test]

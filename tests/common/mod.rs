@@ -143,3 +143,37 @@ pub fn down<D: Device, T: bytemuck::Pod>(dev: &D, b: &D::Buf<T>) -> Vec<T> {
 pub fn random_weights(cfg: &clca::vit::VitConfig, taps: usize, seed: u64) -> clca::vit::TensorMap {
     clca::vit::random::random_weights(cfg, taps, seed)
 }
+
+/// A small model of `prefix` (a train.py method prefix, e.g. "evit_") with the paper's CLCA
+/// options (reductions at blocks 1 and 3, keep 0.5, CLC with one clr token, the CLA head),
+/// 3 heads, 10 classes, seeded random weights; `edit` adjusts the configuration first.
+pub fn clca_model(
+    prefix: &str,
+    img: usize,
+    patch: usize,
+    d: usize,
+    depth: usize,
+    edit: impl FnOnce(&mut clca::vit::VitConfig),
+) -> clca::vit::Vit {
+    let f = clca::vit::TrainFlags {
+        reduction_loc: vec![1, 3],
+        keep_rate: vec![0.5],
+        clc: true,
+        num_clr: 1,
+        ifa_head: true,
+        ..clca::vit::TrainFlags::default()
+    };
+    let mut cfg =
+        clca::vit::VitConfig::from_model_name(&format!("{prefix}deit_tiny_patch16_224"), &f)
+            .expect("cfg");
+    cfg.img_size = img;
+    cfg.patch_size = patch;
+    cfg.embed_dim = d;
+    cfg.mlp_hidden = 4 * d;
+    cfg.depth = depth;
+    cfg.num_heads = 3;
+    cfg.num_classes = 10;
+    edit(&mut cfg);
+    let taps = cfg.plan().expect("plan").taps;
+    clca::vit::Vit::new(cfg.clone(), random_weights(&cfg, taps, 1)).expect("weights")
+}
