@@ -38,6 +38,19 @@ pub fn tol<T: Element>() -> (f64, f64) {
     }
 }
 
+/// Every reduction method's train.py model prefix ("" = no reduction).
+pub const METHOD_PREFIXES: [&str; 9] = [
+    "",
+    "topk_",
+    "evit_",
+    "tome_",
+    "dpcknn_",
+    "sit_",
+    "patchmerger_",
+    "ats_",
+    "dyvit_",
+];
+
 /// splitmix64: deterministic test data without extra crates.
 pub struct TRng(pub u64);
 impl TRng {
