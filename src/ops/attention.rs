@@ -16,9 +16,7 @@ use crate::{error, DType, Error, Result};
 pub const HEAD_DIMS: [usize; 3] = [32, 64, 128];
 
 /// Queries per block (one 16-row tile per warp, 4 warps; see kernels/flash.cu for why not two).
-pub fn queries_per_block(_hd: usize) -> usize {
-    64
-}
+pub const QUERIES_PER_BLOCK: usize = 64;
 
 /// The launch of the fused attention (addresses as in the module contract; 0 = none).
 #[allow(clippy::too_many_arguments)]
@@ -52,7 +50,7 @@ pub fn flash_launch(
         &format!("attn_flash{hd}"),
         dtype,
         [
-            u("query tiles", n.div_ceil(queries_per_block(hd)))?,
+            u("query tiles", n.div_ceil(QUERIES_PER_BLOCK))?,
             u("heads", heads)?,
             u("batch", batch)?,
         ],
