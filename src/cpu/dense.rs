@@ -140,7 +140,7 @@ pub(crate) fn gelu_fast(x: f32) -> f32 {
 /// r = −y − n·ln2 in two parts (Cody–Waite), e^r by its Taylor series to r⁷ (|r| ≤ ln2/2:
 /// truncation < 2e-9 relative), times 2ⁿ built from the exponent bits.
 #[inline(always)]
-fn exp_neg(y: f32) -> f32 {
+pub(crate) fn exp_neg(y: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     // NaN stays NaN (`min` would drop it).
     let u = if y.is_nan() { y } else { -(y.min(87.0)) };
@@ -156,6 +156,35 @@ fn exp_neg(y: f32) -> f32 {
     // into the exponent field. No float→int cast, so the loop stays vectorized.
     let v = p * f32::from_bits((n + 8_388_735.0).to_bits() << 23);
     // Beyond 87 the result would be subnormal or 0: 0 (so exp(−inf) is exactly 0).
+    if y > 87.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// [`exp_neg`] with its polynomial and range reduction in fused multiply-adds: half the
+/// operations, and ≤ 1 ulp from it (one rounding per step instead of two). For code compiled
+/// with FMA (the packed AVX-512 path); elsewhere `mul_add` is a libm call.
+#[inline(always)]
+pub(crate) fn exp_neg_fma(y: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    let u = if y.is_nan() { y } else { -(y.min(87.0)) };
+    let n = u.mul_add(std::f32::consts::LOG2_E, MAGIC) - MAGIC;
+    let r = n.mul_add(-1.428_606_8e-6, n.mul_add(-0.693_145_75, u));
+    let mut p: f32 = 1.0 / 5040.0;
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p.mul_add(r, c);
+    }
+    let v = p * f32::from_bits((n + 8_388_735.0).to_bits() << 23);
     if y > 87.0 {
         0.0
     } else {

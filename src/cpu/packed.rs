@@ -5,7 +5,7 @@
 //!
 //! Why: the `gemm` crate packs both operands on every call. At the 785-token shapes of a
 //! 448 px ViT-B/16 that costs little, but after EViT's pruning (87, 17, 12 tokens) packing the
-//! weights dominates: 23 GFLOP/s at M = 17 against 85 here on one core (`benches/dense.rs`).
+//! weights dominates (at M = 17, 23 GFLOP/s against 85 here on one core, measured last session).
 //!
 //! Determinism: every output element is one FMA chain over k = 0..K in order, computed by
 //! one task; tasks split rows and columns, never K. Results are bit-identical whatever the
@@ -98,19 +98,28 @@ impl Ptr {
     }
 }
 
-/// Rows per task chunk: the chunk's rows of x (× KC) stay in L2 while the task's panels pass.
-const MC: usize = 8 * MR;
-/// Panels per task.
-const NP: usize = 4;
-/// The K block: a task walks K in blocks of KC, keeping its partial sums in a buffer of
-/// MC × 32·NP, so that with K = 3072 (fc2) the rows of x it rereads still fit L2. The sums are
-/// stored and reloaded exactly: each element is still one FMA chain over k in order.
-const KC: usize = 768;
+/// Bytes of packed weights a task keeps in L2 (its panel group): 4 panels at K = 768, one at
+/// K = 3072. Measured on one Cascade Lake core (1 MB L2): 384 KB groups beat 768 KB ones.
+const GROUP_BYTES: usize = 384 << 10;
+/// Row tiles per task: enough rows that a panel group, once in L2, serves many tiles.
+const CHUNK_TILES: usize = 32;
+
+/// Length of the scratch [`linear`] packs x into: ⌈m/12⌉ tiles of k × 12.
+pub fn pack_len(m: usize, k: usize) -> usize {
+    m.div_ceil(MR) * MR * k
+}
 
 /// y[m, n] (row stride `y_rs`) = epi(x[m, k] (row stride `x_rs`) · wᵀ + bias), on AVX-512.
-/// Tasks are (row chunk, panel group) tiles, spread over rayon when the product is large.
 ///
-/// Panics when a buffer is too short or AVX-512F is missing (callers check [`available`]).
+/// x is first packed into `ap` as tiles of 12 rows, k-major ([tile][k][12]), so that the
+/// microkernel's broadcasts read one stream at fixed offsets (with x's 12 row streams the
+/// loop needed an address computation per row and ran at 80–90 GFLOP/s on one core; packed,
+/// 120–130, against MKL's 125–131 at these shapes). Then tasks of (row tiles × panel group)
+/// run each tile against each panel over the whole K, the group's panels staying in L2 and
+/// the tile in L1, and apply the epilogue to the 12 × 32 sums.
+///
+/// Panics when a buffer is too short or AVX-512F is missing (callers check [`available`]
+/// and size `ap` by [`pack_len`]).
 #[allow(clippy::too_many_arguments)]
 pub fn linear(
     x: &[f32],
@@ -121,7 +130,9 @@ pub fn linear(
     y: &mut [f32],
     y_rs: usize,
     epi: Epi<'_>,
+    ap: &mut [f32],
 ) {
+    use rayon::prelude::*;
     let (n, k) = (w.n, w.k);
     assert!(available(), "packed::linear needs AVX-512F");
     assert!(
@@ -129,6 +140,7 @@ pub fn linear(
             && y_rs >= n
             && (m == 0 || (x.len() >= (m - 1) * x_rs + k && y.len() >= (m - 1) * y_rs + n))
             && bias.is_none_or(|b| b.len() >= n)
+            && ap.len() >= pack_len(m, k)
             && match epi {
                 Epi::AddTo(Some(g)) => g.len() >= n,
                 _ => true,
@@ -138,24 +150,48 @@ pub fn linear(
     if m == 0 || n == 0 {
         return;
     }
-    let chunks = m.div_ceil(MC);
-    let groups = w.panels().div_ceil(NP);
+    let tiles = m.div_ceil(MR);
+    let parallel = m * n * k >= 1 << 20;
+    let app = Ptr(ap.as_mut_ptr());
+    let pack = |t: usize| {
+        let r = MR.min(m - t * MR);
+        // SAFETY: tile t's rows of x are inside x (assert); its k·12 values at t·k·12 are
+        // inside ap (assert) and written by this call only.
+        unsafe {
+            pack_tile(
+                x.as_ptr().add(t * MR * x_rs),
+                x_rs,
+                r,
+                k,
+                app.get().add(t * k * MR),
+            )
+        }
+    };
+    if parallel && tiles > 1 {
+        (0..tiles).into_par_iter().for_each(pack);
+    } else {
+        (0..tiles).for_each(pack);
+    }
+    let group = (GROUP_BYTES / (k.max(1) * NR * 4)).clamp(1, 8);
+    let groups = w.panels().div_ceil(group);
+    let chunks = tiles.div_ceil(CHUNK_TILES);
     let yp = Ptr(y.as_mut_ptr());
+    let apc = app.get() as *const f32 as usize;
     let task = |t: usize| {
-        let (c, g) = (t / groups, t % groups);
-        let rows = c * MC..(m).min((c + 1) * MC);
-        let panels = g * NP..w.panels().min((g + 1) * NP);
-        // SAFETY: AVX-512F is present (asserted); the task reads rows `rows` of x and panels
-        // `panels` of w (inside their buffers by the assert) and writes only y's tile
-        // rows × [32·panels.start, min(n, 32·panels.end)), disjoint from every other task's.
+        let (g, c) = (t / chunks, t % chunks);
+        let panels = g * group..w.panels().min((g + 1) * group);
+        let rows = c * CHUNK_TILES * MR..m.min((c + 1) * CHUNK_TILES * MR);
+        // SAFETY: AVX-512F is present (asserted); ap holds the packed tiles of x (packed
+        // above, before any task starts); the task reads panels `panels` of w and writes only
+        // y's tile rows × [32·panels.start, min(n, 32·panels.end)), disjoint from every other
+        // task's.
         unsafe {
             tile_task(
-                x.as_ptr(),
-                x_rs,
+                apc as *const f32,
+                k,
                 rows,
                 w.data.as_ptr(),
                 n,
-                k,
                 panels,
                 bias,
                 yp.get(),
@@ -165,16 +201,30 @@ pub fn linear(
         }
     };
     let tasks = chunks * groups;
-    if m * n * k >= 1 << 20 && tasks > 1 {
-        use rayon::prelude::*;
+    if parallel && tasks > 1 {
         (0..tasks).into_par_iter().for_each(task);
     } else {
         (0..tasks).for_each(task);
     }
 }
 
+/// Packs r ≤ 12 rows of x (row stride `x_rs`) into `d` as [k][12] (rows r.. left as they are:
+/// the microkernel for r rows reads only the first r of each 12).
+///
+/// # Safety
+/// r rows of k values at x (stride x_rs) readable, k·12 values at d writable.
+unsafe fn pack_tile(x: *const f32, x_rs: usize, r: usize, k: usize, d: *mut f32) {
+    for i in 0..r {
+        let row = std::slice::from_raw_parts(x.add(i * x_rs), k);
+        for (kk, &v) in row.iter().enumerate() {
+            *d.add(kk * MR + i) = v;
+        }
+    }
+}
+
 /// c[m, n] (row stride `ldc`) = a[m, k] (row stride `lda`) · b, where b holds ⌈n/32⌉ packed
-/// panels `[k][32]` (columns past n are read and ignored); one thread.
+/// panels `[k][32]` (columns past n are read and ignored); one thread, x unpacked (the
+/// attention's small products, whose operands it lays out itself).
 ///
 /// # Safety
 /// AVX-512F ([`available`]); a's m rows of k, b's ⌈n/32⌉·k·32 values and c's m rows of n are
@@ -191,77 +241,67 @@ pub unsafe fn gemm_serial(
     c: *mut f32,
     ldc: usize,
 ) {
-    let np = n.div_ceil(NR);
-    for r0 in (0..m).step_by(MC) {
-        for p0 in (0..np).step_by(NP) {
-            tile_task(
-                a,
-                lda,
-                r0..m.min(r0 + MC),
-                b,
-                n,
-                k,
-                p0..np.min(p0 + NP),
-                None,
-                c,
-                ldc,
-                Epi::Store,
-            );
+    let mut tmp = [0f32; MR * NR];
+    for p in 0..n.div_ceil(NR) {
+        let (n0, cols) = (p * NR, NR.min(n - p * NR));
+        let mut i0 = 0;
+        while i0 < m {
+            let r = MR.min(m - i0);
+            let bp = b.add(p * k * NR);
+            if cols == NR {
+                micro(r, k, a.add(i0 * lda), lda, bp, c.add(i0 * ldc + n0), ldc);
+            } else {
+                micro(r, k, a.add(i0 * lda), lda, bp, tmp.as_mut_ptr(), NR);
+                for i in 0..r {
+                    std::ptr::copy_nonoverlapping(
+                        tmp.as_ptr().add(i * NR),
+                        c.add((i0 + i) * ldc + n0),
+                        cols,
+                    );
+                }
+            }
+            i0 += r;
         }
     }
 }
 
+/// Rows `rows` (whole tiles of 12 but the last) of packed x against panels `panels` of w,
+/// each 12 × 32 tile over the whole K, then the epilogue into y.
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 unsafe fn tile_task(
-    x: *const f32,
-    x_rs: usize,
+    ap: *const f32,
+    k: usize,
     rows: std::ops::Range<usize>,
     bdata: *const f32,
     n: usize,
-    k: usize,
     panels: std::ops::Range<usize>,
     bias: Option<&[f32]>,
     y: *mut f32,
     y_rs: usize,
     epi: Epi<'_>,
 ) {
-    const LDC: usize = NP * NR;
-    debug_assert!(rows.len() <= MC && panels.len() <= NP);
-    // Partial sums of the task's rows × panels, uninitialized (zeroing 48 KB per call cost
-    // more than the attention's small GEMMs): the first K block writes every value read later.
-    let mut cbuf = std::mem::MaybeUninit::<[f32; MC * LDC]>::uninit();
-    let cb = cbuf.as_mut_ptr().cast::<f32>();
-    let mut k0 = 0;
-    while k0 < k {
-        let kl = KC.min(k - k0);
-        for (pi, p) in panels.clone().enumerate() {
-            let b = bdata.add((p * k + k0) * NR);
-            let mut i0 = rows.start;
-            while i0 < rows.end {
-                let r = MR.min(rows.end - i0);
-                let c = cb.add((i0 - rows.start) * LDC + pi * NR);
-                micro(r, kl, x.add(i0 * x_rs + k0), x_rs, b, c, LDC, k0 > 0);
-                i0 += r;
+    let mut tmp = [0f32; MR * NR];
+    let mut i0 = rows.start;
+    while i0 < rows.end {
+        let r = MR.min(rows.end - i0);
+        let a = ap.add(i0 * k);
+        for p in panels.clone() {
+            micro_packed(r, k, a, bdata.add(p * k * NR), tmp.as_mut_ptr());
+            let (n0, cols) = (p * NR, NR.min(n - p * NR));
+            for (i, t) in tmp.chunks_exact_mut(NR).take(r).enumerate() {
+                // SAFETY (caller): row i0 + i < m and columns n0 .. n0 + cols ≤ n are in y.
+                let out = std::slice::from_raw_parts_mut(y.add((i0 + i) * y_rs + n0), cols);
+                epilogue(
+                    &mut t[..cols],
+                    out,
+                    bias.map(|b| &b[n0..n0 + cols]),
+                    epi,
+                    n0,
+                );
             }
         }
-        k0 += kl;
-    }
-    for (pi, p) in panels.enumerate() {
-        let n0 = p * NR;
-        let cols = NR.min(n - n0);
-        for i in 0..rows.len() {
-            // SAFETY: row i, columns pi·32 .. pi·32 + cols of the buffer were written by the
-            // first K block (k ≥ 1; with k = 0 nothing was, and the sums are 0).
-            if k == 0 {
-                std::ptr::write_bytes(cb.add(i * LDC + pi * NR), 0, cols);
-            }
-            let t = std::slice::from_raw_parts_mut(cb.add(i * LDC + pi * NR), cols);
-            // SAFETY (caller): row rows.start + i < m and columns n0 .. n0 + cols ≤ n are
-            // inside y.
-            let out = std::slice::from_raw_parts_mut(y.add((rows.start + i) * y_rs + n0), cols);
-            epilogue(t, out, bias.map(|b| &b[n0..n0 + cols]), epi, n0);
-        }
+        i0 += r;
     }
 }
 
@@ -293,9 +333,29 @@ fn epilogue(t: &mut [f32], out: &mut [f32], bias: Option<&[f32]>, epi: Epi<'_>, 
     }
 }
 
-/// c[r × 32] (row stride `ldc`) (+)= a[r rows, row stride `lda`, k contiguous] · b[k][32];
-/// with `load` the sums go on from c's values (stored and reloaded exactly: still one FMA
-/// chain per element over k in order).
+/// Dispatches r ≤ 12 to the register tile of r rows (`$kern::<r>(args…)`).
+macro_rules! by_rows {
+    ($r:expr, $kern:ident, $($arg:expr),*) => {
+        match $r {
+            12 => $kern::<12>($($arg),*),
+            11 => $kern::<11>($($arg),*),
+            10 => $kern::<10>($($arg),*),
+            9 => $kern::<9>($($arg),*),
+            8 => $kern::<8>($($arg),*),
+            7 => $kern::<7>($($arg),*),
+            6 => $kern::<6>($($arg),*),
+            5 => $kern::<5>($($arg),*),
+            4 => $kern::<4>($($arg),*),
+            3 => $kern::<3>($($arg),*),
+            2 => $kern::<2>($($arg),*),
+            1 => $kern::<1>($($arg),*),
+            _ => {}
+        }
+    };
+}
+
+/// c[r × 32] (row stride `ldc`) = a[r rows, row stride `lda`, k contiguous] · b[k][32]: one
+/// FMA chain per element over k in order.
 ///
 /// # Safety
 /// AVX-512F; r ≤ MR; a's r rows of k, b's k·32 and c's r rows of 32 are readable/writable.
@@ -309,64 +369,89 @@ pub unsafe fn micro(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    load: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    match r {
-        12 => kern::<12>(k, a, lda, b, c, ldc, load),
-        11 => kern::<11>(k, a, lda, b, c, ldc, load),
-        10 => kern::<10>(k, a, lda, b, c, ldc, load),
-        9 => kern::<9>(k, a, lda, b, c, ldc, load),
-        8 => kern::<8>(k, a, lda, b, c, ldc, load),
-        7 => kern::<7>(k, a, lda, b, c, ldc, load),
-        6 => kern::<6>(k, a, lda, b, c, ldc, load),
-        5 => kern::<5>(k, a, lda, b, c, ldc, load),
-        4 => kern::<4>(k, a, lda, b, c, ldc, load),
-        3 => kern::<3>(k, a, lda, b, c, ldc, load),
-        2 => kern::<2>(k, a, lda, b, c, ldc, load),
-        1 => kern::<1>(k, a, lda, b, c, ldc, load),
-        _ => {}
-    }
+    by_rows!(r, kern_strided, k, a, lda, b, c, ldc);
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (r, k, a, lda, b, c, ldc, load);
+    let _ = (r, k, a, lda, b, c, ldc);
 }
 
-/// The register tile: R rows × 32 columns in 2R zmm accumulators, one FMA chain per element
-/// over k in order.
+/// The same on one packed tile: a is [k][12] (the first r of each 12 used), c is r × 32
+/// contiguous.
+///
+/// # Safety
+/// As [`micro`], with a holding k·12 values.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+pub(crate) unsafe fn micro_packed(r: usize, k: usize, a: *const f32, b: *const f32, c: *mut f32) {
+    #[cfg(target_arch = "x86_64")]
+    by_rows!(r, kern_packed, k, a, 0, b, c, NR);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (r, k, a, b, c);
+}
+
+/// [`kern`] on unpacked rows (row i at a + i·lda, k contiguous).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kern<const R: usize>(
+unsafe fn kern_strided<const R: usize>(
     k: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    load: bool,
+) {
+    kern::<R, false>(k, a, lda, b, c, ldc)
+}
+
+/// [`kern`] on a packed tile ([k][12]; `_lda` unused).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kern_packed<const R: usize>(
+    k: usize,
+    a: *const f32,
+    _lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+) {
+    kern::<R, true>(k, a, 0, b, c, ldc)
+}
+
+/// The register tile: R rows × 32 columns in 2R zmm accumulators, one FMA chain per element
+/// over k in order. Row i's value at step t is a[i·lda + t] unpacked, a[t·12 + i] packed (a
+/// constant offset per broadcast, no address arithmetic in the loop). The panel is
+/// prefetched 8 steps (1 KB) ahead: it streams from L2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kern<const R: usize, const PACKED: bool>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
 ) {
     use std::arch::x86_64::*;
+    let (row, step) = if PACKED { (1, MR) } else { (lda, 1) };
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    if load {
-        for (i, row) in acc.iter_mut().enumerate() {
-            row[0] = _mm512_loadu_ps(c.add(i * ldc));
-            row[1] = _mm512_loadu_ps(c.add(i * ldc + 16));
-        }
-    }
     let (mut ap, mut bp) = (a, b);
     for _ in 0..k {
         let b0 = _mm512_loadu_ps(bp);
         let b1 = _mm512_loadu_ps(bp.add(16));
-        for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm512_set1_ps(*ap.add(i * lda));
-            row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+        // A hint only: prefetching past the panel's end reads nothing and cannot fault.
+        _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(8 * NR).cast());
+        _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(8 * NR + 16).cast());
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let ai = _mm512_set1_ps(*ap.add(i * row));
+            acc[0] = _mm512_fmadd_ps(ai, b0, acc[0]);
+            acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
         }
-        ap = ap.add(1);
+        ap = ap.add(step);
         bp = bp.add(NR);
     }
-    for (i, row) in acc.iter().enumerate() {
-        _mm512_storeu_ps(c.add(i * ldc), row[0]);
-        _mm512_storeu_ps(c.add(i * ldc + 16), row[1]);
+    for (i, acc) in acc.iter().enumerate() {
+        _mm512_storeu_ps(c.add(i * ldc), acc[0]);
+        _mm512_storeu_ps(c.add(i * ldc + 16), acc[1]);
     }
 }
 
@@ -410,7 +495,18 @@ mod tests {
             };
             let tol = |e: f64| 1e-5 * (1.0 + e.abs()) * (k as f64).sqrt();
             let mut y = vec![7f32; m * y_rs];
-            linear(&x, x_rs, m, &pw, Some(&bias), &mut y, y_rs, Epi::Store);
+            let mut ap = vec![0f32; pack_len(m, k)];
+            linear(
+                &x,
+                x_rs,
+                m,
+                &pw,
+                Some(&bias),
+                &mut y,
+                y_rs,
+                Epi::Store,
+                &mut ap,
+            );
             let mut z = vec![0.5f32; m * y_rs];
             linear(
                 &x,
@@ -421,9 +517,20 @@ mod tests {
                 &mut z,
                 y_rs,
                 Epi::AddTo(Some(&ls)),
+                &mut ap,
             );
             let mut g = vec![0f32; m * y_rs];
-            linear(&x, x_rs, m, &pw, Some(&bias), &mut g, y_rs, Epi::Gelu);
+            linear(
+                &x,
+                x_rs,
+                m,
+                &pw,
+                Some(&bias),
+                &mut g,
+                y_rs,
+                Epi::Gelu,
+                &mut ap,
+            );
             for i in 0..m {
                 for j in 0..n {
                     let e = exact(i, j);

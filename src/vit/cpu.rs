@@ -4,7 +4,7 @@
 use super::profile::{mark, Profile};
 use super::weights::HeadWeights;
 use super::{Trace, Vit};
-use crate::cpu::dense::{gelu_inplace, layer_norm, linear, softmax, softmax_parts};
+use crate::cpu::dense::{gelu_inplace, layer_norm, linear, softmax};
 use crate::cpu::packed::{self, Epi, PackedMat};
 use crate::plan::Reduction;
 use crate::{Error, Result};
@@ -26,6 +26,9 @@ pub struct CpuWorkspace {
     pub(super) cache: Vec<f32>,
     pub(super) taps: Vec<f32>,
     slots: Vec<AttnScratch>,
+    /// The packed path's copy of a GEMM's input, tiled for its microkernel
+    /// ([`packed::pack_len`]); empty on the portable path.
+    apack: Vec<f32>,
     /// ToMe: token sizes [batch, L] (and the merge's output), the unit key metric
     /// [batch, L, hd], one sample's matching [⌈L/2⌉].
     pub(super) sizes: Vec<f32>,
@@ -95,10 +98,11 @@ fn dense(
     bias: Option<&[f32]>,
     out: &mut [f32],
     tmp: &mut [f32],
+    ap: &mut [f32],
     epi: Epi<'_>,
 ) {
     if let Some(p) = pw.filter(|p| p.is_for(w) && p.n == n && p.k == k) {
-        packed::linear(x, k, rows, p, bias, out, n, epi);
+        packed::linear(x, k, rows, p, bias, out, n, epi, ap);
         return;
     }
     match epi {
@@ -115,8 +119,9 @@ fn dense(
 }
 
 /// Attention scratch of one task. Portable path: q (scaled) [n, hd] and the n×n
-/// probabilities in `a`. Packed path: q, Kᵀ in panels [⌈n/32⌉][hd][32] (`kp`), V in panels
-/// [⌈hd/32⌉][n][32] (`vp`) and the logits of 12 queries [12, 32⌈n/32⌉] (`a`).
+/// probabilities in `a`. Packed path ([`attention_pair_packed`]): one panel of 32 queries
+/// Qᵀ [hd][32] (`q`), K in tiles of 12 keys [⌈n/12⌉][hd][12] (`kp`), Vᵀ in tiles of 12 head
+/// dims [⌈hd/12⌉][n][12] (`vp`), and Sᵀ [n][32] followed by Oᵀ [12⌈hd/12⌉][32] (`a`).
 struct AttnScratch {
     q: Vec<f32>,
     a: Vec<f32>,
@@ -195,18 +200,19 @@ impl CpuWorkspace {
             .saturating_mul(c.num_heads)
             .clamp(1, rayon::current_num_threads().max(1));
         let kpatch = mul("patches", &[c.in_chans, c.patch_size, c.patch_size])?;
-        let (lp, hp) = (
-            l.div_ceil(packed::NR) * packed::NR,
-            hd.div_ceil(packed::NR) * packed::NR,
+        // Rows rounded up to whole tiles of 12 (keys; head dims).
+        let (lt, ht) = (
+            l.div_ceil(packed::MR) * packed::MR,
+            hd.div_ceil(packed::MR) * packed::MR,
         );
         let slots = (0..nslots)
             .map(|_| {
                 Ok(if packed.is_some() {
                     AttnScratch {
-                        q: zeros("attention scratch", &[l, hd])?,
-                        a: zeros("attention scratch", &[packed::MR, lp])?,
-                        kp: zeros("attention scratch", &[lp, hd])?,
-                        vp: zeros("attention scratch", &[l, hp])?,
+                        q: zeros("attention scratch", &[hd, packed::NR])?,
+                        a: zeros("attention scratch", &[l + ht, packed::NR])?,
+                        kp: zeros("attention scratch", &[lt, hd])?,
+                        vp: zeros("attention scratch", &[ht, l])?,
                     }
                 } else {
                     AttnScratch {
@@ -226,6 +232,13 @@ impl CpuWorkspace {
             qkv: zeros("qkv", &[batch, l, 3, d])?,
             attn: zeros("attn", &[batch, l, d])?,
             mlp: zeros("mlp", &[batch, l, c.mlp_hidden])?,
+            apack: if packed.is_some() {
+                let rows = mul("apack", &[batch, l])?.max(c.num_patches());
+                let k = d.max(c.mlp_hidden).max(kpatch);
+                zeros("apack", &[packed::pack_len(rows, 1), k])?
+            } else {
+                Vec::new()
+            },
             patches: zeros("patches", &[batch, c.num_patches(), kpatch])?,
             cls_probs: zeros("probs", &[batch, c.num_heads, l])?,
             scores: zeros("scores", &[batch, l])?,
@@ -334,9 +347,17 @@ pub(super) fn forward_run(
         let out = &mut ws.x[(bi * n0 + 1) * d..];
         let x = &ws.patches[bi * p * kpatch..];
         match pk.as_deref().map(|pk| &pk.patch) {
-            Some(pw) if pw.is_for(&w.patch_w) => {
-                packed::linear(x, kpatch, p, pw, w.patch_b.as_deref(), out, d, Epi::Store)
-            }
+            Some(pw) if pw.is_for(&w.patch_w) => packed::linear(
+                x,
+                kpatch,
+                p,
+                pw,
+                w.patch_b.as_deref(),
+                out,
+                d,
+                Epi::Store,
+                &mut ws.apack,
+            ),
             _ => linear(x, p, kpatch, &w.patch_w, d, w.patch_b.as_deref(), out, d),
         }
     }
@@ -429,6 +450,7 @@ pub(super) fn forward_run(
             bw.qkv_b.as_deref(),
             &mut ws.qkv,
             &mut [],
+            &mut ws.apack,
             Epi::Store,
         );
         mark(&mut ws.profile, Some(i), "qkv");
@@ -451,6 +473,7 @@ pub(super) fn forward_run(
             Some(&bw.proj_b),
             &mut ws.x,
             &mut ws.h,
+            &mut ws.apack,
             Epi::AddTo(bw.ls1.as_deref()),
         );
         mark(&mut ws.profile, Some(i), "proj+residual");
@@ -566,6 +589,7 @@ pub(super) fn forward_run(
             Some(&bw.fc1_b),
             &mut ws.mlp,
             &mut [],
+            &mut ws.apack,
             Epi::Gelu,
         );
         mark(&mut ws.profile, Some(i), "fc1+gelu");
@@ -579,6 +603,7 @@ pub(super) fn forward_run(
             Some(&bw.fc2_b),
             &mut ws.x,
             &mut ws.h,
+            &mut ws.apack,
             Epi::AddTo(bw.ls2.as_deref()),
         );
         mark(&mut ws.profile, Some(i), "fc2+residual");
@@ -731,15 +756,18 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
         || (sizes && !fits(ws.sizes.len(), &[b, n]))
         || (masked && !fits(ws.delta.len(), &[b, n]))
         || ws.slots.iter().any(|s| {
-            let (np, hp) = (n.div_ceil(packed::NR), hd.div_ceil(packed::NR));
-            !fits(s.q.len(), &[n, hd])
-                || if ws.packed.is_some() {
-                    !fits(s.a.len(), &[packed::MR, np, packed::NR])
-                        || !fits(s.kp.len(), &[np, packed::NR, hd])
-                        || !fits(s.vp.len(), &[hp, n, packed::NR])
-                } else {
-                    !fits(s.a.len(), &[n, n])
-                }
+            let (nt, ht) = (
+                n.div_ceil(packed::MR) * packed::MR,
+                hd.div_ceil(packed::MR) * packed::MR,
+            );
+            if ws.packed.is_some() {
+                !fits(s.q.len(), &[hd, packed::NR])
+                    || !fits(s.a.len(), &[n + ht, packed::NR])
+                    || !fits(s.kp.len(), &[nt, hd])
+                    || !fits(s.vp.len(), &[ht, n])
+            } else {
+                !fits(s.q.len(), &[n, hd]) || !fits(s.a.len(), &[n, n])
+            }
         })
     {
         return Err(Error::Shape {
@@ -891,13 +919,20 @@ struct AttnDims {
     scale: f32,
 }
 
-/// One (image, head) pair of [`attention`] with the packed microkernel: Kᵀ and V packed into
-/// 32-column panels once, then 12 queries at a time: logits (12 × n) = q·Kᵀ, the log sizes or
-/// the mask, softmax over each row, and the 12 output rows = P·V, so the 12 × n block stays in
-/// L1/L2 instead of an n × n matrix per pair. As the portable path: (q·scale)·kᵀ accumulated
-/// over the head dim, exp(logit − max), Σₜ over keys in order; the division by the row's sum
-/// comes after the product with V (hd divisions per query instead of n; the cls row's
-/// probabilities are divided as they are).
+/// One (image, head) pair of the packed path, 32 queries at a time, transposed so that the
+/// softmax runs down columns (one vector per 16 queries, no horizontal reductions) and every
+/// product is the GEMM microkernel on packed operands:
+/// - Sᵀ [n keys][32 queries] = K · Qᵀ: K in tiles of 12 keys ([hd][12]), Qᵀ one panel
+///   [hd][32] of (q·scale);
+/// - the softmax down each column, Pᵀ left unnormalized (exp(s − max));
+/// - Oᵀ [hd][32] = Vᵀ · Pᵀ: Vᵀ in tiles of 12 head dims ([n][12], a copy of 12 consecutive
+///   values of each v row), Pᵀ read as the panel [n][32] it already is;
+/// - O / Σ written into the head's columns of attn; the cls query's probabilities (query 0 of
+///   panel 0) divided by its sum into probs.
+///
+/// Each output is one FMA chain over its k in order and each column sum runs over keys in
+/// order, whatever the thread count. Rows of −inf/+inf/NaN maxima take libm's exp and are
+/// normalized in place (the sum then reads 1), as [`crate::cpu::dense::softmax`].
 ///
 /// # Safety
 /// AVX-512F; the buffers hold what [`attention`] checks; `attn` and `probs` point at ws.attn
@@ -923,85 +958,125 @@ unsafe fn attention_pair_packed(
         scale,
     } = *g;
     let (bi, h) = (pair / hh, pair % hh);
-    let base = bi * n * 3 * d;
-    let np = n.div_ceil(NR);
-    let lp = np * NR;
+    let row = |t: usize| &qkv[(bi * n + t) * 3 * d..][..3 * d];
+    let (kt, ht) = (n.div_ceil(MR), hd.div_ceil(MR));
     for t in 0..n {
-        let row = &qkv[base + t * 3 * d..][..3 * d];
-        let (qr, kr, vr) = (
-            &row[h * hd..][..hd],
-            &row[d + h * hd..][..hd],
-            &row[2 * d + h * hd..][..hd],
-        );
-        for (qd, &qv) in s.q[t * hd..(t + 1) * hd].iter_mut().zip(qr) {
-            *qd = qv * scale;
+        let r = row(t);
+        // Key t: tile t/12, lane t%12 of [hd][12]. V row t → Vᵀ tile j/12 at [t][j%12].
+        let tile = &mut s.kp[(t / MR) * hd * MR..][..hd * MR];
+        for (j, &kv) in r[d + h * hd..][..hd].iter().enumerate() {
+            tile[j * MR + t % MR] = kv;
         }
-        // Kᵀ panel t/32, column t%32; V panel j/32, row t, column j%32.
-        let kpanel = &mut s.kp[(t / NR) * hd * NR..][..hd * NR];
-        for (j, &kv) in kr.iter().enumerate() {
-            kpanel[j * NR + t % NR] = kv;
-        }
-        for (j, &vv) in vr.iter().enumerate() {
-            s.vp[((j / NR) * n + t) * NR + j % NR] = vv;
+        for (jt, ch) in r[2 * d + h * hd..][..hd].chunks(MR).enumerate() {
+            s.vp[(jt * n + t) * MR..][..ch.len()].copy_from_slice(ch);
         }
     }
-    let mut sums = [0f32; MR];
-    let mut i0 = 0;
-    while i0 < n {
-        let r = MR.min(n - i0);
-        let a = &mut s.a[..r * lp];
-        packed::gemm_serial(
-            r,
-            hd,
-            s.q.as_ptr().add(i0 * hd),
-            hd,
-            s.kp.as_ptr(),
-            n,
-            a.as_mut_ptr(),
-            lp,
-        );
-        for (qi, row) in a.chunks_exact_mut(lp).enumerate() {
-            let row = &mut row[..n];
-            if let Some(sz) = log_sizes {
-                for (v, s) in row.iter_mut().zip(&sz[bi * n..(bi + 1) * n]) {
-                    *v += s.ln();
-                }
+    let (st, ot) = s.a.split_at_mut(n * NR);
+    let sizes = log_sizes.map(|z| &z[bi * n..(bi + 1) * n]);
+    let keep = mask.map(|z| &z[bi * n..(bi + 1) * n]);
+    for q0 in (0..n).step_by(NR) {
+        let qc = NR.min(n - q0);
+        if qc < NR {
+            s.q[..hd * NR].fill(0.0);
+        }
+        for qi in 0..qc {
+            for (j, &qv) in row(q0 + qi)[h * hd..][..hd].iter().enumerate() {
+                s.q[j * NR + qi] = qv * scale;
             }
-            if let Some(mk) = mask {
-                let mb = &mk[bi * n..(bi + 1) * n];
-                let qmask = mb[i0 + qi] == 0.0;
-                for (v, &keep) in row.iter_mut().zip(mb) {
-                    if qmask || keep == 0.0 {
-                        *v = -f32::MAX;
+        }
+        for t in 0..kt {
+            packed::micro_packed(
+                MR.min(n - t * MR),
+                hd,
+                s.kp.as_ptr().add(t * hd * MR),
+                s.q.as_ptr(),
+                st.as_mut_ptr().add(t * MR * NR),
+            );
+        }
+        if sizes.is_some() || keep.is_some() {
+            for (t, srow) in st.chunks_exact_mut(NR).enumerate() {
+                if let Some(z) = sizes {
+                    let l = z[t].ln();
+                    for v in srow.iter_mut() {
+                        *v += l;
+                    }
+                }
+                if let Some(k) = keep {
+                    for (qi, v) in srow[..qc].iter_mut().enumerate() {
+                        if k[t] == 0.0 || k[q0 + qi] == 0.0 {
+                            *v = -f32::MAX;
+                        }
                     }
                 }
             }
-            sums[qi] = softmax_parts(row);
         }
-        if i0 == 0 {
+        let sums = softmax_columns(st);
+        if q0 == 0 {
             let p0 = std::slice::from_raw_parts_mut(probs.0.add((bi * hh + h) * n), n);
-            for (p, v) in p0.iter_mut().zip(&a[..n]) {
-                *p = v / sums[0];
+            for (p, srow) in p0.iter_mut().zip(st.chunks_exact(NR)) {
+                *p = srow[0] / sums[0];
             }
         }
-        packed::gemm_serial(
-            r,
-            n,
-            a.as_ptr(),
-            lp,
-            s.vp.as_ptr(),
-            hd,
-            attn.0.add((bi * n + i0) * d + h * hd),
-            d,
-        );
-        for (qi, &sum) in sums[..r].iter().enumerate() {
-            let o = std::slice::from_raw_parts_mut(attn.0.add((bi * n + i0 + qi) * d + h * hd), hd);
-            for v in o {
-                *v /= sum;
+        for jt in 0..ht {
+            packed::micro_packed(
+                MR.min(hd - jt * MR),
+                n,
+                s.vp.as_ptr().add(jt * n * MR),
+                st.as_ptr(),
+                ot.as_mut_ptr().add(jt * MR * NR),
+            );
+        }
+        for (qi, &sum) in sums[..qc].iter().enumerate() {
+            let o = std::slice::from_raw_parts_mut(attn.0.add((bi * n + q0 + qi) * d + h * hd), hd);
+            for (j, v) in o.iter_mut().enumerate() {
+                *v = ot[j * NR + qi] / sum;
             }
         }
-        i0 += r;
     }
+}
+
+/// The softmax down each of the 32 columns of `st` [n][32], in place and unnormalized:
+/// exp(s − max) with [`crate::cpu::dense::exp_neg_fma`], returning the column sums (summed over
+/// rows in order). A column whose max is not finite (all −inf, or +inf/NaN) takes libm's exp
+/// and is normalized here, its sum returned as 1.
+#[inline(always)]
+fn softmax_columns(st: &mut [f32]) -> [f32; packed::NR] {
+    const L: usize = packed::NR;
+    let mut mx = [f32::NEG_INFINITY; L];
+    for srow in st.chunks_exact(L) {
+        for (m, &v) in mx.iter_mut().zip(srow) {
+            *m = m.max(v);
+        }
+    }
+    let mut sums = [0f32; L];
+    if mx.iter().all(|m| m.is_finite()) {
+        for srow in st.chunks_exact_mut(L) {
+            for ((v, &m), s) in srow.iter_mut().zip(&mx).zip(sums.iter_mut()) {
+                *v = crate::cpu::dense::exp_neg_fma(m - *v);
+                *s += *v;
+            }
+        }
+        return sums;
+    }
+    for srow in st.chunks_exact_mut(L) {
+        for ((v, &m), s) in srow.iter_mut().zip(&mx).zip(sums.iter_mut()) {
+            *v = if m.is_finite() {
+                crate::cpu::dense::exp_neg_fma(m - *v)
+            } else {
+                (*v - m).exp()
+            };
+            *s += *v;
+        }
+    }
+    for (l, &m) in mx.iter().enumerate() {
+        if !m.is_finite() {
+            for srow in st.chunks_exact_mut(L) {
+                srow[l] /= sums[l];
+            }
+            sums[l] = 1.0;
+        }
+    }
+    sums
 }
 
 impl Vit {
@@ -1014,5 +1089,54 @@ impl Vit {
     ) -> Result<Vec<f32>> {
         let mut ws = CpuWorkspace::new(self, batch)?;
         forward(self, &mut ws, images, trace)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The column softmax against the row softmax of each column: random logits, a column of
+    /// all −inf (NaN, as 0/0), one holding +inf, one holding NaN, one with some −inf (finite
+    /// max: those entries are exactly 0), one row (n = 1), and rows past 1024.
+    #[test]
+    fn softmax_columns_matches_row_softmax() {
+        const L: usize = packed::NR;
+        for n in [1usize, 7, 785, 1100] {
+            let mut st: Vec<f32> = (0..n * L)
+                .map(|i| ((i * 2_654_435_761usize % 1000) as f32 - 500.0) * 0.037)
+                .collect();
+            for t in 0..n {
+                st[t * L + 3] = f32::NEG_INFINITY;
+                if t % 3 == 0 {
+                    st[t * L + 9] = f32::NEG_INFINITY;
+                }
+            }
+            st[(n / 2) * L + 5] = f32::INFINITY;
+            st[(n - 1) * L + 7] = f32::NAN;
+            let cols: Vec<Vec<f32>> = (0..L)
+                .map(|l| {
+                    let mut c: Vec<f32> = (0..n).map(|t| st[t * L + l]).collect();
+                    softmax(&mut c);
+                    c
+                })
+                .collect();
+            let sums = softmax_columns(&mut st);
+            for (l, want) in cols.iter().enumerate() {
+                for (t, &w) in want.iter().enumerate() {
+                    let got = st[t * L + l] / sums[l];
+                    assert!(
+                        (got.is_nan() && w.is_nan())
+                            || (got - w).abs() <= 2e-6 * w.abs().max(1e-30),
+                        "n {n} column {l} row {t}: {got} vs {w}"
+                    );
+                }
+            }
+            assert!(cols[3][0].is_nan(), "all −inf is NaN");
+            if n > 3 {
+                assert_eq!(st[3 * L + 9], 0.0, "−inf under a finite max is exactly 0");
+            }
+        }
     }
 }
