@@ -79,6 +79,10 @@ pub enum Epi<'a> {
     Store,
     /// y = GELU(acc + bias) (the forward's vectorizable GELU, [`crate::cpu::dense::gelu_inplace`])
     Gelu,
+    /// The same, written packed ([tile][n][12], as [`linear`] packs its x) for the next
+    /// GEMM ([`linear_prepacked`]): fc1's output is only fc2's input, and the 12 × 32 tile
+    /// goes out as 32 contiguous runs of 12 instead of 12 rows 4n bytes apart.
+    GeluPacked,
     /// y += ls ⊙ (acc + bias), or y += acc + bias: the residual branch added into the stream.
     AddTo(Option<&'a [f32]>),
 }
@@ -136,15 +140,7 @@ pub fn linear(
     let (n, k) = (w.n, w.k);
     assert!(available(), "packed::linear needs AVX-512F");
     assert!(
-        x_rs >= k
-            && y_rs >= n
-            && (m == 0 || (x.len() >= (m - 1) * x_rs + k && y.len() >= (m - 1) * y_rs + n))
-            && bias.is_none_or(|b| b.len() >= n)
-            && ap.len() >= pack_len(m, k)
-            && match epi {
-                Epi::AddTo(Some(g)) => g.len() >= n,
-                _ => true,
-            },
+        x_rs >= k && (m == 0 || x.len() >= (m - 1) * x_rs + k) && ap.len() >= pack_len(m, k),
         "packed::linear: buffer sizes"
     );
     if m == 0 || n == 0 {
@@ -172,19 +168,69 @@ pub fn linear(
     } else {
         (0..tiles).for_each(pack);
     }
+    run(ap, m, w, bias, y, y_rs, epi);
+}
+
+/// [`linear`] on an x already packed (by [`Epi::GeluPacked`]): `ap` holds [tile][k][12].
+///
+/// Panics as [`linear`].
+pub fn linear_prepacked(
+    ap: &[f32],
+    m: usize,
+    w: &PackedMat,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    y_rs: usize,
+    epi: Epi<'_>,
+) {
+    assert!(available(), "packed::linear needs AVX-512F");
+    assert!(
+        ap.len() >= pack_len(m, w.k),
+        "packed::linear_prepacked: buffer sizes"
+    );
+    run(ap, m, w, bias, y, y_rs, epi);
+}
+
+/// The tasks of [`linear`] once x is packed in `ap`.
+fn run(
+    ap: &[f32],
+    m: usize,
+    w: &PackedMat,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    y_rs: usize,
+    epi: Epi<'_>,
+) {
+    use rayon::prelude::*;
+    let (n, k) = (w.n, w.k);
+    assert!(
+        y_rs >= n
+            && bias.is_none_or(|b| b.len() >= n)
+            && match epi {
+                Epi::GeluPacked => y.len() >= pack_len(m, n),
+                Epi::AddTo(Some(g)) => g.len() >= n && (m == 0 || y.len() >= (m - 1) * y_rs + n),
+                _ => m == 0 || y.len() >= (m - 1) * y_rs + n,
+            },
+        "packed::linear: buffer sizes"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let tiles = m.div_ceil(MR);
+    let parallel = m * n * k >= 1 << 20;
     let group = (GROUP_BYTES / (k.max(1) * NR * 4)).clamp(1, 8);
     let groups = w.panels().div_ceil(group);
     let chunks = tiles.div_ceil(CHUNK_TILES);
     let yp = Ptr(y.as_mut_ptr());
-    let apc = app.get() as *const f32 as usize;
+    let apc = ap.as_ptr() as usize;
     let task = |t: usize| {
         let (g, c) = (t / chunks, t % chunks);
         let panels = g * group..w.panels().min((g + 1) * group);
         let rows = c * CHUNK_TILES * MR..m.min((c + 1) * CHUNK_TILES * MR);
-        // SAFETY: AVX-512F is present (asserted); ap holds the packed tiles of x (packed
-        // above, before any task starts); the task reads panels `panels` of w and writes only
-        // y's tile rows × [32·panels.start, min(n, 32·panels.end)), disjoint from every other
-        // task's.
+        // SAFETY: AVX-512F is present (asserted); ap holds the packed tiles of x; the task
+        // reads panels `panels` of w and writes only y's tile rows × [32·panels.start,
+        // min(n, 32·panels.end)) (packed: the same columns of its tiles), disjoint from every
+        // other task's.
         unsafe {
             tile_task(
                 apc as *const f32,
@@ -209,17 +255,161 @@ pub fn linear(
 }
 
 /// Packs r ≤ 12 rows of x (row stride `x_rs`) into `d` as [k][12] (rows r.. left as they are:
-/// the microkernel for r rows reads only the first r of each 12).
+/// the microkernel for r rows reads only the first r of each 12). Whole tiles go 16 values of
+/// k at a time through an in-register 16 × 16 transpose: the scalar copy (one store per
+/// value, 48 bytes apart) took 4 % of the forward.
 ///
 /// # Safety
-/// r rows of k values at x (stride x_rs) readable, k·12 values at d writable.
-unsafe fn pack_tile(x: *const f32, x_rs: usize, r: usize, k: usize, d: *mut f32) {
+/// AVX-512F; r rows of k values at x (stride x_rs) readable, k·12 values at d writable.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+pub(crate) unsafe fn pack_tile(x: *const f32, x_rs: usize, r: usize, k: usize, d: *mut f32) {
+    let mut k0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if r == MR {
+        use std::arch::x86_64::*;
+        while k0 + 16 <= k {
+            let mut v = [_mm512_setzero_ps(); 16];
+            for (i, v) in v.iter_mut().take(MR).enumerate() {
+                *v = _mm512_loadu_ps(x.add(i * x_rs + k0));
+            }
+            let t = transpose16(v);
+            for (kk, t) in t.iter().enumerate() {
+                _mm512_mask_storeu_ps(d.add((k0 + kk) * MR), 0x0fff, *t);
+            }
+            k0 += 16;
+        }
+    }
     for i in 0..r {
         let row = std::slice::from_raw_parts(x.add(i * x_rs), k);
-        for (kk, &v) in row.iter().enumerate() {
+        for (kk, &v) in row.iter().enumerate().skip(k0) {
             *d.add(kk * MR + i) = v;
         }
     }
+}
+
+/// The panel [k][32] of `c` ≤ 32 rows of x (row stride `x_rs`) times `scale`: d[kk·32 + i] =
+/// x[i][kk]·scale, lanes c.. zero. 16 rows × 16 values at a time through [`transpose16`].
+///
+/// # Safety
+/// AVX-512F; c rows of k values at x readable, k·32 values at d writable.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+pub(crate) unsafe fn pack_panel(
+    x: *const f32,
+    x_rs: usize,
+    c: usize,
+    k: usize,
+    scale: f32,
+    d: *mut f32,
+) {
+    let mut k0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if c == NR {
+        use std::arch::x86_64::*;
+        let s = _mm512_set1_ps(scale);
+        while k0 + 16 <= k {
+            for half in 0..2 {
+                let mut v = [_mm512_setzero_ps(); 16];
+                for (i, v) in v.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(x.add((half * 16 + i) * x_rs + k0));
+                }
+                for (kk, t) in transpose16(v).iter().enumerate() {
+                    _mm512_storeu_ps(d.add((k0 + kk) * NR + half * 16), _mm512_mul_ps(*t, s));
+                }
+            }
+            k0 += 16;
+        }
+    }
+    for kk in k0..k {
+        for i in 0..NR {
+            *d.add(kk * NR + i) = if i < c {
+                *x.add(i * x_rs + kk) * scale
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+/// y[i][kk] (row stride `y_rs`) = o[kk·32 + i] / sums[i] for the first c ≤ 32 lanes of the
+/// panel o [k][32]: the inverse of [`pack_panel`], with a division per row.
+///
+/// # Safety
+/// AVX-512F; k·32 values at o readable, c rows of k at y writable.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+pub(crate) unsafe fn unpack_panel(
+    o: *const f32,
+    c: usize,
+    k: usize,
+    sums: &[f32; NR],
+    y: *mut f32,
+    y_rs: usize,
+) {
+    let mut k0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        while k0 + 16 <= k {
+            for half in 0..c.div_ceil(16) {
+                let mut v = [_mm512_setzero_ps(); 16];
+                for (kk, v) in v.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(o.add((k0 + kk) * NR + half * 16));
+                }
+                for (i, t) in transpose16(v).iter().enumerate().take(c - half * 16) {
+                    let q = half * 16 + i;
+                    _mm512_storeu_ps(
+                        y.add(q * y_rs + k0),
+                        _mm512_div_ps(*t, _mm512_set1_ps(sums[q])),
+                    );
+                }
+            }
+            k0 += 16;
+        }
+    }
+    for i in 0..c {
+        for kk in k0..k {
+            *y.add(i * y_rs + kk) = *o.add(kk * NR + i) / sums[i];
+        }
+    }
+}
+
+/// The 16 × 16 transpose of `r` (row i in r[i]): out[c] lane i = r[i] lane c. Four stages:
+/// pairs of floats, pairs of pairs (as f64), then 128-bit lanes twice.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    let mut t = [_mm512_setzero_ps(); 16];
+    for j in 0..8 {
+        t[2 * j] = _mm512_unpacklo_ps(r[2 * j], r[2 * j + 1]);
+        t[2 * j + 1] = _mm512_unpackhi_ps(r[2 * j], r[2 * j + 1]);
+    }
+    // u[4j + c], 128-bit lane L: column 4L + c of rows 4j .. 4j + 3.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for j in 0..4 {
+        let pd = |v: __m512| _mm512_castps_pd(v);
+        let (a0, a1, a2, a3) = (
+            pd(t[4 * j]),
+            pd(t[4 * j + 1]),
+            pd(t[4 * j + 2]),
+            pd(t[4 * j + 3]),
+        );
+        u[4 * j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+        u[4 * j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+        u[4 * j + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+        u[4 * j + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+    }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for c in 0..4 {
+        let v0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(u[c], u[4 + c]);
+        let v1 = _mm512_shuffle_f32x4::<0b11_10_11_10>(u[c], u[4 + c]);
+        let w0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(u[8 + c], u[12 + c]);
+        let w1 = _mm512_shuffle_f32x4::<0b11_10_11_10>(u[8 + c], u[12 + c]);
+        out[c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(v0, w0);
+        out[4 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(v0, w0);
+        out[8 + c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(v1, w1);
+        out[12 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(v1, w1);
+    }
+    out
 }
 
 /// c[m, n] (row stride `ldc`) = a[m, k] (row stride `lda`) · b, where b holds ⌈n/32⌉ packed
@@ -289,6 +479,22 @@ unsafe fn tile_task(
         for p in panels.clone() {
             micro_packed(r, k, a, bdata.add(p * k * NR), tmp.as_mut_ptr());
             let (n0, cols) = (p * NR, NR.min(n - p * NR));
+            if let Epi::GeluPacked = epi {
+                for t in tmp.chunks_exact_mut(NR).take(r) {
+                    let t = &mut t[..cols];
+                    if let Some(b) = bias {
+                        for (v, bv) in t.iter_mut().zip(&b[n0..n0 + cols]) {
+                            *v += bv;
+                        }
+                    }
+                    for v in t.iter_mut() {
+                        *v = super::dense::gelu_fast(*v);
+                    }
+                }
+                // SAFETY (caller): tile i0/12's columns n0 .. n0 + cols are inside y.
+                store_packed(&tmp, r, cols, y.add(i0 * n + n0 * MR));
+                continue;
+            }
             for (i, t) in tmp.chunks_exact_mut(NR).take(r).enumerate() {
                 // SAFETY (caller): row i0 + i < m and columns n0 .. n0 + cols ≤ n are in y.
                 let out = std::slice::from_raw_parts_mut(y.add((i0 + i) * y_rs + n0), cols);
@@ -305,6 +511,34 @@ unsafe fn tile_task(
     }
 }
 
+/// Writes the tile `t` [r ≤ 12][32] (its first `cols` columns) transposed into `d` [cols][12]:
+/// column j's r values at d + 12j.
+///
+/// # Safety
+/// AVX-512F; cols·12 values at d writable.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn store_packed(t: &[f32; MR * NR], r: usize, cols: usize, d: *mut f32) {
+    #[cfg(target_arch = "x86_64")]
+    if r == MR && cols == NR {
+        use std::arch::x86_64::*;
+        for half in 0..2 {
+            let mut v = [_mm512_setzero_ps(); 16];
+            for (i, v) in v.iter_mut().take(MR).enumerate() {
+                *v = _mm512_loadu_ps(t.as_ptr().add(i * NR + half * 16));
+            }
+            for (c, col) in transpose16(v).iter().enumerate() {
+                _mm512_mask_storeu_ps(d.add((half * 16 + c) * MR), 0x0fff, *col);
+            }
+        }
+        return;
+    }
+    for j in 0..cols {
+        for i in 0..r {
+            *d.add(j * MR + i) = t[i * NR + j];
+        }
+    }
+}
+
 /// Applies `epi` to one tile row `t` (the sums) into `out`.
 #[inline(always)]
 fn epilogue(t: &mut [f32], out: &mut [f32], bias: Option<&[f32]>, epi: Epi<'_>, n0: usize) {
@@ -315,7 +549,8 @@ fn epilogue(t: &mut [f32], out: &mut [f32], bias: Option<&[f32]>, epi: Epi<'_>, 
     }
     match epi {
         Epi::Store => out.copy_from_slice(t),
-        Epi::Gelu => {
+        Epi::Gelu | Epi::GeluPacked => {
+            // (GeluPacked is handled by the caller; the same values.)
             for (o, &v) in out.iter_mut().zip(t.iter()) {
                 *o = super::dense::gelu_fast(v);
             }
@@ -459,6 +694,34 @@ unsafe fn kern<const R: usize, const PACKED: bool>(
 mod tests {
     use super::*;
 
+    /// The packed tile is x's rows k-major, whole tiles (the transpose) and partial ones,
+    /// k below, at and past multiples of 16, a row stride wider than k.
+    #[test]
+    fn pack_tile_is_the_transpose() {
+        if !available() {
+            return;
+        }
+        for r in [12, 11, 5, 1] {
+            for k in [1, 15, 16, 17, 33, 64, 100] {
+                let x_rs = k + 3;
+                let x: Vec<f32> = (0..r * x_rs).map(|i| i as f32 * 0.5 - 7.0).collect();
+                let mut d = vec![f32::NAN; k * MR];
+                // SAFETY: AVX-512F (checked); r rows of k at stride x_rs, k·12 values of d.
+                unsafe { pack_tile(x.as_ptr(), x_rs, r, k, d.as_mut_ptr()) };
+                for kk in 0..k {
+                    for i in 0..MR {
+                        let got = d[kk * MR + i];
+                        if i < r {
+                            assert_eq!(got, x[i * x_rs + kk], "r {r} k {k}: [{kk}][{i}]");
+                        } else {
+                            assert!(got.is_nan(), "r {r} k {k}: lane {i} past r written");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Against an f64 product, every shape class: tails in m (1..=13) and n (not a multiple
     /// of 32), k = 1, strides wider than the data, each epilogue.
     #[test]
@@ -531,6 +794,24 @@ mod tests {
                 Epi::Gelu,
                 &mut ap,
             );
+            // GeluPacked is Gelu's output packed as linear packs x, and a GEMM on it
+            // (linear_prepacked) is the same GEMM on the unpacked rows, bit for bit.
+            let mut gp = vec![f32::NAN; pack_len(m, n)];
+            linear(&x, x_rs, m, &pw, Some(&bias), &mut gp, n, Epi::GeluPacked, &mut ap);
+            for i in 0..m {
+                for j in 0..n {
+                    assert_eq!(gp[(i / MR) * n * MR + j * MR + i % MR], g[i * y_rs + j]);
+                }
+            }
+            let w2: Vec<f32> = (0..7 * n).map(|i| ((i * 3 % 17) as f32 - 8.0) * 0.05).collect();
+            let Ok(pw2) = PackedMat::new(&w2, 7, n) else {
+                panic!("pack")
+            };
+            let (mut u, mut v) = (vec![0f32; m * 7], vec![0f32; m * 7]);
+            let mut ap2 = vec![0f32; pack_len(m, n)];
+            linear(&g, y_rs, m, &pw2, None, &mut u, 7, Epi::Store, &mut ap2);
+            linear_prepacked(&gp, m, &pw2, None, &mut v, 7, Epi::Store);
+            assert_eq!(u, v, "({m},{k},{n}) prepacked");
             for i in 0..m {
                 for j in 0..n {
                     let e = exact(i, j);

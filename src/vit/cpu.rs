@@ -85,6 +85,11 @@ impl PackedVit {
     }
 }
 
+/// `pw` when it was packed from `w` [n, k] (else the forward takes the `gemm` crate).
+fn usable<'a>(pw: Option<&'a PackedMat>, w: &[f32], k: usize, n: usize) -> Option<&'a PackedMat> {
+    pw.filter(|p| p.is_for(w) && p.n == n && p.k == k)
+}
+
 /// out = epi(x[rows, k] · wᵀ + bias): packed when `pw` was packed from `w`, else the `gemm`
 /// crate then the epilogue as a separate pass (through `tmp` for [`Epi::AddTo`]).
 #[allow(clippy::too_many_arguments)]
@@ -101,13 +106,14 @@ fn dense(
     ap: &mut [f32],
     epi: Epi<'_>,
 ) {
-    if let Some(p) = pw.filter(|p| p.is_for(w) && p.n == n && p.k == k) {
+    if let Some(p) = usable(pw, w, k, n) {
         packed::linear(x, k, rows, p, bias, out, n, epi, ap);
         return;
     }
     match epi {
         Epi::Store => linear(x, rows, k, w, n, bias, out, n),
-        Epi::Gelu => {
+        // GeluPacked is only asked for with both MLP weights packed (see the forward).
+        Epi::Gelu | Epi::GeluPacked => {
             linear(x, rows, k, w, n, bias, out, n);
             out[..rows * n].par_chunks_mut(4096).for_each(gelu_inplace);
         }
@@ -231,7 +237,11 @@ impl CpuWorkspace {
             h: zeros("x", &[batch, l, d])?,
             qkv: zeros("qkv", &[batch, l, 3, d])?,
             attn: zeros("attn", &[batch, l, d])?,
-            mlp: zeros("mlp", &[batch, l, c.mlp_hidden])?,
+            // Packed path: fc1's output tiled for fc2, whole tiles of 12 rows.
+            mlp: zeros(
+                "mlp",
+                &[packed::pack_len(mul("mlp", &[batch, l])?, 1), c.mlp_hidden],
+            )?,
             apack: if packed.is_some() {
                 let rows = mul("apack", &[batch, l])?.max(c.num_patches());
                 let k = d.max(c.mlp_hidden).max(kpatch);
@@ -579,33 +589,62 @@ pub(super) fn forward_run(
         );
         mark(&mut ws.profile, Some(i), "ln2");
         let hm = c.mlp_hidden;
-        dense(
-            pb.map(|p| &p[2]),
-            &bw.fc1_w,
-            &ws.h,
-            rows,
-            d,
-            hm,
-            Some(&bw.fc1_b),
-            &mut ws.mlp,
-            &mut [],
-            &mut ws.apack,
-            Epi::Gelu,
+        let mlp_packed = (
+            usable(pb.map(|p| &p[2]), &bw.fc1_w, d, hm),
+            usable(pb.map(|p| &p[3]), &bw.fc2_w, hm, d),
         );
-        mark(&mut ws.profile, Some(i), "fc1+gelu");
-        dense(
-            pb.map(|p| &p[3]),
-            &bw.fc2_w,
-            &ws.mlp,
-            rows,
-            hm,
-            d,
-            Some(&bw.fc2_b),
-            &mut ws.x,
-            &mut ws.h,
-            &mut ws.apack,
-            Epi::AddTo(bw.ls2.as_deref()),
-        );
+        if let (Some(p1), Some(p2)) = mlp_packed {
+            // fc1 writes its output packed as fc2's input: no separate pack pass.
+            packed::linear(
+                &ws.h,
+                d,
+                rows,
+                p1,
+                Some(&bw.fc1_b),
+                &mut ws.mlp,
+                hm,
+                Epi::GeluPacked,
+                &mut ws.apack,
+            );
+            mark(&mut ws.profile, Some(i), "fc1+gelu");
+            packed::linear_prepacked(
+                &ws.mlp,
+                rows,
+                p2,
+                Some(&bw.fc2_b),
+                &mut ws.x,
+                d,
+                Epi::AddTo(bw.ls2.as_deref()),
+            );
+        } else {
+            dense(
+                pb.map(|p| &p[2]),
+                &bw.fc1_w,
+                &ws.h,
+                rows,
+                d,
+                hm,
+                Some(&bw.fc1_b),
+                &mut ws.mlp,
+                &mut [],
+                &mut ws.apack,
+                Epi::Gelu,
+            );
+            mark(&mut ws.profile, Some(i), "fc1+gelu");
+            dense(
+                pb.map(|p| &p[3]),
+                &bw.fc2_w,
+                &ws.mlp,
+                rows,
+                hm,
+                d,
+                Some(&bw.fc2_b),
+                &mut ws.x,
+                &mut ws.h,
+                &mut ws.apack,
+                Epi::AddTo(bw.ls2.as_deref()),
+            );
+        }
         mark(&mut ws.profile, Some(i), "fc2+residual");
         if let Some(t) = trace.as_deref_mut() {
             t.push_f32(&format!("block_out.{i}"), &[b, n, d], &ws.x[..rows * d]);
@@ -960,14 +999,20 @@ unsafe fn attention_pair_packed(
     let (bi, h) = (pair / hh, pair % hh);
     let row = |t: usize| &qkv[(bi * n + t) * 3 * d..][..3 * d];
     let (kt, ht) = (n.div_ceil(MR), hd.div_ceil(MR));
+    let qkv_p = qkv.as_ptr().add(bi * n * 3 * d);
+    for t0 in (0..n).step_by(MR) {
+        // Keys t0.. as the tile [hd][12] of K.
+        packed::pack_tile(
+            qkv_p.add(t0 * 3 * d + d + h * hd),
+            3 * d,
+            MR.min(n - t0),
+            hd,
+            s.kp.as_mut_ptr().add(t0 * hd),
+        );
+    }
     for t in 0..n {
-        let r = row(t);
-        // Key t: tile t/12, lane t%12 of [hd][12]. V row t → Vᵀ tile j/12 at [t][j%12].
-        let tile = &mut s.kp[(t / MR) * hd * MR..][..hd * MR];
-        for (j, &kv) in r[d + h * hd..][..hd].iter().enumerate() {
-            tile[j * MR + t % MR] = kv;
-        }
-        for (jt, ch) in r[2 * d + h * hd..][..hd].chunks(MR).enumerate() {
+        // V row t → Vᵀ tile j/12 at [t][j%12].
+        for (jt, ch) in row(t)[2 * d + h * hd..][..hd].chunks(MR).enumerate() {
             s.vp[(jt * n + t) * MR..][..ch.len()].copy_from_slice(ch);
         }
     }
@@ -976,14 +1021,14 @@ unsafe fn attention_pair_packed(
     let keep = mask.map(|z| &z[bi * n..(bi + 1) * n]);
     for q0 in (0..n).step_by(NR) {
         let qc = NR.min(n - q0);
-        if qc < NR {
-            s.q[..hd * NR].fill(0.0);
-        }
-        for qi in 0..qc {
-            for (j, &qv) in row(q0 + qi)[h * hd..][..hd].iter().enumerate() {
-                s.q[j * NR + qi] = qv * scale;
-            }
-        }
+        packed::pack_panel(
+            qkv_p.add(q0 * 3 * d + h * hd),
+            3 * d,
+            qc,
+            hd,
+            scale,
+            s.q.as_mut_ptr(),
+        );
         for t in 0..kt {
             packed::micro_packed(
                 MR.min(n - t * MR),
@@ -1026,12 +1071,14 @@ unsafe fn attention_pair_packed(
                 ot.as_mut_ptr().add(jt * MR * NR),
             );
         }
-        for (qi, &sum) in sums[..qc].iter().enumerate() {
-            let o = std::slice::from_raw_parts_mut(attn.0.add((bi * n + q0 + qi) * d + h * hd), hd);
-            for (j, v) in o.iter_mut().enumerate() {
-                *v = ot[j * NR + qi] / sum;
-            }
-        }
+        packed::unpack_panel(
+            ot.as_ptr(),
+            qc,
+            hd,
+            &sums,
+            attn.0.add((bi * n + q0) * d + h * hd),
+            d,
+        );
     }
 }
 
