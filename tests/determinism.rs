@@ -204,3 +204,42 @@ fn portable_and_packed_paths_agree() {
         }
     }
 }
+
+/// The packed path on AVX2 + FMA (the CPUs without AVX-512) and on AVX-512 runs the same FMA
+/// chains in the same order: the same logits, bit for bit, for every method. Each ISA this
+/// CPU lacks is skipped with a note.
+#[test]
+fn packed_isas_agree_bit_for_bit() {
+    use clca::cpu::packed::Isa;
+    let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
+        .into_iter()
+        .filter(|i| {
+            let ok = i.supported();
+            if !ok {
+                eprintln!("skipping {i:?}: this CPU lacks it");
+            }
+            ok
+        })
+        .collect();
+    for prefix in common::METHOD_PREFIXES {
+        let m = model(prefix, 64, 4, 96, 4);
+        let img = random_images(3, 3, 64, 5);
+        let outs: Vec<Vec<f32>> = isas
+            .iter()
+            .map(|&isa| {
+                let mut ws =
+                    clca::vit::cpu::CpuWorkspace::new_packed(&m, 3, isa).expect("workspace");
+                assert_eq!(ws.isa(), Some(isa));
+                clca::vit::cpu::forward(&m, &mut ws, &img, None).expect("forward")
+            })
+            .collect();
+        for (o, isa) in outs.iter().zip(&isas).skip(1) {
+            assert_eq!(
+                bits(o),
+                bits(&outs[0]),
+                "{prefix}: {isa:?} vs {:?}",
+                isas[0]
+            );
+        }
+    }
+}

@@ -1,15 +1,16 @@
-//! The CPU forward's f32 GEMM on AVX-512: weights packed once into column panels, an
-//! AVX-512 register-tile microkernel, and the bias / GELU / residual applied to each tile while
-//! it is in L1. Used by [`crate::vit::cpu`] when the CPU has AVX-512F; elsewhere the forward
-//! uses the `gemm` crate ([`crate::cpu::dense::linear`]).
+//! The CPU forward's f32 GEMM on AVX-512 or AVX2 + FMA: weights packed once into column
+//! panels, x packed per call into row tiles, a register-tile microkernel, and the bias /
+//! GELU / residual applied to each tile while it is in L1. Used by [`crate::vit::cpu`] when
+//! the CPU has either ISA ([`detect`]); elsewhere the forward uses the `gemm` crate
+//! ([`crate::cpu::dense::linear`]).
 //!
 //! Why: the `gemm` crate packs both operands on every call. At the 785-token shapes of a
 //! 448 px ViT-B/16 that costs little, but after EViT's pruning (87, 17, 12 tokens) packing the
 //! weights dominates (at M = 17, 23 GFLOP/s against 85 here on one core, measured last session).
 //!
-//! Determinism: every output element is one FMA chain over k = 0..K in order, computed by
-//! one task; tasks split rows and columns, never K. Results are bit-identical whatever the
-//! thread count.
+//! Both ISAs share the packed layouts and compute every output element as one FMA chain over
+//! k = 0..K in order, computed by one task; tasks split rows and columns, never K. Results
+//! are bit-identical whatever the thread count, and between the two ISAs.
 use crate::Result;
 
 /// Columns of a packed panel (two 16-lane vectors).
@@ -17,16 +18,51 @@ pub const NR: usize = 32;
 /// Rows of a register tile (12 × 2 accumulators + 2 B vectors + 1 broadcast ≤ 32 registers).
 pub const MR: usize = 12;
 
-/// Whether this CPU runs the packed path (AVX-512F, detected at run time).
+/// The vector ISA the packed path runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F: the 12 × 32 tile in 24 zmm accumulators.
+    Avx512,
+    /// AVX2 + FMA (the CPUs without AVX-512): the same tile as four 6 × 16 ymm tiles.
+    Avx2,
+}
+
+impl Isa {
+    /// Parses `avx512` / `avx2` (for overrides such as the CLI's `CLCA_CPU_ISA`).
+    pub fn parse(s: &str) -> Option<Isa> {
+        match s {
+            "avx512" => Some(Isa::Avx512),
+            "avx2" => Some(Isa::Avx2),
+            _ => None,
+        }
+    }
+
+    /// Whether this CPU has it (detected at run time).
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Isa::Avx512 => std::is_x86_feature_detected!("avx512f"),
+                Isa::Avx2 => {
+                    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
+/// The best ISA of this CPU for the packed path, if any.
+pub fn detect() -> Option<Isa> {
+    [Isa::Avx512, Isa::Avx2].into_iter().find(|i| i.supported())
+}
+
+/// Whether this CPU runs the packed path.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    detect().is_some()
 }
 
 /// A weight `w [n, k]` (nn.Linear layout) packed into ⌈n/32⌉ panels `[k][32]` (zero-padded
@@ -113,7 +149,7 @@ pub fn pack_len(m: usize, k: usize) -> usize {
     m.div_ceil(MR) * MR * k
 }
 
-/// y[m, n] (row stride `y_rs`) = epi(x[m, k] (row stride `x_rs`) · wᵀ + bias), on AVX-512.
+/// y[m, n] (row stride `y_rs`) = epi(x[m, k] (row stride `x_rs`) · wᵀ + bias), on `isa`.
 ///
 /// x is first packed into `ap` as tiles of 12 rows, k-major ([tile][k][12]), so that the
 /// microkernel's broadcasts read one stream at fixed offsets (with x's 12 row streams the
@@ -122,8 +158,8 @@ pub fn pack_len(m: usize, k: usize) -> usize {
 /// run each tile against each panel over the whole K, the group's panels staying in L2 and
 /// the tile in L1, and apply the epilogue to the 12 × 32 sums.
 ///
-/// Panics when a buffer is too short or AVX-512F is missing (callers check [`available`]
-/// and size `ap` by [`pack_len`]).
+/// Panics when a buffer is too short or the CPU lacks `isa` (callers take it from
+/// [`detect`] and size `ap` by [`pack_len`]).
 #[allow(clippy::too_many_arguments)]
 pub fn linear(
     x: &[f32],
@@ -135,26 +171,27 @@ pub fn linear(
     y_rs: usize,
     epi: Epi<'_>,
     ap: &mut [f32],
+    isa: Isa,
 ) {
     use rayon::prelude::*;
-    let (n, k) = (w.n, w.k);
-    assert!(available(), "packed::linear needs AVX-512F");
+    let k = w.k;
+    assert!(isa.supported(), "packed::linear: this CPU lacks {isa:?}");
     assert!(
         x_rs >= k && (m == 0 || x.len() >= (m - 1) * x_rs + k) && ap.len() >= pack_len(m, k),
         "packed::linear: buffer sizes"
     );
-    if m == 0 || n == 0 {
+    if m == 0 || w.n == 0 {
         return;
     }
     let tiles = m.div_ceil(MR);
-    let parallel = m * n * k >= 1 << 20;
     let app = Ptr(ap.as_mut_ptr());
     let pack = |t: usize| {
         let r = MR.min(m - t * MR);
-        // SAFETY: tile t's rows of x are inside x (assert); its k·12 values at t·k·12 are
-        // inside ap (assert) and written by this call only.
+        // SAFETY: the CPU has `isa` (asserted); tile t's rows of x are inside x (assert); its
+        // k·12 values at t·k·12 are inside ap (assert) and written by this call only.
         unsafe {
             pack_tile(
+                isa,
                 x.as_ptr().add(t * MR * x_rs),
                 x_rs,
                 r,
@@ -163,17 +200,18 @@ pub fn linear(
             )
         }
     };
-    if parallel && tiles > 1 {
+    if m * w.n * k >= 1 << 20 && tiles > 1 {
         (0..tiles).into_par_iter().for_each(pack);
     } else {
         (0..tiles).for_each(pack);
     }
-    run(ap, m, w, bias, y, y_rs, epi);
+    run(ap, m, w, bias, y, y_rs, epi, isa);
 }
 
 /// [`linear`] on an x already packed (by [`Epi::GeluPacked`]): `ap` holds [tile][k][12].
 ///
 /// Panics as [`linear`].
+#[allow(clippy::too_many_arguments)]
 pub fn linear_prepacked(
     ap: &[f32],
     m: usize,
@@ -182,16 +220,18 @@ pub fn linear_prepacked(
     y: &mut [f32],
     y_rs: usize,
     epi: Epi<'_>,
+    isa: Isa,
 ) {
-    assert!(available(), "packed::linear needs AVX-512F");
+    assert!(isa.supported(), "packed::linear: this CPU lacks {isa:?}");
     assert!(
         ap.len() >= pack_len(m, w.k),
         "packed::linear_prepacked: buffer sizes"
     );
-    run(ap, m, w, bias, y, y_rs, epi);
+    run(ap, m, w, bias, y, y_rs, epi, isa);
 }
 
 /// The tasks of [`linear`] once x is packed in `ap`.
+#[allow(clippy::too_many_arguments)]
 fn run(
     ap: &[f32],
     m: usize,
@@ -200,6 +240,7 @@ fn run(
     y: &mut [f32],
     y_rs: usize,
     epi: Epi<'_>,
+    isa: Isa,
 ) {
     use rayon::prelude::*;
     let (n, k) = (w.n, w.k);
@@ -230,23 +271,27 @@ fn run(
         let (c, g) = (t / groups, t % groups);
         let panels = g * group..w.panels().min((g + 1) * group);
         let rows = c * CHUNK_TILES * MR..m.min((c + 1) * CHUNK_TILES * MR);
-        // SAFETY: AVX-512F is present (asserted); ap holds the packed tiles of x; the task
-        // reads panels `panels` of w and writes only y's tile rows × [32·panels.start,
-        // min(n, 32·panels.end)) (packed: the same columns of its tiles), disjoint from every
-        // other task's.
+        let args = TileTask {
+            ap: apc as *const f32,
+            k,
+            rows,
+            bdata: w.data.as_ptr(),
+            n,
+            panels,
+            bias,
+            y: yp.get(),
+            y_rs,
+            epi,
+        };
+        // SAFETY: the CPU has `isa` (asserted by the callers); ap holds the packed tiles of
+        // x; the task reads panels `panels` of w and writes only y's tile rows × [32·
+        // panels.start, min(n, 32·panels.end)) (packed: the same columns of its tiles),
+        // disjoint from every other task's.
         unsafe {
-            tile_task(
-                apc as *const f32,
-                k,
-                rows,
-                w.data.as_ptr(),
-                n,
-                panels,
-                bias,
-                yp.get(),
-                y_rs,
-                epi,
-            )
+            match isa {
+                Isa::Avx512 => tile_task_avx512(args),
+                Isa::Avx2 => tile_task_avx2(args),
+            }
         }
     };
     let tasks = chunks * groups;
@@ -257,230 +302,63 @@ fn run(
     }
 }
 
-/// Packs r ≤ 12 rows of x (row stride `x_rs`) into `d` as [k][12] (rows r.. left as they are:
-/// the microkernel for r rows reads only the first r of each 12). Whole tiles go 16 values of
-/// k at a time through an in-register 16 × 16 transpose: the scalar copy (one store per
-/// value, 48 bytes apart) took 4 % of the forward.
-///
-/// # Safety
-/// AVX-512F; r rows of k values at x (stride x_rs) readable, k·12 values at d writable.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-pub(crate) unsafe fn pack_tile(x: *const f32, x_rs: usize, r: usize, k: usize, d: *mut f32) {
-    let mut k0 = 0;
-    #[cfg(target_arch = "x86_64")]
-    if r == MR {
-        use std::arch::x86_64::*;
-        while k0 + 16 <= k {
-            let mut v = [_mm512_setzero_ps(); 16];
-            for (i, v) in v.iter_mut().take(MR).enumerate() {
-                *v = _mm512_loadu_ps(x.add(i * x_rs + k0));
-            }
-            let t = transpose16(v);
-            for (kk, t) in t.iter().enumerate() {
-                _mm512_mask_storeu_ps(d.add((k0 + kk) * MR), 0x0fff, *t);
-            }
-            k0 += 16;
-        }
-    }
-    for i in 0..r {
-        let row = std::slice::from_raw_parts(x.add(i * x_rs), k);
-        for (kk, &v) in row.iter().enumerate().skip(k0) {
-            *d.add(kk * MR + i) = v;
-        }
-    }
-}
-
-/// The panel [k][32] of `c` ≤ 32 rows of x (row stride `x_rs`) times `scale`: d[kk·32 + i] =
-/// x[i][kk]·scale, lanes c.. zero. 16 rows × 16 values at a time through [`transpose16`].
-///
-/// # Safety
-/// AVX-512F; c rows of k values at x readable, k·32 values at d writable.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-pub(crate) unsafe fn pack_panel(
-    x: *const f32,
-    x_rs: usize,
-    c: usize,
-    k: usize,
-    scale: f32,
-    d: *mut f32,
-) {
-    let mut k0 = 0;
-    #[cfg(target_arch = "x86_64")]
-    if c == NR {
-        use std::arch::x86_64::*;
-        let s = _mm512_set1_ps(scale);
-        while k0 + 16 <= k {
-            for half in 0..2 {
-                let mut v = [_mm512_setzero_ps(); 16];
-                for (i, v) in v.iter_mut().enumerate() {
-                    *v = _mm512_loadu_ps(x.add((half * 16 + i) * x_rs + k0));
-                }
-                for (kk, t) in transpose16(v).iter().enumerate() {
-                    _mm512_storeu_ps(d.add((k0 + kk) * NR + half * 16), _mm512_mul_ps(*t, s));
-                }
-            }
-            k0 += 16;
-        }
-    }
-    for kk in k0..k {
-        for i in 0..NR {
-            *d.add(kk * NR + i) = if i < c {
-                *x.add(i * x_rs + kk) * scale
-            } else {
-                0.0
-            };
-        }
-    }
-}
-
-/// y[i][kk] (row stride `y_rs`) = o[kk·32 + i] / sums[i] for the first c ≤ 32 lanes of the
-/// panel o [k][32]: the inverse of [`pack_panel`], with a division per row.
-///
-/// # Safety
-/// AVX-512F; k·32 values at o readable, c rows of k at y writable.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-pub(crate) unsafe fn unpack_panel(
-    o: *const f32,
-    c: usize,
-    k: usize,
-    sums: &[f32; NR],
-    y: *mut f32,
-    y_rs: usize,
-) {
-    let mut k0 = 0;
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::*;
-        while k0 + 16 <= k {
-            for half in 0..c.div_ceil(16) {
-                let mut v = [_mm512_setzero_ps(); 16];
-                for (kk, v) in v.iter_mut().enumerate() {
-                    *v = _mm512_loadu_ps(o.add((k0 + kk) * NR + half * 16));
-                }
-                for (i, t) in transpose16(v).iter().enumerate().take(c - half * 16) {
-                    let q = half * 16 + i;
-                    _mm512_storeu_ps(
-                        y.add(q * y_rs + k0),
-                        _mm512_div_ps(*t, _mm512_set1_ps(sums[q])),
-                    );
-                }
-            }
-            k0 += 16;
-        }
-    }
-    for i in 0..c {
-        for kk in k0..k {
-            *y.add(i * y_rs + kk) = *o.add(kk * NR + i) / sums[i];
-        }
-    }
-}
-
-/// The 16 × 16 transpose of `r` (row i in r[i]): out[c] lane i = r[i] lane c. Four stages:
-/// pairs of floats, pairs of pairs (as f64), then 128-bit lanes twice.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn transpose16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
-    use std::arch::x86_64::*;
-    let mut t = [_mm512_setzero_ps(); 16];
-    for j in 0..8 {
-        t[2 * j] = _mm512_unpacklo_ps(r[2 * j], r[2 * j + 1]);
-        t[2 * j + 1] = _mm512_unpackhi_ps(r[2 * j], r[2 * j + 1]);
-    }
-    // u[4j + c], 128-bit lane L: column 4L + c of rows 4j .. 4j + 3.
-    let mut u = [_mm512_setzero_ps(); 16];
-    for j in 0..4 {
-        let pd = |v: __m512| _mm512_castps_pd(v);
-        let (a0, a1, a2, a3) = (
-            pd(t[4 * j]),
-            pd(t[4 * j + 1]),
-            pd(t[4 * j + 2]),
-            pd(t[4 * j + 3]),
-        );
-        u[4 * j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
-        u[4 * j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
-        u[4 * j + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
-        u[4 * j + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
-    }
-    let mut out = [_mm512_setzero_ps(); 16];
-    for c in 0..4 {
-        let v0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(u[c], u[4 + c]);
-        let v1 = _mm512_shuffle_f32x4::<0b11_10_11_10>(u[c], u[4 + c]);
-        let w0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(u[8 + c], u[12 + c]);
-        let w1 = _mm512_shuffle_f32x4::<0b11_10_11_10>(u[8 + c], u[12 + c]);
-        out[c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(v0, w0);
-        out[4 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(v0, w0);
-        out[8 + c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(v1, w1);
-        out[12 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(v1, w1);
-    }
-    out
-}
-
-/// c[m, n] (row stride `ldc`) = a[m, k] (row stride `lda`) · b, where b holds ⌈n/32⌉ packed
-/// panels `[k][32]` (columns past n are read and ignored); one thread, x unpacked (the
-/// attention's small products, whose operands it lays out itself).
-///
-/// # Safety
-/// AVX-512F ([`available`]); a's m rows of k, b's ⌈n/32⌉·k·32 values and c's m rows of n are
-/// inside their buffers.
-#[allow(clippy::too_many_arguments)]
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-pub unsafe fn gemm_serial(
-    m: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    n: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
-    let mut tmp = [0f32; MR * NR];
-    for p in 0..n.div_ceil(NR) {
-        let (n0, cols) = (p * NR, NR.min(n - p * NR));
-        let mut i0 = 0;
-        while i0 < m {
-            let r = MR.min(m - i0);
-            let bp = b.add(p * k * NR);
-            if cols == NR {
-                micro(r, k, a.add(i0 * lda), lda, bp, c.add(i0 * ldc + n0), ldc);
-            } else {
-                micro(r, k, a.add(i0 * lda), lda, bp, tmp.as_mut_ptr(), NR);
-                for i in 0..r {
-                    std::ptr::copy_nonoverlapping(
-                        tmp.as_ptr().add(i * NR),
-                        c.add((i0 + i) * ldc + n0),
-                        cols,
-                    );
-                }
-            }
-            i0 += r;
-        }
-    }
-}
-
-/// Rows `rows` (whole tiles of 12 but the last) of packed x against panels `panels` of w,
-/// each 12 × 32 tile over the whole K, then the epilogue into y.
-#[allow(clippy::too_many_arguments)]
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-unsafe fn tile_task(
+/// One task of [`run`]: rows `rows` (whole tiles of 12 but the last) of packed x against
+/// panels `panels` of w, each 12 × 32 tile over the whole K, then the epilogue into y.
+struct TileTask<'a> {
     ap: *const f32,
     k: usize,
     rows: std::ops::Range<usize>,
     bdata: *const f32,
     n: usize,
     panels: std::ops::Range<usize>,
-    bias: Option<&[f32]>,
+    bias: Option<&'a [f32]>,
     y: *mut f32,
     y_rs: usize,
-    epi: Epi<'_>,
-) {
+    epi: Epi<'a>,
+}
+
+/// [`tile_task`] compiled for AVX-512 (its epilogue vectorizes 16 wide).
+///
+/// # Safety
+/// As [`tile_task`], on a CPU with AVX-512F.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn tile_task_avx512(t: TileTask<'_>) {
+    tile_task(t, Isa::Avx512)
+}
+
+/// [`tile_task`] compiled for AVX2 + FMA.
+///
+/// # Safety
+/// As [`tile_task`], on a CPU with AVX2 and FMA.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+unsafe fn tile_task_avx2(t: TileTask<'_>) {
+    tile_task(t, Isa::Avx2)
+}
+
+/// # Safety
+/// The CPU has `isa`; ap holds the packed rows `rows` (k each), bdata the packed panels,
+/// and y (row stride y_rs, or packed for [`Epi::GeluPacked`]) the tile's outputs.
+#[inline(always)]
+unsafe fn tile_task(t: TileTask<'_>, isa: Isa) {
+    let TileTask {
+        ap,
+        k,
+        rows,
+        bdata,
+        n,
+        panels,
+        bias,
+        y,
+        y_rs,
+        epi,
+    } = t;
     let mut tmp = [0f32; MR * NR];
     let mut i0 = rows.start;
     while i0 < rows.end {
         let r = MR.min(rows.end - i0);
         let a = ap.add(i0 * k);
         for p in panels.clone() {
-            micro_packed(r, k, a, bdata.add(p * k * NR), tmp.as_mut_ptr());
+            micro_packed(isa, r, k, a, bdata.add(p * k * NR), tmp.as_mut_ptr());
             let (n0, cols) = (p * NR, NR.min(n - p * NR));
             if let Epi::GeluPacked = epi {
                 for t in tmp.chunks_exact_mut(NR).take(r) {
@@ -495,7 +373,7 @@ unsafe fn tile_task(
                     }
                 }
                 // SAFETY (caller): tile i0/12's columns n0 .. n0 + cols are inside y.
-                store_packed(&tmp, r, cols, y.add(i0 * n + n0 * MR));
+                store_packed(isa, &tmp, r, cols, y.add(i0 * n + n0 * MR));
                 continue;
             }
             for (i, t) in tmp.chunks_exact_mut(NR).take(r).enumerate() {
@@ -511,34 +389,6 @@ unsafe fn tile_task(
             }
         }
         i0 += r;
-    }
-}
-
-/// Writes the tile `t` [r ≤ 12][32] (its first `cols` columns) transposed into `d` [cols][12]:
-/// column j's r values at d + 12j.
-///
-/// # Safety
-/// AVX-512F; cols·12 values at d writable.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-unsafe fn store_packed(t: &[f32; MR * NR], r: usize, cols: usize, d: *mut f32) {
-    #[cfg(target_arch = "x86_64")]
-    if r == MR && cols == NR {
-        use std::arch::x86_64::*;
-        for half in 0..2 {
-            let mut v = [_mm512_setzero_ps(); 16];
-            for (i, v) in v.iter_mut().take(MR).enumerate() {
-                *v = _mm512_loadu_ps(t.as_ptr().add(i * NR + half * 16));
-            }
-            for (c, col) in transpose16(v).iter().enumerate() {
-                _mm512_mask_storeu_ps(d.add((half * 16 + c) * MR), 0x0fff, *col);
-            }
-        }
-        return;
-    }
-    for j in 0..cols {
-        for i in 0..r {
-            *d.add(j * MR + i) = t[i * NR + j];
-        }
     }
 }
 
@@ -571,6 +421,129 @@ fn epilogue(t: &mut [f32], out: &mut [f32], bias: Option<&[f32]>, epi: Epi<'_>, 
     }
 }
 
+/// Packs r ≤ 12 rows of x (row stride `x_rs`) into `d` as [k][12] (rows r.. left as they are:
+/// the microkernel for r rows reads only the first r of each 12). Whole tiles on AVX-512 go
+/// 16 values of k at a time through an in-register 16 × 16 transpose: the scalar copy (one
+/// store per value, 48 bytes apart) took 4 % of the forward.
+///
+/// # Safety
+/// The CPU has `isa`; r rows of k values at x (stride x_rs) readable, k·12 values at d
+/// writable.
+pub(crate) unsafe fn pack_tile(
+    isa: Isa,
+    x: *const f32,
+    x_rs: usize,
+    r: usize,
+    k: usize,
+    d: *mut f32,
+) {
+    let k0 = if isa == Isa::Avx512 && r == MR {
+        avx512::pack_tile(x, x_rs, k, d)
+    } else {
+        0
+    };
+    for i in 0..r {
+        let row = std::slice::from_raw_parts(x.add(i * x_rs), k);
+        for (kk, &v) in row.iter().enumerate().skip(k0) {
+            *d.add(kk * MR + i) = v;
+        }
+    }
+}
+
+/// The panel [k][32] of `c` ≤ 32 rows of x (row stride `x_rs`) times `scale`: d[kk·32 + i] =
+/// x[i][kk]·scale, lanes c.. zero.
+///
+/// # Safety
+/// The CPU has `isa`; c rows of k values at x readable, k·32 values at d writable.
+pub(crate) unsafe fn pack_panel(
+    isa: Isa,
+    x: *const f32,
+    x_rs: usize,
+    c: usize,
+    k: usize,
+    scale: f32,
+    d: *mut f32,
+) {
+    let k0 = if isa == Isa::Avx512 && c == NR {
+        avx512::pack_panel(x, x_rs, k, scale, d)
+    } else {
+        0
+    };
+    for kk in k0..k {
+        for i in 0..NR {
+            *d.add(kk * NR + i) = if i < c {
+                *x.add(i * x_rs + kk) * scale
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+/// y[i][kk] (row stride `y_rs`) = o[kk·32 + i] / sums[i] for the first c ≤ 32 lanes of the
+/// panel o [k][32]: the inverse of [`pack_panel`], with a division per row.
+///
+/// # Safety
+/// The CPU has `isa`; k·32 values at o readable, c rows of k at y writable.
+pub(crate) unsafe fn unpack_panel(
+    isa: Isa,
+    o: *const f32,
+    c: usize,
+    k: usize,
+    sums: &[f32; NR],
+    y: *mut f32,
+    y_rs: usize,
+) {
+    let k0 = if isa == Isa::Avx512 {
+        avx512::unpack_panel(o, c, k, sums, y, y_rs)
+    } else {
+        0
+    };
+    for i in 0..c {
+        for kk in k0..k {
+            *y.add(i * y_rs + kk) = *o.add(kk * NR + i) / sums[i];
+        }
+    }
+}
+
+/// Writes the tile `t` [r ≤ 12][32] (its first `cols` columns) transposed into `d` [cols][12]:
+/// column j's r values at d + 12j.
+///
+/// # Safety
+/// The CPU has `isa`; cols·12 values at d writable.
+#[inline(always)]
+unsafe fn store_packed(isa: Isa, t: &[f32; MR * NR], r: usize, cols: usize, d: *mut f32) {
+    if isa == Isa::Avx512 && r == MR && cols == NR {
+        avx512::store_packed(t, d);
+        return;
+    }
+    for j in 0..cols {
+        for i in 0..r {
+            *d.add(j * MR + i) = t[i * NR + j];
+        }
+    }
+}
+
+/// c[r × 32] (contiguous) = a · b on one packed tile: a is [k][12] (the first r of each 12
+/// used), b a panel [k][32]; one FMA chain per element over k in order.
+///
+/// # Safety
+/// The CPU has `isa`; r ≤ 12; k·12 values at a, k·32 at b and r·32 at c.
+#[inline(always)]
+pub(crate) unsafe fn micro_packed(
+    isa: Isa,
+    r: usize,
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+) {
+    match isa {
+        Isa::Avx512 => avx512::micro(r, k, a, b, c),
+        Isa::Avx2 => avx2::micro(r, k, a, b, c),
+    }
+}
+
 /// Dispatches r ≤ 12 to the register tile of r rows (`$kern::<r>(args…)`).
 macro_rules! by_rows {
     ($r:expr, $kern:ident, $($arg:expr),*) => {
@@ -592,104 +565,275 @@ macro_rules! by_rows {
     };
 }
 
-/// c[r × 32] (row stride `ldc`) = a[r rows, row stride `lda`, k contiguous] · b[k][32]: one
-/// FMA chain per element over k in order.
-///
-/// # Safety
-/// AVX-512F; r ≤ MR; a's r rows of k, b's k·32 and c's r rows of 32 are readable/writable.
-#[allow(clippy::too_many_arguments)]
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-pub unsafe fn micro(
-    r: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-) {
+/// The AVX-512 kernels (no-ops off x86-64, where [`Isa::supported`] is false).
+mod avx512 {
+    use super::{MR, NR};
     #[cfg(target_arch = "x86_64")]
-    by_rows!(r, kern_strided, k, a, lda, b, c, ldc);
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (r, k, a, lda, b, c, ldc);
-}
-
-/// The same on one packed tile: a is [k][12] (the first r of each 12 used), c is r × 32
-/// contiguous.
-///
-/// # Safety
-/// As [`micro`], with a holding k·12 values.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-pub(crate) unsafe fn micro_packed(r: usize, k: usize, a: *const f32, b: *const f32, c: *mut f32) {
-    #[cfg(target_arch = "x86_64")]
-    by_rows!(r, kern_packed, k, a, 0, b, c, NR);
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (r, k, a, b, c);
-}
-
-/// [`kern`] on unpacked rows (row i at a + i·lda, k contiguous).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn kern_strided<const R: usize>(
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-) {
-    kern::<R, false>(k, a, lda, b, c, ldc)
-}
-
-/// [`kern`] on a packed tile ([k][12]; `_lda` unused).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn kern_packed<const R: usize>(
-    k: usize,
-    a: *const f32,
-    _lda: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-) {
-    kern::<R, true>(k, a, 0, b, c, ldc)
-}
-
-/// The register tile: R rows × 32 columns in 2R zmm accumulators, one FMA chain per element
-/// over k in order. Row i's value at step t is a[i·lda + t] unpacked, a[t·12 + i] packed (a
-/// constant offset per broadcast, no address arithmetic in the loop). The panel is
-/// prefetched 8 steps (1 KB) ahead: it streams from L2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn kern<const R: usize, const PACKED: bool>(
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-) {
     use std::arch::x86_64::*;
-    let (row, step) = if PACKED { (1, MR) } else { (lda, 1) };
-    let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    let (mut ap, mut bp) = (a, b);
-    for _ in 0..k {
-        let b0 = _mm512_loadu_ps(bp);
-        let b1 = _mm512_loadu_ps(bp.add(16));
-        // A hint only: prefetching past the panel's end reads nothing and cannot fault.
-        _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(8 * NR).cast());
-        _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(8 * NR + 16).cast());
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let ai = _mm512_set1_ps(*ap.add(i * row));
-            acc[0] = _mm512_fmadd_ps(ai, b0, acc[0]);
-            acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
-        }
-        ap = ap.add(step);
-        bp = bp.add(NR);
+
+    /// See [`super::micro_packed`].
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+    pub(super) unsafe fn micro(r: usize, k: usize, a: *const f32, b: *const f32, c: *mut f32) {
+        #[cfg(target_arch = "x86_64")]
+        by_rows!(r, kern, k, a, b, c);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (r, k, a, b, c);
     }
-    for (i, acc) in acc.iter().enumerate() {
-        _mm512_storeu_ps(c.add(i * ldc), acc[0]);
-        _mm512_storeu_ps(c.add(i * ldc + 16), acc[1]);
+
+    /// The register tile: R rows × 32 columns in 2R zmm accumulators, one FMA chain per
+    /// element over k in order. Row i's value at step t is a[t·12 + i]: a constant offset per
+    /// broadcast, no address arithmetic in the loop. The panel is prefetched 8 steps (1 KB)
+    /// ahead: it streams from L2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kern<const R: usize>(k: usize, a: *const f32, b: *const f32, c: *mut f32) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let (mut ap, mut bp) = (a, b);
+        for _ in 0..k {
+            let b0 = _mm512_loadu_ps(bp);
+            let b1 = _mm512_loadu_ps(bp.add(16));
+            // A hint only: prefetching past the panel's end reads nothing and cannot fault.
+            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(8 * NR).cast());
+            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(8 * NR + 16).cast());
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*ap.add(i));
+                acc[0] = _mm512_fmadd_ps(ai, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
+            }
+            ap = ap.add(MR);
+            bp = bp.add(NR);
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(i * NR), acc[0]);
+            _mm512_storeu_ps(c.add(i * NR + 16), acc[1]);
+        }
+    }
+
+    /// The whole 16-blocks of k of [`super::pack_tile`] for a full tile; returns where the
+    /// caller's scalar loop goes on.
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+    pub(super) unsafe fn pack_tile(x: *const f32, x_rs: usize, k: usize, d: *mut f32) -> usize {
+        let mut k0 = 0;
+        #[cfg(target_arch = "x86_64")]
+        while k0 + 16 <= k {
+            let mut v = [_mm512_setzero_ps(); 16];
+            for (i, v) in v.iter_mut().take(MR).enumerate() {
+                *v = _mm512_loadu_ps(x.add(i * x_rs + k0));
+            }
+            for (kk, t) in transpose16(v).iter().enumerate() {
+                _mm512_mask_storeu_ps(d.add((k0 + kk) * MR), 0x0fff, *t);
+            }
+            k0 += 16;
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (x, x_rs, k, d);
+        k0
+    }
+
+    /// The 16-blocks of [`super::pack_panel`] for a full panel of 32 rows.
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+    pub(super) unsafe fn pack_panel(
+        x: *const f32,
+        x_rs: usize,
+        k: usize,
+        scale: f32,
+        d: *mut f32,
+    ) -> usize {
+        let mut k0 = 0;
+        #[cfg(target_arch = "x86_64")]
+        {
+            let s = _mm512_set1_ps(scale);
+            while k0 + 16 <= k {
+                for half in 0..2 {
+                    let mut v = [_mm512_setzero_ps(); 16];
+                    for (i, v) in v.iter_mut().enumerate() {
+                        *v = _mm512_loadu_ps(x.add((half * 16 + i) * x_rs + k0));
+                    }
+                    for (kk, t) in transpose16(v).iter().enumerate() {
+                        _mm512_storeu_ps(d.add((k0 + kk) * NR + half * 16), _mm512_mul_ps(*t, s));
+                    }
+                }
+                k0 += 16;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (x, x_rs, k, scale, d);
+        k0
+    }
+
+    /// The 16-blocks of [`super::unpack_panel`].
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+    pub(super) unsafe fn unpack_panel(
+        o: *const f32,
+        c: usize,
+        k: usize,
+        sums: &[f32; NR],
+        y: *mut f32,
+        y_rs: usize,
+    ) -> usize {
+        let mut k0 = 0;
+        #[cfg(target_arch = "x86_64")]
+        while k0 + 16 <= k {
+            for half in 0..c.div_ceil(16) {
+                let mut v = [_mm512_setzero_ps(); 16];
+                for (kk, v) in v.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(o.add((k0 + kk) * NR + half * 16));
+                }
+                for (i, t) in transpose16(v).iter().enumerate().take(c - half * 16) {
+                    let q = half * 16 + i;
+                    let out = _mm512_div_ps(*t, _mm512_set1_ps(sums[q]));
+                    _mm512_storeu_ps(y.add(q * y_rs + k0), out);
+                }
+            }
+            k0 += 16;
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (o, c, k, sums, y, y_rs);
+        k0
+    }
+
+    /// [`super::store_packed`] of a full 12 × 32 tile.
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+    pub(super) unsafe fn store_packed(t: &[f32; MR * NR], d: *mut f32) {
+        #[cfg(target_arch = "x86_64")]
+        for half in 0..2 {
+            let mut v = [_mm512_setzero_ps(); 16];
+            for (i, v) in v.iter_mut().take(MR).enumerate() {
+                *v = _mm512_loadu_ps(t.as_ptr().add(i * NR + half * 16));
+            }
+            for (c, col) in transpose16(v).iter().enumerate() {
+                _mm512_mask_storeu_ps(d.add((half * 16 + c) * MR), 0x0fff, *col);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (t, d);
+    }
+
+    /// The 16 × 16 transpose of `r` (row i in r[i]): out[c] lane i = r[i] lane c. Four
+    /// stages: pairs of floats, pairs of pairs (as f64), then 128-bit lanes twice.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for j in 0..8 {
+            t[2 * j] = _mm512_unpacklo_ps(r[2 * j], r[2 * j + 1]);
+            t[2 * j + 1] = _mm512_unpackhi_ps(r[2 * j], r[2 * j + 1]);
+        }
+        // u[4j + c], 128-bit lane L: column 4L + c of rows 4j .. 4j + 3.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for j in 0..4 {
+            let pd = |v: __m512| _mm512_castps_pd(v);
+            let (a0, a1, a2, a3) = (
+                pd(t[4 * j]),
+                pd(t[4 * j + 1]),
+                pd(t[4 * j + 2]),
+                pd(t[4 * j + 3]),
+            );
+            u[4 * j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+            u[4 * j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+            u[4 * j + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+            u[4 * j + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+        }
+        let mut out = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            let v0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(u[c], u[4 + c]);
+            let v1 = _mm512_shuffle_f32x4::<0b11_10_11_10>(u[c], u[4 + c]);
+            let w0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(u[8 + c], u[12 + c]);
+            let w1 = _mm512_shuffle_f32x4::<0b11_10_11_10>(u[8 + c], u[12 + c]);
+            out[c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(v0, w0);
+            out[4 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(v0, w0);
+            out[8 + c] = _mm512_shuffle_f32x4::<0b10_00_10_00>(v1, w1);
+            out[12 + c] = _mm512_shuffle_f32x4::<0b11_01_11_01>(v1, w1);
+        }
+        out
+    }
+}
+
+/// The AVX2 + FMA kernels: 16 ymm registers hold a 6 × 16 tile (12 accumulators, 2 B
+/// vectors, 1 broadcast), so the 12 × 32 tile is four of them over the same packed operands.
+mod avx2 {
+    use super::{MR, NR};
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
+
+    /// Steps of k per pass: each 12 × 32 tile is four passes over the same operands, so they
+    /// go 128 steps at a time (A 6 KB, B 16 KB: in L1 for all four), the sums carried in c.
+    /// Whole-K passes re-read both from L2 four times and ran at 60 % of this kernel's peak.
+    const KB: usize = 128;
+
+    /// See [`super::micro_packed`].
+    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+    pub(super) unsafe fn micro(r: usize, k: usize, a: *const f32, b: *const f32, c: *mut f32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut k0 = 0;
+            // At least one pass, so that k = 0 stores zeros.
+            loop {
+                let kl = KB.min(k - k0);
+                let load = k0 > 0;
+                for h in 0..r.div_ceil(6) {
+                    for half in 0..2 {
+                        let a = a.add(k0 * MR + 6 * h);
+                        let b = b.add(k0 * NR + 16 * half);
+                        let c = c.add(6 * h * NR + 16 * half);
+                        match 6.min(r - 6 * h) {
+                            6 => kern::<6>(kl, a, b, c, load),
+                            5 => kern::<5>(kl, a, b, c, load),
+                            4 => kern::<4>(kl, a, b, c, load),
+                            3 => kern::<3>(kl, a, b, c, load),
+                            2 => kern::<2>(kl, a, b, c, load),
+                            _ => kern::<1>(kl, a, b, c, load),
+                        }
+                    }
+                }
+                k0 += kl;
+                if k0 >= k {
+                    break;
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (r, k, a, b, c);
+    }
+
+    /// R ≤ 6 rows × 16 columns of the tile over k steps: a at the tile's row 6h (stride 12 per
+    /// k), b at the panel's column 16·half (stride 32 per k), c's rows 32 apart; with `load`
+    /// the sums go on from c's (stored and reloaded exactly). The same FMA chain per element
+    /// as the AVX-512 kernel, so the same bits.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn kern<const R: usize>(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        load: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        if load {
+            for (i, acc) in acc.iter_mut().enumerate() {
+                acc[0] = _mm256_loadu_ps(c.add(i * NR));
+                acc[1] = _mm256_loadu_ps(c.add(i * NR + 8));
+            }
+        }
+        let (mut ap, mut bp) = (a, b);
+        for _ in 0..k {
+            let b0 = _mm256_loadu_ps(bp);
+            let b1 = _mm256_loadu_ps(bp.add(8));
+            // A hint only (see the AVX-512 kernel).
+            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(8 * NR).cast());
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let ai = _mm256_broadcast_ss(&*ap.add(i));
+                acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
+            }
+            ap = ap.add(MR);
+            bp = bp.add(NR);
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(c.add(i * NR), acc[0]);
+            _mm256_storeu_ps(c.add(i * NR + 8), acc[1]);
+        }
     }
 }
 
@@ -701,23 +845,25 @@ mod tests {
     /// k below, at and past multiples of 16, a row stride wider than k.
     #[test]
     fn pack_tile_is_the_transpose() {
-        if !available() {
-            return;
-        }
-        for r in [12, 11, 5, 1] {
-            for k in [1, 15, 16, 17, 33, 64, 100] {
-                let x_rs = k + 3;
-                let x: Vec<f32> = (0..r * x_rs).map(|i| i as f32 * 0.5 - 7.0).collect();
-                let mut d = vec![f32::NAN; k * MR];
-                // SAFETY: AVX-512F (checked); r rows of k at stride x_rs, k·12 values of d.
-                unsafe { pack_tile(x.as_ptr(), x_rs, r, k, d.as_mut_ptr()) };
-                for kk in 0..k {
-                    for i in 0..MR {
-                        let got = d[kk * MR + i];
-                        if i < r {
-                            assert_eq!(got, x[i * x_rs + kk], "r {r} k {k}: [{kk}][{i}]");
-                        } else {
-                            assert!(got.is_nan(), "r {r} k {k}: lane {i} past r written");
+        for isa in [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|i| i.supported())
+        {
+            for r in [12, 11, 5, 1] {
+                for k in [1, 15, 16, 17, 33, 64, 100] {
+                    let x_rs = k + 3;
+                    let x: Vec<f32> = (0..r * x_rs).map(|i| i as f32 * 0.5 - 7.0).collect();
+                    let mut d = vec![f32::NAN; k * MR];
+                    // SAFETY: the CPU has `isa` (checked); r rows of k at stride x_rs, k·12 values of d.
+                    unsafe { pack_tile(isa, x.as_ptr(), x_rs, r, k, d.as_mut_ptr()) };
+                    for kk in 0..k {
+                        for i in 0..MR {
+                            let got = d[kk * MR + i];
+                            if i < r {
+                                assert_eq!(got, x[i * x_rs + kk], "r {r} k {k}: [{kk}][{i}]");
+                            } else {
+                                assert!(got.is_nan(), "r {r} k {k}: lane {i} past r written");
+                            }
                         }
                     }
                 }
@@ -729,9 +875,26 @@ mod tests {
     /// of 32), k = 1, strides wider than the data, each epilogue.
     #[test]
     fn matches_f64_reference() {
-        if !available() {
-            return;
+        let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|i| i.supported())
+            .collect();
+        let outs: Vec<Vec<f32>> = isas.iter().map(|&isa| check_isa(isa)).collect();
+        // The ISAs run the same FMA chains: the same bits.
+        for (o, isa) in outs.iter().zip(&isas).skip(1) {
+            assert!(
+                o.iter()
+                    .zip(&outs[0])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{isa:?} differs from {:?}",
+                isas[0]
+            );
         }
+    }
+
+    /// [`matches_f64_reference`] on one ISA; returns every output.
+    fn check_isa(isa: Isa) -> Vec<f32> {
+        let mut all = Vec::new();
         for &(m, k, n) in &[
             (1, 1, 1),
             (13, 7, 33),
@@ -772,6 +935,7 @@ mod tests {
                 y_rs,
                 Epi::Store,
                 &mut ap,
+                isa,
             );
             let mut z = vec![0.5f32; m * y_rs];
             linear(
@@ -784,6 +948,7 @@ mod tests {
                 y_rs,
                 Epi::AddTo(Some(&ls)),
                 &mut ap,
+                isa,
             );
             let mut g = vec![0f32; m * y_rs];
             linear(
@@ -796,24 +961,49 @@ mod tests {
                 y_rs,
                 Epi::Gelu,
                 &mut ap,
+                isa,
             );
             // GeluPacked is Gelu's output packed as linear packs x, and a GEMM on it
             // (linear_prepacked) is the same GEMM on the unpacked rows, bit for bit.
             let mut gp = vec![f32::NAN; pack_len(m, n)];
-            linear(&x, x_rs, m, &pw, Some(&bias), &mut gp, n, Epi::GeluPacked, &mut ap);
+            linear(
+                &x,
+                x_rs,
+                m,
+                &pw,
+                Some(&bias),
+                &mut gp,
+                n,
+                Epi::GeluPacked,
+                &mut ap,
+                isa,
+            );
             for i in 0..m {
                 for j in 0..n {
                     assert_eq!(gp[(i / MR) * n * MR + j * MR + i % MR], g[i * y_rs + j]);
                 }
             }
-            let w2: Vec<f32> = (0..7 * n).map(|i| ((i * 3 % 17) as f32 - 8.0) * 0.05).collect();
+            let w2: Vec<f32> = (0..7 * n)
+                .map(|i| ((i * 3 % 17) as f32 - 8.0) * 0.05)
+                .collect();
             let Ok(pw2) = PackedMat::new(&w2, 7, n) else {
                 panic!("pack")
             };
             let (mut u, mut v) = (vec![0f32; m * 7], vec![0f32; m * 7]);
             let mut ap2 = vec![0f32; pack_len(m, n)];
-            linear(&g, y_rs, m, &pw2, None, &mut u, 7, Epi::Store, &mut ap2);
-            linear_prepacked(&gp, m, &pw2, None, &mut v, 7, Epi::Store);
+            linear(
+                &g,
+                y_rs,
+                m,
+                &pw2,
+                None,
+                &mut u,
+                7,
+                Epi::Store,
+                &mut ap2,
+                isa,
+            );
+            linear_prepacked(&gp, m, &pw2, None, &mut v, 7, Epi::Store, isa);
             assert_eq!(u, v, "({m},{k},{n}) prepacked");
             for i in 0..m {
                 for j in 0..n {
@@ -835,6 +1025,8 @@ mod tests {
                     assert_eq!(y[i * y_rs + j], 7.0);
                 }
             }
+            all.extend(y.iter().chain(&z).chain(&g).chain(&gp).chain(&u));
         }
+        all
     }
 }

@@ -5,7 +5,7 @@ use super::profile::{mark, Profile};
 use super::weights::HeadWeights;
 use super::{Trace, Vit};
 use crate::cpu::dense::{gelu_inplace, layer_norm, linear, softmax};
-use crate::cpu::packed::{self, Epi, PackedMat};
+use crate::cpu::packed::{self, Epi, Isa, PackedMat};
 use crate::plan::Reduction;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -58,10 +58,12 @@ struct PackedVit {
     /// qkv, proj, fc1, fc2 of each block.
     blocks: Vec<[PackedMat; 4]>,
     patch: PackedMat,
+    /// The ISA the packed path runs on (the layouts are the same for each).
+    isa: Isa,
 }
 
 impl PackedVit {
-    fn new(m: &Vit) -> Result<Self> {
+    fn new(m: &Vit, isa: Isa) -> Result<Self> {
         let c = &m.cfg;
         let (d, hm) = (c.embed_dim, c.mlp_hidden);
         let blocks = m
@@ -81,20 +83,24 @@ impl PackedVit {
         Ok(PackedVit {
             blocks,
             patch: PackedMat::new(&m.weights.patch_w, d, kpatch)?,
+            isa,
         })
     }
 }
 
+/// A packed weight and the ISA to run it on.
+type Packed<'a> = Option<(&'a PackedMat, Isa)>;
+
 /// `pw` when it was packed from `w` [n, k] (else the forward takes the `gemm` crate).
-fn usable<'a>(pw: Option<&'a PackedMat>, w: &[f32], k: usize, n: usize) -> Option<&'a PackedMat> {
-    pw.filter(|p| p.is_for(w) && p.n == n && p.k == k)
+fn usable<'a>(pw: Packed<'a>, w: &[f32], k: usize, n: usize) -> Packed<'a> {
+    pw.filter(|(p, _)| p.is_for(w) && p.n == n && p.k == k)
 }
 
 /// out = epi(x[rows, k] · wᵀ + bias): packed when `pw` was packed from `w`, else the `gemm`
 /// crate then the epilogue as a separate pass (through `tmp` for [`Epi::AddTo`]).
 #[allow(clippy::too_many_arguments)]
 fn dense(
-    pw: Option<&PackedMat>,
+    pw: Packed<'_>,
     w: &[f32],
     x: &[f32],
     rows: usize,
@@ -106,8 +112,8 @@ fn dense(
     ap: &mut [f32],
     epi: Epi<'_>,
 ) {
-    if let Some(p) = usable(pw, w, k, n) {
-        packed::linear(x, k, rows, p, bias, out, n, epi, ap);
+    if let Some((p, isa)) = usable(pw, w, k, n) {
+        packed::linear(x, k, rows, p, bias, out, n, epi, ap, isa);
         return;
     }
     match epi {
@@ -167,24 +173,43 @@ impl CpuWorkspace {
 
     /// Sizes every buffer from the plan. Sizes are checked products and every buffer is
     /// allocated fallibly: a request the allocator refuses is [`Error::Alloc`], not an abort.
+    ///
+    /// The forward runs the packed path on the best ISA of this CPU ([`packed::detect`]:
+    /// AVX-512, else AVX2 + FMA), else the portable one.
     pub fn new(m: &Vit, batch: usize) -> Result<Self> {
-        let packed = if packed::available() {
-            Some(Arc::new(PackedVit::new(m)?))
-        } else {
-            None
-        };
-        Self::with_packed(m, batch, packed)
+        match packed::detect() {
+            Some(isa) => Self::new_packed(m, batch, isa),
+            None => Self::new_portable(m, batch),
+        }
+    }
+
+    /// A workspace for the packed path on `isa` (for comparisons and tests of one ISA on a
+    /// CPU that has both); an error when this CPU lacks it.
+    pub fn new_packed(m: &Vit, batch: usize, isa: Isa) -> Result<Self> {
+        if !isa.supported() {
+            return Err(crate::error::invalid(
+                "isa",
+                format!("{isa:?}"),
+                "this CPU lacks it",
+            ));
+        }
+        Self::with_packed(m, batch, Some(Arc::new(PackedVit::new(m, isa)?)))
     }
 
     /// A workspace for the portable path (the `gemm` crate and the n × n attention), which
-    /// CPUs without AVX-512F take: for comparisons and tests of that path on any CPU.
+    /// CPUs without AVX2 + FMA take: for comparisons and tests of that path on any CPU.
     pub fn new_portable(m: &Vit, batch: usize) -> Result<Self> {
         Self::with_packed(m, batch, None)
     }
 
-    /// Whether this workspace runs the packed AVX-512 path.
+    /// Whether this workspace runs the packed path.
     pub fn is_packed(&self) -> bool {
         self.packed.is_some()
+    }
+
+    /// The ISA of the packed path, if this workspace runs it.
+    pub fn isa(&self) -> Option<Isa> {
+        self.packed.as_deref().map(|p| p.isa)
     }
 
     fn with_packed(m: &Vit, batch: usize, packed: Option<Arc<PackedVit>>) -> Result<Self> {
@@ -356,8 +381,8 @@ pub(super) fn forward_run(
     for bi in 0..b {
         let out = &mut ws.x[(bi * n0 + 1) * d..];
         let x = &ws.patches[bi * p * kpatch..];
-        match pk.as_deref().map(|pk| &pk.patch) {
-            Some(pw) if pw.is_for(&w.patch_w) => packed::linear(
+        match pk.as_deref().map(|pk| (&pk.patch, pk.isa)) {
+            Some((pw, isa)) if pw.is_for(&w.patch_w) => packed::linear(
                 x,
                 kpatch,
                 p,
@@ -367,6 +392,7 @@ pub(super) fn forward_run(
                 d,
                 Epi::Store,
                 &mut ws.apack,
+                isa,
             ),
             _ => linear(x, p, kpatch, &w.patch_w, d, w.patch_b.as_deref(), out, d),
         }
@@ -436,7 +462,7 @@ pub(super) fn forward_run(
             n <= bp.len_in
         });
         let bw = &w.blocks[i];
-        let pb = pk.as_deref().map(|pk| &pk.blocks[i]);
+        let pb = pk.as_deref().map(|pk| (&pk.blocks[i], pk.isa));
         if let Some(t) = trace.as_deref_mut() {
             t.push_f32(&format!("block_in.{i}"), &[b, n, d], &ws.x[..b * n * d]);
         }
@@ -451,7 +477,7 @@ pub(super) fn forward_run(
         );
         mark(&mut ws.profile, Some(i), "ln1");
         dense(
-            pb.map(|p| &p[0]),
+            pb.map(|(p, isa)| (&p[0], isa)),
             &bw.qkv_w,
             &ws.h,
             rows,
@@ -474,7 +500,7 @@ pub(super) fn forward_run(
         let rows = b * n;
         // proj, + bias, added into the stream (the residual), in one pass per tile.
         dense(
-            pb.map(|p| &p[1]),
+            pb.map(|(p, isa)| (&p[1], isa)),
             &bw.proj_w,
             &ws.attn,
             rows,
@@ -590,10 +616,10 @@ pub(super) fn forward_run(
         mark(&mut ws.profile, Some(i), "ln2");
         let hm = c.mlp_hidden;
         let mlp_packed = (
-            usable(pb.map(|p| &p[2]), &bw.fc1_w, d, hm),
-            usable(pb.map(|p| &p[3]), &bw.fc2_w, hm, d),
+            usable(pb.map(|(p, isa)| (&p[2], isa)), &bw.fc1_w, d, hm),
+            usable(pb.map(|(p, isa)| (&p[3], isa)), &bw.fc2_w, hm, d),
         );
-        if let (Some(p1), Some(p2)) = mlp_packed {
+        if let (Some((p1, isa)), Some((p2, _))) = mlp_packed {
             // fc1 writes its output packed as fc2's input: no separate pack pass.
             packed::linear(
                 &ws.h,
@@ -605,6 +631,7 @@ pub(super) fn forward_run(
                 hm,
                 Epi::GeluPacked,
                 &mut ws.apack,
+                isa,
             );
             mark(&mut ws.profile, Some(i), "fc1+gelu");
             packed::linear_prepacked(
@@ -615,10 +642,11 @@ pub(super) fn forward_run(
                 &mut ws.x,
                 d,
                 Epi::AddTo(bw.ls2.as_deref()),
+                isa,
             );
         } else {
             dense(
-                pb.map(|p| &p[2]),
+                pb.map(|(p, isa)| (&p[2], isa)),
                 &bw.fc1_w,
                 &ws.h,
                 rows,
@@ -632,7 +660,7 @@ pub(super) fn forward_run(
             );
             mark(&mut ws.profile, Some(i), "fc1+gelu");
             dense(
-                pb.map(|p| &p[3]),
+                pb.map(|(p, isa)| (&p[3], isa)),
                 &bw.fc2_w,
                 &ws.mlp,
                 rows,
@@ -827,7 +855,7 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
     let mask: Option<&[f32]> = masked.then_some(&ws.delta[..b * n]);
     let attn = SendPtr(ws.attn.as_mut_ptr());
     let probs = SendPtr(ws.cls_probs.as_mut_ptr());
-    if ws.packed.is_some() {
+    if let Some(isa) = ws.isa() {
         let dims = AttnDims {
             n,
             d,
@@ -842,12 +870,12 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
                     break;
                 }
                 {
-                    // SAFETY: AVX-512F is present (the workspace packs only then); the buffer
+                    // SAFETY: the CPU has `isa` (the workspace packs only then); the buffer
                     // bounds were checked above, and pair (bi, h) alone writes probs[bi, h, ..n]
                     // and head h's hd columns of rows bi·n .. (bi+1)·n of attn.
                     unsafe {
                         attention_pair_packed(
-                            &dims, pair, qkv, scratch, log_sizes, mask, attn, probs,
+                            isa, &dims, pair, qkv, scratch, log_sizes, mask, attn, probs,
                         )
                     };
                 }
@@ -977,8 +1005,59 @@ struct AttnDims {
 /// AVX-512F; the buffers hold what [`attention`] checks; `attn` and `probs` point at ws.attn
 /// and ws.cls_probs, of which this pair writes only its own region.
 #[allow(clippy::too_many_arguments)]
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 unsafe fn attention_pair_packed(
+    isa: Isa,
+    g: &AttnDims,
+    pair: usize,
+    qkv: &[f32],
+    s: &mut AttnScratch,
+    log_sizes: Option<&[f32]>,
+    mask: Option<&[f32]>,
+    attn: SendPtr,
+    probs: SendPtr,
+) {
+    let a = (g, pair, qkv, s, log_sizes, mask, attn, probs);
+    match isa {
+        Isa::Avx512 => attention_pair_avx512(a),
+        Isa::Avx2 => attention_pair_avx2(a),
+    }
+}
+
+/// The arguments of [`attention_pair_packed`] after the ISA.
+type PairArgs<'a> = (
+    &'a AttnDims,
+    usize,
+    &'a [f32],
+    &'a mut AttnScratch,
+    Option<&'a [f32]>,
+    Option<&'a [f32]>,
+    SendPtr,
+    SendPtr,
+);
+
+/// [`attention_pair`] compiled for AVX-512 (the softmax vectorizes 16 wide).
+///
+/// # Safety
+/// As [`attention_pair_packed`], on a CPU with AVX-512F.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
+unsafe fn attention_pair_avx512(a: PairArgs<'_>) {
+    attention_pair(Isa::Avx512, a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7)
+}
+
+/// [`attention_pair`] compiled for AVX2 + FMA.
+///
+/// # Safety
+/// As [`attention_pair_packed`], on a CPU with AVX2 and FMA.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+unsafe fn attention_pair_avx2(a: PairArgs<'_>) {
+    attention_pair(Isa::Avx2, a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7)
+}
+
+/// The body of [`attention_pair_packed`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn attention_pair(
+    isa: Isa,
     g: &AttnDims,
     pair: usize,
     qkv: &[f32],
@@ -1003,6 +1082,7 @@ unsafe fn attention_pair_packed(
     for t0 in (0..n).step_by(MR) {
         // Keys t0.. as the tile [hd][12] of K.
         packed::pack_tile(
+            isa,
             qkv_p.add(t0 * 3 * d + d + h * hd),
             3 * d,
             MR.min(n - t0),
@@ -1022,6 +1102,7 @@ unsafe fn attention_pair_packed(
     for q0 in (0..n).step_by(NR) {
         let qc = NR.min(n - q0);
         packed::pack_panel(
+            isa,
             qkv_p.add(q0 * 3 * d + h * hd),
             3 * d,
             qc,
@@ -1031,6 +1112,7 @@ unsafe fn attention_pair_packed(
         );
         for t in 0..kt {
             packed::micro_packed(
+                isa,
                 MR.min(n - t * MR),
                 hd,
                 s.kp.as_ptr().add(t * hd * MR),
@@ -1064,6 +1146,7 @@ unsafe fn attention_pair_packed(
         }
         for jt in 0..ht {
             packed::micro_packed(
+                isa,
                 MR.min(hd - jt * MR),
                 n,
                 s.vp.as_ptr().add(jt * n * MR),
@@ -1072,6 +1155,7 @@ unsafe fn attention_pair_packed(
             );
         }
         packed::unpack_panel(
+            isa,
             ot.as_ptr(),
             qc,
             hd,

@@ -82,9 +82,25 @@ pub struct CpuEngine<'a> {
 
 impl<'a> CpuEngine<'a> {
     pub fn new(model: &'a Vit, batch: usize) -> clca::Result<Self> {
+        // CLCA_CPU_ISA=avx512|avx2|portable overrides the CPU path (for side-by-side timing,
+        // e.g. the AVX2 path on a CPU that also has AVX-512).
+        let ws = match std::env::var("CLCA_CPU_ISA").as_deref() {
+            Ok("portable") => CpuWorkspace::new_portable(model, batch)?,
+            Ok(s) if !s.is_empty() => match clca::cpu::packed::Isa::parse(s) {
+                Some(isa) => CpuWorkspace::new_packed(model, batch, isa)?,
+                None => {
+                    return Err(clca::Error::InvalidArgument {
+                        arg: "CLCA_CPU_ISA",
+                        value: s.into(),
+                        why: "must be `avx512`, `avx2` or `portable` (or unset: the best)".into(),
+                    })
+                }
+            },
+            _ => CpuWorkspace::new(model, batch)?,
+        };
         Ok(CpuEngine {
             model,
-            ws: CpuWorkspace::new(model, batch)?,
+            ws,
             images: Vec::new(),
             logits: Vec::new(),
         })
@@ -94,7 +110,15 @@ impl<'a> CpuEngine<'a> {
 impl Engine for CpuEngine<'_> {
     fn describe(&self) -> String {
         let n = rayon::current_num_threads();
-        format!("CPU f32, {n} rayon thread{}", if n == 1 { "" } else { "s" })
+        let path = match self.ws.isa() {
+            Some(clca::cpu::packed::Isa::Avx512) => "packed AVX-512",
+            Some(clca::cpu::packed::Isa::Avx2) => "packed AVX2+FMA",
+            None => "portable",
+        };
+        format!(
+            "CPU f32 ({path}), {n} rayon thread{}",
+            if n == 1 { "" } else { "s" }
+        )
     }
     fn stage(&mut self, images: &[f32]) -> clca::Result<()> {
         self.images.clear();
