@@ -376,46 +376,54 @@ unsafe fn tile_task(t: TileTask<'_>, isa: Isa) {
                 store_packed(isa, &tmp, r, cols, y.add(i0 * n + n0 * MR));
                 continue;
             }
-            for (i, t) in tmp.chunks_exact_mut(NR).take(r).enumerate() {
+            for (i, t) in tmp.chunks_exact(NR).take(r).enumerate() {
                 // SAFETY (caller): row i0 + i < m and columns n0 .. n0 + cols ≤ n are in y.
                 let out = std::slice::from_raw_parts_mut(y.add((i0 + i) * y_rs + n0), cols);
-                epilogue(
-                    &mut t[..cols],
-                    out,
-                    bias.map(|b| &b[n0..n0 + cols]),
-                    epi,
-                    n0,
-                );
+                epilogue(&t[..cols], out, bias.map(|b| &b[n0..n0 + cols]), epi, n0);
             }
         }
         i0 += r;
     }
 }
 
-/// Applies `epi` to one tile row `t` (the sums) into `out`.
+/// Applies `epi` to one tile row `t` (the sums) into `out`, in one pass (`copy_from_slice`
+/// was a memmove call per 32-value row: 1.4 % of a GEMM's samples): the bias is added first,
+/// then the epilogue.
 #[inline(always)]
-fn epilogue(t: &mut [f32], out: &mut [f32], bias: Option<&[f32]>, epi: Epi<'_>, n0: usize) {
-    if let Some(b) = bias {
-        for (v, bv) in t.iter_mut().zip(b) {
-            *v += bv;
+fn epilogue(t: &[f32], out: &mut [f32], bias: Option<&[f32]>, epi: Epi<'_>, n0: usize) {
+    #[inline(always)]
+    fn each(t: &[f32], out: &mut [f32], bias: Option<&[f32]>, f: impl Fn(&mut f32, f32)) {
+        match bias {
+            Some(b) => {
+                for ((o, &v), &bv) in out.iter_mut().zip(t).zip(b) {
+                    f(o, v + bv);
+                }
+            }
+            None => {
+                for (o, &v) in out.iter_mut().zip(t) {
+                    f(o, v);
+                }
+            }
         }
     }
     match epi {
-        Epi::Store => out.copy_from_slice(t),
-        Epi::Gelu | Epi::GeluPacked => {
-            // (GeluPacked is handled by the caller; the same values.)
-            for (o, &v) in out.iter_mut().zip(t.iter()) {
-                *o = super::dense::gelu_fast(v);
-            }
-        }
-        Epi::AddTo(None) => {
-            for (o, v) in out.iter_mut().zip(t.iter()) {
-                *o += v;
-            }
-        }
+        Epi::Store => each(t, out, bias, |o, v| *o = v),
+        // (GeluPacked is handled by the caller; the same values.)
+        Epi::Gelu | Epi::GeluPacked => each(t, out, bias, |o, v| *o = super::dense::gelu_fast(v)),
+        Epi::AddTo(None) => each(t, out, bias, |o, v| *o += v),
         Epi::AddTo(Some(g)) => {
-            for ((o, v), gv) in out.iter_mut().zip(t.iter()).zip(&g[n0..]) {
-                *o += gv * v;
+            let g = &g[n0..n0 + out.len()];
+            match bias {
+                Some(b) => {
+                    for (((o, &v), &bv), &gv) in out.iter_mut().zip(t).zip(b).zip(g) {
+                        *o += gv * (v + bv);
+                    }
+                }
+                None => {
+                    for ((o, &v), &gv) in out.iter_mut().zip(t).zip(g) {
+                        *o += gv * v;
+                    }
+                }
             }
         }
     }
