@@ -824,17 +824,31 @@ mod avx2 {
                 acc[1] = _mm256_loadu_ps(c.add(i * NR + 8));
             }
         }
-        let (mut ap, mut bp) = (a, b);
-        for _ in 0..k {
+        // Four steps per iteration and one prefetch per two: at 20 uops per step the 4-wide
+        // front end has no slack for loop and prefetch uops (77 % of peak without this).
+        let step = |acc: &mut [[__m256; 2]; R], ap: *const f32, bp: *const f32| {
             let b0 = _mm256_loadu_ps(bp);
             let b1 = _mm256_loadu_ps(bp.add(8));
-            // A hint only (see the AVX-512 kernel).
-            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(8 * NR).cast());
             for (i, acc) in acc.iter_mut().enumerate() {
                 let ai = _mm256_broadcast_ss(&*ap.add(i));
                 acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
                 acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
             }
+        };
+        let (mut ap, mut bp) = (a, b);
+        for _ in 0..k / 4 {
+            // A hint only (see the AVX-512 kernel).
+            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(8 * NR).cast());
+            step(&mut acc, ap, bp);
+            step(&mut acc, ap.add(MR), bp.add(NR));
+            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(10 * NR).cast());
+            step(&mut acc, ap.add(2 * MR), bp.add(2 * NR));
+            step(&mut acc, ap.add(3 * MR), bp.add(3 * NR));
+            ap = ap.add(4 * MR);
+            bp = bp.add(4 * NR);
+        }
+        for _ in 0..k % 4 {
+            step(&mut acc, ap, bp);
             ap = ap.add(MR);
             bp = bp.add(NR);
         }
