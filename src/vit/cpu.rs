@@ -46,7 +46,8 @@ pub struct CpuWorkspace {
     model: (super::VitConfig, crate::plan::SeqPlan),
     /// Per-phase times of every forward while set ([`CpuWorkspace::set_profile`]).
     pub(super) profile: Option<Profile>,
-    /// The blocks' weights packed for [`packed::linear`] (AVX-512 CPUs), shared with `single`.
+    /// The blocks' weights packed for [`packed::linear`] (CPUs with AVX-512 or AVX2 + FMA),
+    /// with the ISA to run them on; shared with `single`.
     packed: Option<Arc<PackedVit>>,
 }
 
@@ -1002,7 +1003,7 @@ struct AttnDims {
 /// normalized in place (the sum then reads 1), as [`crate::cpu::dense::softmax`].
 ///
 /// # Safety
-/// AVX-512F; the buffers hold what [`attention`] checks; `attn` and `probs` point at ws.attn
+/// The CPU has `isa`; the buffers hold what [`attention`] checks; `attn` and `probs` point at ws.attn
 /// and ws.cls_probs, of which this pair writes only its own region.
 #[allow(clippy::too_many_arguments)]
 unsafe fn attention_pair_packed(
