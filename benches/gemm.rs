@@ -1,6 +1,7 @@
 //! The CPU forward's GEMM (`clca::cpu::packed::linear`) at ViT-B/16's shapes, on every ISA of
 //! this CPU: qkv, fc1 (+ GELU) and fc2 (+ residual) at 785 rows (448 px, batch 1) and at 17
-//! rows (EViT kr 0.1 after the second pruning: the weights stream from memory). Names
+//! rows (EViT kr 0.1 after the second pruning; here the same weights every iteration stay in
+//! L3, where in the forward each block's stream from memory). Names
 //! `packed_{isa}/{op}/M{rows}`, throughput in FLOPs (2·M·N·K).
 mod common;
 use clca::cpu::packed::{self, Epi, Isa, PackedMat};
