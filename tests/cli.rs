@@ -5,8 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn clca(args: &[&str]) -> Output {
+    clca_env(args, &[])
+}
+
+fn clca_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_clca"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run the clca binary")
 }
@@ -57,9 +62,17 @@ fn tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
 
 /// Runs `clca forward` on golden case `case` and checks `logits` within 1e-4·max|ref|.
 fn forward_case(case: &str, extra: &[&str]) {
-    let Some(g) = golden() else { return };
+    forward_case_env(case, extra, &[]);
+}
+
+/// [`forward_case`] with environment variables set for the binary; returns its stdout.
+fn forward_case_env(case: &str, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let Some(g) = golden() else {
+        return String::new();
+    };
     let dir = g.join(case);
-    let out = tmp(&format!("{case}-{}.safetensors", extra.join("_")));
+    let tag: String = env.iter().map(|(k, v)| format!("{k}{v}")).collect();
+    let out = tmp(&format!("{case}-{}{tag}.safetensors", extra.join("_")));
     let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let o = out.to_string_lossy().into_owned();
     let mut args = vec![
@@ -75,7 +88,7 @@ fn forward_case(case: &str, extra: &[&str]) {
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = clca(&args);
+    let r = clca_env(&args, env);
     assert!(
         r.status.success(),
         "clca {args:?}: {}\n{}",
@@ -102,12 +115,54 @@ fn forward_case(case: &str, extra: &[&str]) {
         }
     }
     let _ = std::fs::remove_file(&out);
+    text(&r.stdout)
 }
 
 #[test]
 fn forward_cpu_matches_the_authors() {
     forward_case("A_evit_clc_ifa", &[]);
     forward_case("A_evit_clc_ifa", &["--trace"]);
+}
+
+/// Every CPU path this machine has (`CLCA_CPU_ISA`) reproduces the authors' logits and says
+/// which path it took; an unknown value is a clear error.
+#[test]
+fn forward_cpu_paths_match_the_authors() {
+    use clca::cpu::packed::Isa;
+    for (isa, label) in [
+        ("portable", "portable"),
+        ("avx2", "packed AVX2+FMA"),
+        ("avx512", "packed AVX-512"),
+    ] {
+        if Isa::parse(isa).is_some_and(|i| !i.supported()) {
+            eprintln!("skipping CLCA_CPU_ISA={isa}: this CPU lacks it");
+            continue;
+        }
+        let out = forward_case_env("A_evit_clc_ifa", &[], &[("CLCA_CPU_ISA", isa)]);
+        assert!(
+            out.is_empty() || out.contains(label),
+            "CLCA_CPU_ISA={isa}: backend line should name {label}: {out}"
+        );
+    }
+    let Some(g) = golden() else { return };
+    let dir = g.join("A_evit_clc_ifa");
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let o = tmp("bad-isa.safetensors").to_string_lossy().into_owned();
+    let r = clca_env(
+        &[
+            "forward",
+            "--config",
+            &p("config.json"),
+            "--weights",
+            &p("weights.safetensors"),
+            "--input",
+            &p("input.safetensors"),
+            "--output",
+            &o,
+        ],
+        &[("CLCA_CPU_ISA", "sse9")],
+    );
+    assert_bad_input(&r, "CLCA_CPU_ISA");
 }
 
 #[test]
