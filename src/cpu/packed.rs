@@ -60,11 +60,6 @@ pub fn detect() -> Option<Isa> {
     [Isa::Avx512, Isa::Avx2].into_iter().find(|i| i.supported())
 }
 
-/// Whether this CPU runs the packed path.
-pub fn available() -> bool {
-    detect().is_some()
-}
-
 /// A weight `w [n, k]` (nn.Linear layout) packed into ⌈n/32⌉ panels `[k][32]` (zero-padded
 /// columns), with the address and length of the slice it was packed from.
 #[derive(Debug)]
