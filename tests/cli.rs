@@ -60,6 +60,21 @@ fn tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
     (t.shape().to_vec(), v)
 }
 
+/// `forward` on the golden case in `dir` (its config, weights and input), writing `out`.
+fn golden_forward_args(dir: &Path, out: &str) -> Vec<String> {
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let mut args = vec!["forward".to_string()];
+    for (flag, file) in [
+        ("--config", "config.json"),
+        ("--weights", "weights.safetensors"),
+        ("--input", "input.safetensors"),
+    ] {
+        args.extend([flag.to_string(), p(file)]);
+    }
+    args.extend(["--output".to_string(), out.to_string()]);
+    args
+}
+
 /// Runs `clca forward` on golden case `case` and checks `logits` within 1e-4·max|ref|.
 fn forward_case(case: &str, extra: &[&str]) {
     forward_case_env(case, extra, &[]);
@@ -73,19 +88,7 @@ fn forward_case_env(case: &str, extra: &[&str], env: &[(&str, &str)]) -> String 
     let dir = g.join(case);
     let tag: String = env.iter().map(|(k, v)| format!("{k}{v}")).collect();
     let out = tmp(&format!("{case}-{}{tag}.safetensors", extra.join("_")));
-    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    let o = out.to_string_lossy().into_owned();
-    let mut args = vec![
-        "forward".to_string(),
-        "--config".into(),
-        p("config.json"),
-        "--weights".into(),
-        p("weights.safetensors"),
-        "--input".into(),
-        p("input.safetensors"),
-        "--output".into(),
-        o,
-    ];
+    let mut args = golden_forward_args(&dir, &out.to_string_lossy());
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = clca_env(&args, env);
@@ -145,23 +148,12 @@ fn forward_cpu_paths_match_the_authors() {
         );
     }
     let Some(g) = golden() else { return };
-    let dir = g.join("A_evit_clc_ifa");
-    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    let o = tmp("bad-isa.safetensors").to_string_lossy().into_owned();
-    let r = clca_env(
-        &[
-            "forward",
-            "--config",
-            &p("config.json"),
-            "--weights",
-            &p("weights.safetensors"),
-            "--input",
-            &p("input.safetensors"),
-            "--output",
-            &o,
-        ],
-        &[("CLCA_CPU_ISA", "sse9")],
+    let args = golden_forward_args(
+        &g.join("A_evit_clc_ifa"),
+        &tmp("bad-isa.safetensors").to_string_lossy(),
     );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = clca_env(&args, &[("CLCA_CPU_ISA", "sse9")]);
     assert_bad_input(&r, "CLCA_CPU_ISA");
 }
 
@@ -173,27 +165,11 @@ fn forward_host_shim_matches_the_authors() {
 #[test]
 fn forward_json_line() {
     let Some(g) = golden() else { return };
-    let dir = g.join("A_evit_clc_ifa");
-    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let out = tmp("json.safetensors").to_string_lossy().into_owned();
-    let r = clca(&[
-        "forward",
-        "--config",
-        &p("config.json"),
-        "--weights",
-        &p("weights.safetensors"),
-        "--input",
-        &p("input.safetensors"),
-        "--output",
-        &out,
-        "--threads",
-        "1",
-        "--warmup",
-        "1",
-        "--runs",
-        "3",
-        "--json",
-    ]);
+    let mut args = golden_forward_args(&g.join("A_evit_clc_ifa"), &out);
+    args.extend(["--threads", "1", "--warmup", "1", "--runs", "3", "--json"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = clca(&args);
     assert!(r.status.success(), "{}", text(&r.stderr));
     let stdout = text(&r.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
