@@ -200,10 +200,11 @@ pub fn linear(
     } else {
         (0..tiles).for_each(pack);
     }
-    run(ap, m, w, bias, y, y_rs, epi, isa);
+    linear_prepacked(ap, m, w, bias, y, y_rs, epi, isa);
 }
 
-/// [`linear`] on an x already packed (by [`Epi::GeluPacked`]): `ap` holds [tile][k][12].
+/// [`linear`] on an x already packed (by [`Epi::GeluPacked`], or by [`linear`] itself):
+/// `ap` holds [tile][k][12].
 ///
 /// Panics as [`linear`].
 #[allow(clippy::too_many_arguments)]
@@ -217,30 +218,12 @@ pub fn linear_prepacked(
     epi: Epi<'_>,
     isa: Isa,
 ) {
-    assert!(isa.supported(), "packed::linear: this CPU lacks {isa:?}");
-    assert!(
-        ap.len() >= pack_len(m, w.k),
-        "packed::linear_prepacked: buffer sizes"
-    );
-    run(ap, m, w, bias, y, y_rs, epi, isa);
-}
-
-/// The tasks of [`linear`] once x is packed in `ap`.
-#[allow(clippy::too_many_arguments)]
-fn run(
-    ap: &[f32],
-    m: usize,
-    w: &PackedMat,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-    y_rs: usize,
-    epi: Epi<'_>,
-    isa: Isa,
-) {
     use rayon::prelude::*;
     let (n, k) = (w.n, w.k);
+    assert!(isa.supported(), "packed::linear: this CPU lacks {isa:?}");
     assert!(
-        y_rs >= n
+        ap.len() >= pack_len(m, k)
+            && y_rs >= n
             && bias.is_none_or(|b| b.len() >= n)
             && match epi {
                 Epi::GeluPacked => y.len() >= pack_len(m, n),
@@ -278,7 +261,7 @@ fn run(
             y_rs,
             epi,
         };
-        // SAFETY: the CPU has `isa` (asserted by the callers); ap holds the packed tiles of
+        // SAFETY: the CPU has `isa` (asserted); ap holds the packed tiles of
         // x; the task reads panels `panels` of w and writes only y's tile rows × [32·
         // panels.start, min(n, 32·panels.end)) (packed: the same columns of its tiles),
         // disjoint from every other task's.

@@ -876,7 +876,8 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
                     // and head h's hd columns of rows bi·n .. (bi+1)·n of attn.
                     unsafe {
                         attention_pair_packed(
-                            isa, &dims, pair, qkv, scratch, log_sizes, mask, attn, probs,
+                            isa,
+                            (&dims, pair, qkv, scratch, log_sizes, mask, attn, probs),
                         )
                     };
                 }
@@ -1005,26 +1006,15 @@ struct AttnDims {
 /// # Safety
 /// The CPU has `isa`; the buffers hold what [`attention`] checks; `attn` and `probs` point at ws.attn
 /// and ws.cls_probs, of which this pair writes only its own region.
-#[allow(clippy::too_many_arguments)]
-unsafe fn attention_pair_packed(
-    isa: Isa,
-    g: &AttnDims,
-    pair: usize,
-    qkv: &[f32],
-    s: &mut AttnScratch,
-    log_sizes: Option<&[f32]>,
-    mask: Option<&[f32]>,
-    attn: SendPtr,
-    probs: SendPtr,
-) {
-    let a = (g, pair, qkv, s, log_sizes, mask, attn, probs);
+unsafe fn attention_pair_packed(isa: Isa, a: PairArgs<'_>) {
     match isa {
         Isa::Avx512 => attention_pair_avx512(a),
         Isa::Avx2 => attention_pair_avx2(a),
     }
 }
 
-/// The arguments of [`attention_pair_packed`] after the ISA.
+/// The arguments of [`attention_pair_packed`] after the ISA: dims, pair, qkv, scratch, the
+/// ToMe log sizes, the ATS mask, attn, probs.
 type PairArgs<'a> = (
     &'a AttnDims,
     usize,
@@ -1042,7 +1032,7 @@ type PairArgs<'a> = (
 /// As [`attention_pair_packed`], on a CPU with AVX-512F.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 unsafe fn attention_pair_avx512(a: PairArgs<'_>) {
-    attention_pair(Isa::Avx512, a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7)
+    attention_pair(Isa::Avx512, a)
 }
 
 /// [`attention_pair`] compiled for AVX2 + FMA.
@@ -1051,23 +1041,13 @@ unsafe fn attention_pair_avx512(a: PairArgs<'_>) {
 /// As [`attention_pair_packed`], on a CPU with AVX2 and FMA.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
 unsafe fn attention_pair_avx2(a: PairArgs<'_>) {
-    attention_pair(Isa::Avx2, a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7)
+    attention_pair(Isa::Avx2, a)
 }
 
 /// The body of [`attention_pair_packed`].
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn attention_pair(
-    isa: Isa,
-    g: &AttnDims,
-    pair: usize,
-    qkv: &[f32],
-    s: &mut AttnScratch,
-    log_sizes: Option<&[f32]>,
-    mask: Option<&[f32]>,
-    attn: SendPtr,
-    probs: SendPtr,
-) {
+unsafe fn attention_pair(isa: Isa, a: PairArgs<'_>) {
+    let (g, pair, qkv, s, log_sizes, mask, attn, probs) = a;
     use packed::{MR, NR};
     let AttnDims {
         n,
