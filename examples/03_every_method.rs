@@ -19,16 +19,10 @@ fn flags(kr: f64) -> TrainFlags {
 
 fn main() -> clca::Result<()> {
     let images = random_images(1, 3, 224, 3);
-    for prefix in [
-        "topk_",
-        "evit_",
-        "tome_",
-        "dpcknn_",
-        "sit_",
-        "patchmerger_",
-        "ats_",
-        "dyvit_",
-    ] {
+    for prefix in clca::vit::config::METHOD_PREFIXES
+        .iter()
+        .map(|r| r.prefix())
+    {
         let cfg =
             VitConfig::from_model_name(&format!("{prefix}deit_tiny_patch16_224"), &flags(0.25))?;
         let plan = cfg.plan()?;

@@ -661,7 +661,7 @@ fn an_allocation_the_machine_cannot_give_is_an_error() {
 /// a batch without it, and selections follow the NaN rule of `ops::topk` (NaN ranks first).
 #[test]
 fn nan_and_inf_in_images_stay_in_their_image() {
-    for prefix in common::METHOD_PREFIXES {
+    for prefix in common::method_prefixes() {
         let m = model(small(prefix, &flags(0.5)));
         let per = 3 * 32 * 32;
         let clean = random_images(2, 3, 32, 4);

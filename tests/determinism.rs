@@ -39,7 +39,7 @@ fn trace_bits(t: &Trace) -> Vec<(String, Vec<u64>)> {
 
 #[test]
 fn cpu_forward_is_bit_identical_run_to_run() {
-    for prefix in common::METHOD_PREFIXES {
+    for prefix in common::method_prefixes() {
         let m = model(prefix, 32, 4, 48, 6);
         let img = random_images(2, 3, 32, 9);
         let mut ws = clca::vit::cpu::CpuWorkspace::new(&m, 2).expect("workspace");
@@ -59,7 +59,7 @@ fn cpu_forward_is_bit_identical_run_to_run() {
 fn cpu_forward_is_bit_identical_across_thread_counts() {
     // Large enough that the GEMMs run multi-threaded (m·n·k well above gemm's threshold) and
     // attention has more (image, head) pairs than threads.
-    for prefix in common::METHOD_PREFIXES {
+    for prefix in common::method_prefixes() {
         let m = model(prefix, 64, 4, 96, 4);
         let img = random_images(3, 3, 64, 5);
         let run = |threads: usize| {
@@ -98,7 +98,7 @@ fn device_runs_repeat<D: Device>(dev: &D) {
 
 fn device_runs_repeat_in<D: Device, T: clca::Element>(dev: &D) {
     // Smaller than the CPU tests: the host shim runs every CUDA thread as a fiber.
-    for prefix in common::METHOD_PREFIXES {
+    for prefix in common::method_prefixes() {
         let m = model(prefix, 24, 4, 24, 5);
         let img = random_images(2, 3, 24, 9);
         let dv = DeviceVit::<D, T>::new(dev, &m).expect("upload");
@@ -138,7 +138,7 @@ fn device_forward_repeats_exactly() {
 /// relative. ATS (by default each image alone) is batch-independent bit for bit.
 #[test]
 fn batch_composition_changes_at_most_the_last_bits() {
-    for prefix in common::METHOD_PREFIXES {
+    for prefix in common::method_prefixes() {
         let m = model(prefix, 64, 4, 96, 4);
         let img = random_images(3, 3, 64, 5);
         let per = 3 * 64 * 64;
@@ -169,7 +169,7 @@ fn batch_composition_changes_at_most_the_last_bits() {
 /// agree to rounding, and the portable path is also bit-identical across thread counts.
 #[test]
 fn portable_and_packed_paths_agree() {
-    for prefix in common::METHOD_PREFIXES {
+    for prefix in common::method_prefixes() {
         let m = model(prefix, 64, 4, 96, 4);
         let img = random_images(3, 3, 64, 5);
         let run = |threads: usize, portable: bool| {
@@ -221,7 +221,7 @@ fn packed_isas_agree_bit_for_bit() {
             ok
         })
         .collect();
-    for prefix in common::METHOD_PREFIXES {
+    for prefix in common::method_prefixes() {
         let m = model(prefix, 64, 4, 96, 4);
         let img = random_images(3, 3, 64, 5);
         let outs: Vec<Vec<f32>> = isas

@@ -37,7 +37,7 @@ fn clca_flags(kr: f64) -> TrainFlags {
 
 #[test]
 fn every_method_runs_with_and_without_the_cache() {
-    for prefix in common::METHOD_PREFIXES {
+    for prefix in common::method_prefixes() {
         for f in [
             clca_flags(0.5),
             TrainFlags {

@@ -172,7 +172,7 @@ pub(crate) fn exp_neg(y: f32) -> f32 {
 
 /// [`exp_neg`] with its polynomial and range reduction in fused multiply-adds: half the
 /// operations, and ≤ 1 ulp from it (one rounding per step instead of two). For code compiled
-/// with FMA (the packed AVX-512 path); elsewhere `mul_add` is a libm call.
+/// with FMA (the packed path, AVX-512 or AVX2 + FMA); elsewhere `mul_add` is a libm call.
 #[inline(always)]
 pub(crate) fn exp_neg_fma(y: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
@@ -200,21 +200,8 @@ pub(crate) fn exp_neg_fma(y: f32) -> f32 {
 }
 
 /// Softmax of one row in place: exp(x − max) / Σ. The exponentials use [`exp_neg`] (within
-/// 2 ulp of libm's, no call per element; the attention's softmax runs B·H·n² of them).
-#[inline]
+/// 2 ulp of libm's, no call per element; the portable attention runs B·H·n² of them).
 pub(crate) fn softmax(row: &mut [f32]) {
-    let s = softmax_parts(row);
-    for v in row.iter_mut() {
-        *v /= s;
-    }
-}
-
-/// [`softmax`] without the division: row = exp(x − max), returning Σ (so the caller can
-/// divide a product of the row instead of the row). A row with a non-finite max is
-/// normalized here and the result is 1. Always inlined: the attention calls it from AVX-512
-/// code, where its loops vectorize 16 wide (a call would run them in baseline SSE2).
-#[inline(always)]
-pub(crate) fn softmax_parts(row: &mut [f32]) -> f32 {
     // Max and sum over 16 interleaved lanes (element i in lane i mod 16), the lanes combined
     // in a fixed order: one vector chain instead of a 4-cycle dependency per element. The max
     // is exact in any order.
@@ -240,7 +227,7 @@ pub(crate) fn softmax_parts(row: &mut [f32]) -> f32 {
         for v in row.iter_mut() {
             *v /= s;
         }
-        return 1.0;
+        return;
     }
     for v in row.iter_mut() {
         *v = exp_neg(m - *v);
@@ -263,7 +250,9 @@ pub(crate) fn softmax_parts(row: &mut [f32]) -> f32 {
         }
         w /= 2;
     }
-    acc[0]
+    for v in row.iter_mut() {
+        *v /= acc[0];
+    }
 }
 
 #[cfg(test)]

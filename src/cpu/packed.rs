@@ -118,19 +118,35 @@ pub enum Epi<'a> {
     AddTo(Option<&'a [f32]>),
 }
 
-/// A raw pointer that may cross threads; tasks write disjoint tiles (see each SAFETY note).
+/// A raw pointer that may cross threads; users write disjoint regions (see each SAFETY note).
+/// Shared with [`crate::vit::cpu`]'s attention.
 #[derive(Clone, Copy)]
-struct Ptr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: only used for writes to disjoint regions by different tasks.
-unsafe impl Send for Ptr {}
+unsafe impl Send for SendPtr {}
 // SAFETY: as above.
-unsafe impl Sync for Ptr {}
+unsafe impl Sync for SendPtr {}
 
-impl Ptr {
-    /// The pointer (a method, so that closures capture the whole `Ptr`, which is Send).
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`, which is Send).
     fn get(self) -> *mut f32 {
         self.0
     }
+}
+
+/// f(0), …, f(count − 1): across rayon's threads when `parallel`, else in order here.
+fn for_each_task(count: usize, parallel: bool, f: impl Fn(usize) + Sync + Send) {
+    use rayon::prelude::*;
+    if parallel && count > 1 {
+        (0..count).into_par_iter().for_each(f);
+    } else {
+        (0..count).for_each(f);
+    }
+}
+
+/// Whether a product of m × n × k is worth spreading over threads.
+fn worth_parallel(m: usize, n: usize, k: usize) -> bool {
+    m * n * k >= 1 << 20
 }
 
 /// Bytes of packed weights a task keeps in L2 (its panel group): 4 panels at K = 768, one at
@@ -168,7 +184,6 @@ pub fn linear(
     ap: &mut [f32],
     isa: Isa,
 ) {
-    use rayon::prelude::*;
     let k = w.k;
     assert!(isa.supported(), "packed::linear: this CPU lacks {isa:?}");
     assert!(
@@ -179,7 +194,7 @@ pub fn linear(
         return;
     }
     let tiles = m.div_ceil(MR);
-    let app = Ptr(ap.as_mut_ptr());
+    let app = SendPtr(ap.as_mut_ptr());
     let pack = |t: usize| {
         let r = MR.min(m - t * MR);
         // SAFETY: the CPU has `isa` (asserted); tile t's rows of x are inside x (assert); its
@@ -195,11 +210,7 @@ pub fn linear(
             )
         }
     };
-    if m * w.n * k >= 1 << 20 && tiles > 1 {
-        (0..tiles).into_par_iter().for_each(pack);
-    } else {
-        (0..tiles).for_each(pack);
-    }
+    for_each_task(tiles, worth_parallel(m, w.n, k), pack);
     linear_prepacked(ap, m, w, bias, y, y_rs, epi, isa);
 }
 
@@ -218,7 +229,6 @@ pub fn linear_prepacked(
     epi: Epi<'_>,
     isa: Isa,
 ) {
-    use rayon::prelude::*;
     let (n, k) = (w.n, w.k);
     assert!(isa.supported(), "packed::linear: this CPU lacks {isa:?}");
     assert!(
@@ -236,12 +246,10 @@ pub fn linear_prepacked(
         return;
     }
     let tiles = m.div_ceil(MR);
-    let parallel = m * n * k >= 1 << 20;
     let group = (GROUP_BYTES / (k.max(1) * NR * 4)).clamp(1, 8);
     let groups = w.panels().div_ceil(group);
     let chunks = tiles.div_ceil(CHUNK_TILES);
-    let yp = Ptr(y.as_mut_ptr());
-    let apc = ap.as_ptr() as usize;
+    let yp = SendPtr(y.as_mut_ptr());
     let task = |t: usize| {
         // Row chunk major: a thread keeps its chunk of x in L3 while the weights (≤ 9.4 MB
         // for ViT-B, shared by both threads) pass; group major re-read all of x from DRAM
@@ -250,7 +258,7 @@ pub fn linear_prepacked(
         let panels = g * group..w.panels().min((g + 1) * group);
         let rows = c * CHUNK_TILES * MR..m.min((c + 1) * CHUNK_TILES * MR);
         let args = TileTask {
-            ap: apc as *const f32,
+            ap: ap.as_ptr(),
             k,
             rows,
             bdata: w.data.as_ptr(),
@@ -272,15 +280,10 @@ pub fn linear_prepacked(
             }
         }
     };
-    let tasks = chunks * groups;
-    if parallel && tasks > 1 {
-        (0..tasks).into_par_iter().for_each(task);
-    } else {
-        (0..tasks).for_each(task);
-    }
+    for_each_task(chunks * groups, worth_parallel(m, n, k), task);
 }
 
-/// One task of [`run`]: rows `rows` (whole tiles of 12 but the last) of packed x against
+/// One task of [`linear_prepacked`]: rows `rows` (whole tiles of 12 but the last) of packed x against
 /// panels `panels` of w, each 12 × 32 tile over the whole K, then the epilogue into y.
 struct TileTask<'a> {
     ap: *const f32,
@@ -331,6 +334,8 @@ unsafe fn tile_task(t: TileTask<'_>, isa: Isa) {
         epi,
     } = t;
     let mut tmp = [0f32; MR * NR];
+    // GeluPacked: the GELU rows, packed from here into y.
+    let mut gelu = [0f32; MR * NR];
     let mut i0 = rows.start;
     while i0 < rows.end {
         let r = MR.min(rows.end - i0);
@@ -338,26 +343,20 @@ unsafe fn tile_task(t: TileTask<'_>, isa: Isa) {
         for p in panels.clone() {
             micro_packed(isa, r, k, a, bdata.add(p * k * NR), tmp.as_mut_ptr());
             let (n0, cols) = (p * NR, NR.min(n - p * NR));
-            if let Epi::GeluPacked = epi {
-                for t in tmp.chunks_exact_mut(NR).take(r) {
-                    let t = &mut t[..cols];
-                    if let Some(b) = bias {
-                        for (v, bv) in t.iter_mut().zip(&b[n0..n0 + cols]) {
-                            *v += bv;
-                        }
-                    }
-                    for v in t.iter_mut() {
-                        *v = super::dense::gelu_fast(*v);
-                    }
-                }
-                // SAFETY (caller): tile i0/12's columns n0 .. n0 + cols are inside y.
-                store_packed(isa, &tmp, r, cols, y.add(i0 * n + n0 * MR));
-                continue;
-            }
+            let packed_out = matches!(epi, Epi::GeluPacked);
             for (i, t) in tmp.chunks_exact(NR).take(r).enumerate() {
-                // SAFETY (caller): row i0 + i < m and columns n0 .. n0 + cols ≤ n are in y.
-                let out = std::slice::from_raw_parts_mut(y.add((i0 + i) * y_rs + n0), cols);
+                let out = if packed_out {
+                    &mut gelu[i * NR..i * NR + cols]
+                } else {
+                    // SAFETY (caller): row i0 + i < m and columns n0 .. n0 + cols ≤ n are in y.
+                    std::slice::from_raw_parts_mut(y.add((i0 + i) * y_rs + n0), cols)
+                };
                 epilogue(&t[..cols], out, bias.map(|b| &b[n0..n0 + cols]), epi, n0);
+            }
+            if packed_out {
+                // The tile's columns as 12-row runs: tile i0/12's columns n0 .. n0 + cols,
+                // inside y (caller).
+                pack_tile(isa, gelu.as_ptr(), NR, r, cols, y.add(i0 * n + n0 * MR));
             }
         }
         i0 += r;
@@ -386,7 +385,7 @@ fn epilogue(t: &[f32], out: &mut [f32], bias: Option<&[f32]>, epi: Epi<'_>, n0: 
     }
     match epi {
         Epi::Store => each(t, out, bias, |o, v| *o = v),
-        // (GeluPacked is handled by the caller; the same values.)
+        // (GeluPacked: into the rows the caller then packs.)
         Epi::Gelu | Epi::GeluPacked => each(t, out, bias, |o, v| *o = super::dense::gelu_fast(v)),
         Epi::AddTo(None) => each(t, out, bias, |o, v| *o += v),
         Epi::AddTo(Some(g)) => {
@@ -408,7 +407,8 @@ fn epilogue(t: &[f32], out: &mut [f32], bias: Option<&[f32]>, epi: Epi<'_>, n0: 
 }
 
 /// Packs r ≤ 12 rows of x (row stride `x_rs`) into `d` as [k][12] (rows r.. left as they are:
-/// the microkernel for r rows reads only the first r of each 12). Whole tiles on AVX-512 go
+/// the microkernel for r rows reads only the first r of each 12). Also writes fc1's GELU tile
+/// packed (x = the tile, x_rs = 32, k = its columns). Whole tiles on AVX-512 go
 /// 16 values of k at a time through an in-register 16 × 16 transpose: the scalar copy (one
 /// store per value, 48 bytes apart) took 4 % of the forward.
 ///
@@ -488,24 +488,6 @@ pub(crate) unsafe fn unpack_panel(
     for i in 0..c {
         for kk in k0..k {
             *y.add(i * y_rs + kk) = *o.add(kk * NR + i) / sums[i];
-        }
-    }
-}
-
-/// Writes the tile `t` [r ≤ 12][32] (its first `cols` columns) transposed into `d` [cols][12]:
-/// column j's r values at d + 12j.
-///
-/// # Safety
-/// The CPU has `isa`; cols·12 values at d writable.
-#[inline(always)]
-unsafe fn store_packed(isa: Isa, t: &[f32; MR * NR], r: usize, cols: usize, d: *mut f32) {
-    if isa == Isa::Avx512 && r == MR && cols == NR {
-        avx512::store_packed(t, d);
-        return;
-    }
-    for j in 0..cols {
-        for i in 0..r {
-            *d.add(j * MR + i) = t[i * NR + j];
         }
     }
 }
@@ -676,23 +658,6 @@ mod avx512 {
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (o, c, k, sums, y, y_rs);
         k0
-    }
-
-    /// [`super::store_packed`] of a full 12 × 32 tile.
-    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-    pub(super) unsafe fn store_packed(t: &[f32; MR * NR], d: *mut f32) {
-        #[cfg(target_arch = "x86_64")]
-        for half in 0..2 {
-            let mut v = [_mm512_setzero_ps(); 16];
-            for (i, v) in v.iter_mut().take(MR).enumerate() {
-                *v = _mm512_loadu_ps(t.as_ptr().add(i * NR + half * 16));
-            }
-            for (c, col) in transpose16(v).iter().enumerate() {
-                _mm512_mask_storeu_ps(d.add((half * 16 + c) * MR), 0x0fff, *col);
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (t, d);
     }
 
     /// The 16 × 16 transpose of `r` (row i in r[i]): out[c] lane i = r[i] lane c. Four

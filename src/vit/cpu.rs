@@ -5,7 +5,7 @@ use super::profile::{mark, Profile};
 use super::weights::HeadWeights;
 use super::{Trace, Vit};
 use crate::cpu::dense::{gelu_inplace, layer_norm, linear, softmax};
-use crate::cpu::packed::{self, Epi, Isa, PackedMat};
+use crate::cpu::packed::{self, Epi, Isa, PackedMat, SendPtr};
 use crate::plan::Reduction;
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -142,14 +142,6 @@ struct AttnScratch {
     vp: Vec<f32>,
 }
 
-/// A raw pointer that may cross threads; users write disjoint regions (see each SAFETY note).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used for writes to disjoint regions by different tasks.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
-
 impl CpuWorkspace {
     /// The batch this workspace was sized for.
     pub fn batch(&self) -> usize {
@@ -269,9 +261,12 @@ impl CpuWorkspace {
                 &[packed::pack_len(mul("mlp", &[batch, l])?, 1), c.mlp_hidden],
             )?,
             apack: if packed.is_some() {
-                let rows = mul("apack", &[batch, l])?.max(c.num_patches());
+                // Rows: the block GEMMs' b·l (≥ one image's patches, the patch embedding's).
                 let k = d.max(c.mlp_hidden).max(kpatch);
-                zeros("apack", &[packed::pack_len(rows, 1), k])?
+                zeros(
+                    "apack",
+                    &[packed::pack_len(mul("apack", &[batch, l])?, 1), k],
+                )?
             } else {
                 Vec::new()
             },
@@ -381,22 +376,19 @@ pub(super) fn forward_run(
     let pk = ws.packed.clone();
     for bi in 0..b {
         let out = &mut ws.x[(bi * n0 + 1) * d..];
-        let x = &ws.patches[bi * p * kpatch..];
-        match pk.as_deref().map(|pk| (&pk.patch, pk.isa)) {
-            Some((pw, isa)) if pw.is_for(&w.patch_w) => packed::linear(
-                x,
-                kpatch,
-                p,
-                pw,
-                w.patch_b.as_deref(),
-                out,
-                d,
-                Epi::Store,
-                &mut ws.apack,
-                isa,
-            ),
-            _ => linear(x, p, kpatch, &w.patch_w, d, w.patch_b.as_deref(), out, d),
-        }
+        dense(
+            pk.as_deref().map(|pk| (&pk.patch, pk.isa)),
+            &w.patch_w,
+            &ws.patches[bi * p * kpatch..],
+            p,
+            kpatch,
+            d,
+            w.patch_b.as_deref(),
+            out,
+            &mut [],
+            &mut ws.apack,
+            Epi::Store,
+        );
     }
     // 2. Tokens and positions.
     for bi in 0..b {
@@ -463,7 +455,8 @@ pub(super) fn forward_run(
             n <= bp.len_in
         });
         let bw = &w.blocks[i];
-        let pb = pk.as_deref().map(|pk| (&pk.blocks[i], pk.isa));
+        // Block i's weight j (qkv, proj, fc1, fc2) packed, with the ISA.
+        let pw = |j: usize| pk.as_deref().map(|pk| (&pk.blocks[i][j], pk.isa));
         if let Some(t) = trace.as_deref_mut() {
             t.push_f32(&format!("block_in.{i}"), &[b, n, d], &ws.x[..b * n * d]);
         }
@@ -478,7 +471,7 @@ pub(super) fn forward_run(
         );
         mark(&mut ws.profile, Some(i), "ln1");
         dense(
-            pb.map(|(p, isa)| (&p[0], isa)),
+            pw(0),
             &bw.qkv_w,
             &ws.h,
             rows,
@@ -501,7 +494,7 @@ pub(super) fn forward_run(
         let rows = b * n;
         // proj, + bias, added into the stream (the residual), in one pass per tile.
         dense(
-            pb.map(|(p, isa)| (&p[1], isa)),
+            pw(1),
             &bw.proj_w,
             &ws.attn,
             rows,
@@ -617,8 +610,8 @@ pub(super) fn forward_run(
         mark(&mut ws.profile, Some(i), "ln2");
         let hm = c.mlp_hidden;
         let mlp_packed = (
-            usable(pb.map(|(p, isa)| (&p[2], isa)), &bw.fc1_w, d, hm),
-            usable(pb.map(|(p, isa)| (&p[3], isa)), &bw.fc2_w, hm, d),
+            usable(pw(2), &bw.fc1_w, d, hm),
+            usable(pw(3), &bw.fc2_w, hm, d),
         );
         if let (Some((p1, isa)), Some((p2, _))) = mlp_packed {
             // fc1 writes its output packed as fc2's input: no separate pack pass.
@@ -647,7 +640,7 @@ pub(super) fn forward_run(
             );
         } else {
             dense(
-                pb.map(|(p, isa)| (&p[2], isa)),
+                pw(2),
                 &bw.fc1_w,
                 &ws.h,
                 rows,
@@ -661,7 +654,7 @@ pub(super) fn forward_run(
             );
             mark(&mut ws.profile, Some(i), "fc1+gelu");
             dense(
-                pb.map(|(p, isa)| (&p[3], isa)),
+                pw(3),
                 &bw.fc2_w,
                 &ws.mlp,
                 rows,
@@ -856,41 +849,32 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
     let mask: Option<&[f32]> = masked.then_some(&ws.delta[..b * n]);
     let attn = SendPtr(ws.attn.as_mut_ptr());
     let probs = SendPtr(ws.cls_probs.as_mut_ptr());
-    if let Some(isa) = ws.isa() {
-        let dims = AttnDims {
-            n,
-            d,
-            hh,
-            hd,
-            scale,
-        };
-        ws.slots.par_iter_mut().for_each(|scratch| {
-            loop {
-                let pair = take();
-                if pair >= pairs {
-                    break;
-                }
-                {
-                    // SAFETY: the CPU has `isa` (the workspace packs only then); the buffer
-                    // bounds were checked above, and pair (bi, h) alone writes probs[bi, h, ..n]
-                    // and head h's hd columns of rows bi·n .. (bi+1)·n of attn.
-                    unsafe {
-                        attention_pair_packed(
-                            isa,
-                            (&dims, pair, qkv, scratch, log_sizes, mask, attn, probs),
-                        )
-                    };
-                }
-            }
-        });
-        return Ok(());
-    }
+    let isa = ws.isa();
+    let dims = AttnDims {
+        n,
+        d,
+        hh,
+        hd,
+        scale,
+    };
     ws.slots.par_iter_mut().for_each(|scratch| {
         let (attn, probs) = (attn, probs);
         loop {
             let pair = take();
             if pair >= pairs {
                 break;
+            }
+            if let Some(isa) = isa {
+                // SAFETY: the CPU has `isa` (the workspace packs only then); the buffer bounds
+                // were checked above, and pair (bi, h) alone writes probs[bi, h, ..n] and head
+                // h's hd columns of rows bi·n .. (bi+1)·n of attn.
+                unsafe {
+                    attention_pair_packed(
+                        isa,
+                        (&dims, pair, qkv, scratch, log_sizes, mask, attn, probs),
+                    )
+                };
+                continue;
             }
             {
                 let (bi, h) = (pair / hh, pair % hh);

@@ -38,18 +38,15 @@ pub fn tol<T: Element>() -> (f64, f64) {
     }
 }
 
-/// Every reduction method's train.py model prefix ("" = no reduction).
-pub const METHOD_PREFIXES: [&str; 9] = [
-    "",
-    "topk_",
-    "evit_",
-    "tome_",
-    "dpcknn_",
-    "sit_",
-    "patchmerger_",
-    "ats_",
-    "dyvit_",
-];
+/// Every reduction method's train.py model prefix ("" = no reduction first): the library's
+/// list (`clca::vit::config::METHOD_PREFIXES`).
+pub fn method_prefixes() -> impl Iterator<Item = &'static str> {
+    std::iter::once("").chain(
+        clca::vit::config::METHOD_PREFIXES
+            .iter()
+            .map(|r| r.prefix()),
+    )
+}
 
 /// splitmix64: deterministic test data without extra crates.
 pub struct TRng(pub u64);
