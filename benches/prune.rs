@@ -81,7 +81,7 @@ mod gpu {
     use super::common::{cls_probs, cvt, shapes, time_device, Rng, C, H};
     use super::{evit_bytes, selection, topk_bytes};
     use clca::cuda::CudaDevice;
-    use clca::ops::attn_score::{ScoreSource, Selection};
+    use clca::ops::attn_score::{select, ScoreSource, Selection};
     use clca::ops::prune::{evit_prune, prune, topk_prune, PruneMode};
     use clca::{bf16, f16, Device, Element};
     use criterion::{BenchmarkId, Criterion, Throughput};
@@ -130,6 +130,35 @@ mod gpu {
                     iters,
                     || dev.synchronize(),
                     || prune(dev, &src, &x, C, PruneMode::EVit, &mut sel, &mut out),
+                )
+            })
+        });
+        // The two launches apart: the selection (scores → top-k, one block per image) and
+        // the gather + fuse on the selection it left in `sel`.
+        g.bench_function(BenchmarkId::new("select_only", "B256_N786"), |bn| {
+            bn.iter_custom(|iters| {
+                time_device(iters, || dev.synchronize(), || select(dev, &src, &mut sel))
+            })
+        });
+        g.bench_function(BenchmarkId::new("gather_fuse_only", "B256_N786"), |bn| {
+            bn.iter_custom(|iters| {
+                time_device(
+                    iters,
+                    || dev.synchronize(),
+                    || {
+                        evit_prune(
+                            dev,
+                            &x,
+                            b,
+                            l.n,
+                            C,
+                            &sel.idx,
+                            l.k,
+                            &sel.compl,
+                            &sel.scores,
+                            &mut out,
+                        )
+                    },
                 )
             })
         });

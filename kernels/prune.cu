@@ -2,100 +2,184 @@
 // token sum over dropped t of score[t] * x[1 + t] (raw scores, not renormalized).
 // Index convention: idx/compl index the non-cls tokens, i.e. token 1 + idx of x.
 // Indices are trusted (they come from the selection kernels); one out of range leaves its
-// output row unwritten instead of reading out of bounds.
+// output row unwritten (gather) or its term out of the sum (fuse) instead of reading out of
+// bounds.
+//
+// Summation order of the fused row (the contract; src/cpu/prune.rs follows it exactly): the
+// m dropped tokens, in their ascending order, are cut into CLCA_PRUNE_SEGS runs of
+// ceil(m / CLCA_PRUNE_SEGS) (the last ones shorter or empty); each run is an f32 sum in token
+// order starting from 0, and the run sums are added in run order starting from 0. One
+// sequential chain per channel left a B256 layer latency-bound (one block per 256 channels
+// walking all 706 dropped rows); eight runs per channel are eight warps streaming at once.
 #include "common.cuh"
+
+#define CLCA_PRUNE_THREADS 256
+#define CLCA_PRUNE_SEGS 8
+// Rows loaded ahead of their adds by each lane (16 bytes each): the bytes in flight that keep
+// the copy engine-speed stream going.
+#define CLCA_PRUNE_AHEAD 8
 
 namespace clca {
 
-// One row of c elements. Rows whose bytes are a multiple of 16 go 16 bytes per thread (the
-// buffers start 256-byte aligned, so every such row is 16-byte aligned too).
+// 16 bytes of T: what one lane moves per row.
 template <class T>
-__device__ __forceinline__ void copy_row(const T* __restrict__ src, T* __restrict__ dst, u32 c) {
+struct __align__(16) Vec16 {
+  T v[16 / sizeof(T)];
+};
+
+// One row of c elements, copied by one warp. Rows whose bytes are a multiple of 16 go 16 bytes
+// per lane (the buffers start 256-byte aligned, so every such row is 16-byte aligned too).
+template <class T>
+__device__ __forceinline__ void copy_row_warp(const T* __restrict__ src, T* __restrict__ dst, u32 c) {
+  const u32 lane = threadIdx.x & 31;
   if ((c * sizeof(T)) % 16 == 0) {
     const u32 nv = (u32)(c * sizeof(T) / 16);
-    for (u32 i = threadIdx.x; i < nv; i += blockDim.x)
-      st_v16(reinterpret_cast<unsigned char*>(dst) + 16 * (i64)i,
-             ld_v16(reinterpret_cast<const unsigned char*>(src) + 16 * (i64)i));
+    const unsigned char* s = reinterpret_cast<const unsigned char*>(src);
+    unsigned char* d = reinterpret_cast<unsigned char*>(dst);
+    // Four loads in flight per lane before the first store (a 768-channel f32 row is 192
+    // vectors, six a lane).
+    for (u32 i0 = 0; i0 < nv; i0 += 128) {
+      v16 r[4];
+      CLCA_UNROLL
+      for (u32 u = 0; u < 4; ++u) {
+        const u32 i = i0 + 32 * u + lane;
+        if (i < nv) r[u] = ld_v16(s + 16 * (i64)i);
+      }
+      CLCA_UNROLL
+      for (u32 u = 0; u < 4; ++u) {
+        const u32 i = i0 + 32 * u + lane;
+        if (i < nv) st_v16(d + 16 * (i64)i, r[u]);
+      }
+    }
   } else {
-    for (u32 i = threadIdx.x; i < c; i += blockDim.x) dst[i] = src[i];
+    for (u32 i = lane; i < c; i += 32) dst[i] = src[i];
   }
 }
 
-// grid (1 + k, batch): output token j of sample b.
+// Output rows [cls, kept...] of sample blockIdx.y: warp w of gather block g copies row
+// g * warps + w.
 template <class T>
 __device__ void gather_tokens(const T* __restrict__ x, u32 n, u32 c, const u32* __restrict__ idx,
-                              u32 k, T* __restrict__ out, u32 out_tokens) {
-  const u32 b = blockIdx.y, j = blockIdx.x;
+                              u32 k, T* __restrict__ out, u32 out_tokens, u32 g) {
+  const u32 b = blockIdx.y;
+  const u32 j = g * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (j > k) return;
   u32 src = 0;
   if (j > 0) {
     src = 1 + idx[(i64)b * k + j - 1];
     if (src >= n) return;
   }
-  copy_row(x + ((i64)b * n + src) * c, out + ((i64)b * out_tokens + j) * c, c);
+  copy_row_warp(x + ((i64)b * n + src) * c, out + ((i64)b * out_tokens + j) * c, c);
 }
 
-// The fused row of EViT for channels [c0, c0 + blockDim.x): f32 sum in ascending token order.
-// The sum is a chain of m adds; loading eight terms ahead keeps eight memory latencies in
-// flight per thread instead of one (the one-at-a-time loop measured 237 GiB/s at B64 on an
-// H200), and the adds still happen in token order.
+// This lane's 16 bytes of a row: channels [ch, ch + V); zeros past c. `vec`: the row's bytes
+// are a multiple of 16, so the channels are one aligned vector.
+template <class T>
+__device__ __forceinline__ Vec16<T> load_lane(const T* __restrict__ row, u32 ch, u32 c, bool vec) {
+  constexpr u32 V = 16 / sizeof(T);
+  Vec16<T> r;
+  if (vec) {
+    if (ch < c) {
+#if defined(CLCA_DEVICE_BUILD)
+      r = *reinterpret_cast<const Vec16<T>*>(row + ch);
+#else
+      std::memcpy(&r, row + ch, sizeof r);  // a test's Vec makes no alignment promise
+#endif
+    } else {
+      CLCA_UNROLL
+      for (u32 v = 0; v < V; ++v) r.v[v] = from_f32<T>(0.0f);
+    }
+  } else {
+    CLCA_UNROLL
+    for (u32 v = 0; v < V; ++v) r.v[v] = ch + v < c ? row[ch + v] : from_f32<T>(0.0f);
+  }
+  return r;
+}
+
+// The fused row's channels [slice * 32V, (slice + 1) * 32V) of sample blockIdx.y: warp s sums
+// run s (lane l owns channels l*V .. l*V+V-1 of the slice), the block adds the run sums.
 template <class T>
 __device__ void evit_fuse(const T* __restrict__ x, u32 n, u32 c, const u32* __restrict__ compl_idx,
-                          u32 m, const float* __restrict__ scores, T* __restrict__ fused, u32 c0) {
-  constexpr u32 AHEAD = 8;
+                          u32 m, const float* __restrict__ scores, T* __restrict__ fused, u32 slice) {
+  constexpr u32 V = 16 / sizeof(T);
+  constexpr u32 AHEAD = CLCA_PRUNE_AHEAD;
+  __shared__ float part[CLCA_PRUNE_SEGS][32 * V];
+  const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const u32 b = blockIdx.y;
-  const u32 ch = c0 + threadIdx.x;
-  if (ch >= c) return;
+  const u32 ch0 = slice * 32 * V, ch = ch0 + lane * V;
+  const bool vec = (c * sizeof(T)) % 16 == 0;
   const u32* cb = compl_idx + (i64)b * m;
   const float* sb = scores + (i64)b * (n - 1);
   const T* xb = x + (i64)b * n * c;
-  float acc = 0.0f;
-  u32 j = 0;
-  for (; j + AHEAD <= m; j += AHEAD) {
-    float s[AHEAD], v[AHEAD];
-    bool ok[AHEAD];
+  const u32 seg = (m + CLCA_PRUNE_SEGS - 1) / CLCA_PRUNE_SEGS;
+  for (u32 s = warp; s < CLCA_PRUNE_SEGS; s += nwarps) {
+    float acc[V];
     CLCA_UNROLL
-    for (u32 u = 0; u < AHEAD; ++u) {
-      const u32 t = cb[j + u];
-      ok[u] = t + 1 < n;
-      s[u] = ok[u] ? sb[t] : 0.0f;
-      v[u] = ok[u] ? to_f32(xb[(i64)(t + 1) * c + ch]) : 0.0f;
+    for (u32 v = 0; v < V; ++v) acc[v] = 0.0f;
+    const u32 lo = min(m, s * seg), hi = min(m, lo + seg);
+    for (u32 base = lo; base < hi; base += 32) {
+      // 32 tokens' indices and weights, one per lane, handed out by shuffles: the row loads
+      // then wait on no other load.
+      const u32 cnt = min(32u, hi - base);
+      const u32 t_l = lane < cnt ? cb[base + lane] : 0xffffffffu;
+      const int ok_l = t_l < n - 1;
+      const float w_l = ok_l ? sb[t_l] : 0.0f;
+      for (u32 u = 0; u < cnt; u += AHEAD) {
+        Vec16<T> row[AHEAD];
+        float w[AHEAD];
+        bool ok[AHEAD];
+        CLCA_UNROLL
+        for (u32 a = 0; a < AHEAD; ++a) {
+          const u32 j = (u + a) & 31;
+          const u32 t = __shfl_sync(0xffffffffu, t_l, j);
+          w[a] = __shfl_sync(0xffffffffu, w_l, j);
+          ok[a] = (__shfl_sync(0xffffffffu, ok_l, j) != 0) && u + a < cnt;
+          if (ok[a]) row[a] = load_lane(xb + (i64)(t + 1) * c, ch, c, vec);
+        }
+        CLCA_UNROLL
+        for (u32 a = 0; a < AHEAD; ++a) {
+          if (!ok[a]) continue;
+          CLCA_UNROLL
+          for (u32 v = 0; v < V; ++v) acc[v] += w[a] * to_f32(row[a].v[v]);
+        }
+      }
     }
     CLCA_UNROLL
-    for (u32 u = 0; u < AHEAD; ++u)
-      if (ok[u]) acc += s[u] * v[u];
+    for (u32 v = 0; v < V; ++v) part[s][lane * V + v] = acc[v];
   }
-  for (; j < m; ++j) {
-    const u32 t = cb[j];
-    if (t + 1 >= n) continue;
-    acc += sb[t] * to_f32(xb[(i64)(t + 1) * c + ch]);
+  __syncthreads();
+  for (u32 q = threadIdx.x; q < 32 * V; q += blockDim.x) {
+    if (ch0 + q >= c) continue;
+    float acc = 0.0f;
+    for (u32 s = 0; s < CLCA_PRUNE_SEGS; ++s) acc += part[s][q];
+    fused[ch0 + q] = from_f32<T>(acc);
   }
-  fused[ch] = from_f32<T>(acc);
 }
 
 }  // namespace clca
 
+// Grid (gather blocks [+ fuse blocks], batch), block CLCA_PRUNE_THREADS: gather block g copies
+// output rows g*warps .. g*warps+warps-1 (ceil((1 + k) / warps) of them); EViT's fuse blocks,
+// ceil(c / (32 * 16 / sizeof(T))) per sample, come first so the long ones start early.
 #define PRUNE_ENTRIES(T, sfx)                                                                     \
-  /* grid (1 + k, batch) */                                                                       \
-  extern "C" __global__ void topk_prune_##sfx(const T* __restrict__ x, unsigned batch, unsigned n, \
-                                              unsigned c, const unsigned* __restrict__ idx,       \
-                                              unsigned k, T* __restrict__ out) {                  \
+  extern "C" __global__ void __launch_bounds__(CLCA_PRUNE_THREADS) topk_prune_##sfx(              \
+      const T* __restrict__ x, unsigned batch, unsigned n, unsigned c,                            \
+      const unsigned* __restrict__ idx, unsigned k, T* __restrict__ out) {                        \
     if (blockIdx.y >= batch) return;                                                              \
-    clca::gather_tokens<T>(x, n, c, idx, k, out, 1 + k);                                          \
+    clca::gather_tokens<T>(x, n, c, idx, k, out, 1 + k, blockIdx.x);                              \
   }                                                                                               \
   CLCA_HOST_ENTRY(topk_prune_##sfx)                                                               \
-  /* grid (1 + k + ceil(c / blockDim.x), batch): gathers, then the fused row in channel chunks */ \
-  extern "C" __global__ void evit_prune_##sfx(                                                    \
+  extern "C" __global__ void __launch_bounds__(CLCA_PRUNE_THREADS) evit_prune_##sfx(              \
       const T* __restrict__ x, unsigned batch, unsigned n, unsigned c,                            \
       const unsigned* __restrict__ idx, unsigned k, const unsigned* __restrict__ compl_idx,       \
       const float* __restrict__ scores, T* __restrict__ out) {                                    \
     if (blockIdx.y >= batch) return;                                                              \
-    if (blockIdx.x <= k) {                                                                        \
-      clca::gather_tokens<T>(x, n, c, idx, k, out, 2 + k);                                        \
-    } else {                                                                                      \
-      const unsigned c0 = (blockIdx.x - (k + 1)) * blockDim.x;                                    \
+    const unsigned slices = (c + 32 * (16 / sizeof(T)) - 1) / (32 * (16 / sizeof(T)));            \
+    if (blockIdx.x < slices) {                                                                    \
       T* fused = out + ((long long)blockIdx.y * (2 + k) + 1 + k) * c;                             \
-      clca::evit_fuse<T>(x, n, c, compl_idx, n - 1 - k, scores, fused, c0);                      \
+      clca::evit_fuse<T>(x, n, c, compl_idx, n - 1 - k, scores, fused, blockIdx.x);               \
+    } else {                                                                                      \
+      clca::gather_tokens<T>(x, n, c, idx, k, out, 2 + k, blockIdx.x - slices);                   \
     }                                                                                             \
   }                                                                                               \
   CLCA_HOST_ENTRY(evit_prune_##sfx)

@@ -11,8 +11,9 @@
 #include "common.cuh"
 
 #define CLCA_TOPK_THREADS 256
-// Winners are sorted in shared memory (bitonic) up to this many; above it each winner's rank
-// is counted over the row (O(k*n), still exact and deterministic).
+// Rows up to this long keep their keys in shared memory; winners are ordered in shared memory
+// up to this many, and above it each winner's rank is counted over the row (O(k*n), still
+// exact and deterministic).
 #define CLCA_TOPK_SORT_CAP 2048
 
 namespace clca {
@@ -26,6 +27,41 @@ __device__ __forceinline__ u32 load_key(const T* row, u32 i) {
   return order_key(to_f32(row[i]));
 }
 
+// Winners are ordered by counting each one's rank among the others up to this many (k²/threads
+// compares per thread, one barrier), and by the bitonic sort above it.
+#define CLCA_TOPK_RANK_CAP 512
+
+// The bucket of the radix select's current digit that holds the `remaining`-th largest key:
+// buckets in descending order, the first whose running count reaches `remaining`. With 256 or
+// more threads one exclusive scan finds it (a serial loop over 256 buckets by one thread was
+// the selection's longest dependent chain, ~4 µs a pass on an H200); the serial loop stays
+// for smaller blocks. Writes s_prefix / s_remaining; all threads must call it.
+__device__ __forceinline__ void radix_pick(const u32* hist, u32 prefix, int shift, u32 remaining,
+                                           u32* scan_scratch, u32* s_prefix, u32* s_remaining) {
+  const u32 tid = threadIdx.x;
+  if (blockDim.x >= 256) {
+    const u32 b = 255u - tid;  // thread t holds the t-th bucket from the top
+    const u32 h = tid < 256 ? hist[b] : 0u;
+    u32 total;
+    const u32 before = block_exclusive_scan(h, scan_scratch, &total);
+    if (tid < 256 && before < remaining && before + h >= remaining) {
+      *s_prefix = prefix | (b << shift);
+      *s_remaining = remaining - before;
+    }
+  } else if (tid == 0) {
+    u32 cum = 0;
+    for (int b = 255; b >= 0; --b) {
+      const u32 h = hist[b];
+      if (cum + h >= remaining) {
+        *s_prefix = prefix | ((u32)b << shift);
+        *s_remaining = remaining - cum;
+        break;
+      }
+      cum += h;
+    }
+  }
+}
+
 // One block computes the selection of one row. All threads of the block must call it.
 template <class T>
 __device__ void topk_row(const T* __restrict__ row, u32 n, u32 k, u32* __restrict__ idx_out,
@@ -36,6 +72,16 @@ __device__ void topk_row(const T* __restrict__ row, u32 n, u32 k, u32* __restric
   __shared__ u32 sort_key[CLCA_TOPK_SORT_CAP];
   __shared__ u32 sort_idx[CLCA_TOPK_SORT_CAP];
   const u32 tid = threadIdx.x, nthreads = blockDim.x;
+  // Rows that fit keep their keys in sort_key for the four passes and the compaction (one
+  // global read per key instead of five). The compaction then writes winner j over slot j,
+  // which is safe: j <= the winner's own index, and every thread of a chunk has read its key
+  // before the chunk's scan (a barrier) lets anyone write.
+  const bool cached = n <= CLCA_TOPK_SORT_CAP;
+  if (cached) {
+    for (u32 i = tid; i < n; i += nthreads) sort_key[i] = load_key(row, i);
+    __syncthreads();
+  }
+  auto key_at = [&](u32 i) { return cached ? sort_key[i] : load_key(row, i); };
 
   // 1. Radix select of the k-th largest key, most significant digit first.
   u32 prefix = 0, mask = 0, remaining = k;
@@ -45,27 +91,16 @@ __device__ void topk_row(const T* __restrict__ row, u32 n, u32 k, u32* __restric
       for (u32 b = tid; b < 256; b += nthreads) hist[b] = 0;
       __syncthreads();
       for (u32 i = tid; i < n; i += nthreads) {
-        u32 key = load_key(row, i);
+        const u32 key = key_at(i);
         if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
       }
       __syncthreads();
-      if (tid == 0) {
-        u32 cum = 0;
-        for (int b = 255; b >= 0; --b) {
-          u32 h = hist[b];
-          if (cum + h >= remaining) {
-            s_prefix = prefix | ((u32)b << shift);
-            s_remaining = remaining - cum;
-            break;
-          }
-          cum += h;
-        }
-      }
+      radix_pick(hist, prefix, shift, remaining, scan_scratch, &s_prefix, &s_remaining);
       __syncthreads();
       prefix = s_prefix;
       remaining = s_remaining;
       mask |= 255u << shift;
-      __syncthreads();  // s_prefix is rewritten by the next pass
+      __syncthreads();  // s_prefix and hist are rewritten by the next pass
     }
   }
   // Now: every key > prefix is taken, and the first `remaining` keys == prefix by index.
@@ -73,18 +108,23 @@ __device__ void topk_row(const T* __restrict__ row, u32 n, u32 k, u32* __restric
   const bool sort_in_smem = k <= CLCA_TOPK_SORT_CAP;
 
   // 2. Index-ordered compaction: complement in ascending order, winners into the sort buffer
-  //    (or ranked directly against the row when k is too large for shared memory).
+  //    (or ranked directly against the row when k is too large for shared memory). One scan
+  //    per chunk counts both kinds: "greater" in the low 16 bits, "equal" in the high 16.
   u32 eq_seen = 0, sel_base = 0, cmp_base = 0;
   for (u32 base = 0; base < n; base += nthreads) {
     const u32 i = base + tid;
     const bool valid = i < n;
-    const u32 key = valid ? load_key(row, i) : 0u;
+    const u32 key = valid ? key_at(i) : 0u;
     const bool gt = valid && k > 0 && key > thresh;
     const bool eq = valid && k > 0 && key == thresh;
-    u32 eq_total, sel_total;
-    const u32 eq_excl = block_exclusive_scan(eq ? 1u : 0u, scan_scratch, &eq_total);
-    const bool take = gt || (eq && eq_seen + eq_excl < remaining);
-    const u32 sel_excl = block_exclusive_scan(take ? 1u : 0u, scan_scratch, &sel_total);
+    u32 both_total;
+    const u32 both = block_exclusive_scan((gt ? 1u : 0u) | (eq ? 1u << 16 : 0u), scan_scratch,
+                                         &both_total);
+    const u32 eq_left = remaining > eq_seen ? remaining - eq_seen : 0u;  // equal keys still due
+    const u32 eq_excl = both >> 16, eq_total = both_total >> 16;
+    const bool take = gt || (eq && eq_excl < eq_left);
+    const u32 sel_excl = (both & 0xffffu) + min(eq_excl, eq_left);
+    const u32 sel_total = (both_total & 0xffffu) + min(eq_total, eq_left);
     if (valid && !take) compl_out[cmp_base + (tid - sel_excl)] = i;
     if (take) {
       if (sort_in_smem) {
@@ -113,8 +153,24 @@ __device__ void topk_row(const T* __restrict__ row, u32 n, u32 k, u32* __restric
     __syncthreads();
     return;
   }
+  __syncthreads();
 
-  // 3. Bitonic sort of the k winners (padded to a power of two with keys that sort last).
+  // 3. The k winners (in index order in shared memory) in descending key order.
+  if (k <= CLCA_TOPK_RANK_CAP) {
+    // Rank of winner r = winners before it in the contract's order; ranks are distinct.
+    for (u32 r = tid; r < k; r += nthreads) {
+      const u32 kr = sort_key[r];
+      u32 rank = 0;
+      for (u32 j = 0; j < k; ++j) {
+        const u32 kj = sort_key[j];
+        rank += (kj > kr) || (kj == kr && j < r);
+      }
+      idx_out[rank] = sort_idx[r];
+    }
+    __syncthreads();
+    return;
+  }
+  // Bitonic sort, padded to a power of two with keys that sort last.
   u32 p = 1;
   while (p < k) p <<= 1;
   for (u32 i = k + tid; i < p; i += nthreads) {

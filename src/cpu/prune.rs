@@ -2,6 +2,10 @@
 use crate::ops::prune::{check_evit, check_topk_prune};
 use crate::{Element, Result};
 
+/// Runs of the fused sum (`CLCA_PRUNE_SEGS` in kernels/prune.cu): each dropped token's term
+/// goes into the run sum of its run, and the run sums are added in order.
+pub const PRUNE_SEGS: usize = 8;
+
 /// [cls, x[1 + idx[0]], ..., x[1 + idx[k-1]]] per sample → [batch, 1 + k, c].
 pub fn topk_prune<T: Element>(
     x: &[T],
@@ -18,8 +22,9 @@ pub fn topk_prune<T: Element>(
     Ok(out)
 }
 
-/// Top-K prune plus the fused token sum over dropped t (ascending) of scores[t] * x[1 + t],
-/// appended last → [batch, 2 + k, c]. Weights are the raw scores (not renormalized).
+/// Top-K prune plus the fused token sum over dropped t of scores[t] * x[1 + t], appended
+/// last → [batch, 2 + k, c]. Weights are the raw scores (not renormalized); the sum runs in
+/// [`PRUNE_SEGS`] runs of the dropped tokens (the kernel's order, see `prune_into`).
 #[allow(clippy::too_many_arguments)]
 pub fn evit_prune<T: Element>(
     x: &[T],
@@ -63,6 +68,7 @@ pub(crate) fn prune_into<T: Element>(
 ) {
     let on = if fuse.is_some() { k + 2 } else { k + 1 };
     let mut acc = vec![0f32; if fuse.is_some() { c } else { 0 }];
+    let mut part = acc.clone();
     for bi in 0..b {
         let xs = &x[bi * n * c..(bi + 1) * n * c];
         let os = &mut out[bi * on * c..(bi + 1) * on * c];
@@ -72,15 +78,24 @@ pub(crate) fn prune_into<T: Element>(
             os[(1 + j) * c..(2 + j) * c].copy_from_slice(&xs[t * c..(t + 1) * c]);
         }
         if let Some((compl, scores)) = fuse {
-            // Token-outer, so every channel still sums in ascending t (the kernel's order)
-            // while the rows are read contiguously.
+            // The kernel's order (kernels/prune.cu): PRUNE_SEGS runs of ceil(m / PRUNE_SEGS)
+            // dropped tokens, each an f32 sum in ascending t from 0, the run sums added in run
+            // order from 0. Token-outer, so the rows are read contiguously.
             let m = n - 1 - k;
+            let seg = m.div_ceil(PRUNE_SEGS);
             acc.iter_mut().for_each(|v| *v = 0.0);
-            for j in 0..m {
-                let t = compl[bi * m + j] as usize;
-                let s = scores[bi * (n - 1) + t];
-                for (a, xv) in acc.iter_mut().zip(&xs[(t + 1) * c..(t + 2) * c]) {
-                    *a += s * xv.to_f32();
+            for s in 0..PRUNE_SEGS {
+                let (lo, hi) = ((s * seg).min(m), ((s + 1) * seg).min(m));
+                part.iter_mut().for_each(|v| *v = 0.0);
+                for j in lo..hi {
+                    let t = compl[bi * m + j] as usize;
+                    let w = scores[bi * (n - 1) + t];
+                    for (a, xv) in part.iter_mut().zip(&xs[(t + 1) * c..(t + 2) * c]) {
+                        *a += w * xv.to_f32();
+                    }
+                }
+                for (a, p) in acc.iter_mut().zip(&part) {
+                    *a += *p;
                 }
             }
             for (o, a) in os[(1 + k) * c..].iter_mut().zip(&acc) {

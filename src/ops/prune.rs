@@ -5,12 +5,15 @@
 //! non-cls tokens (token `1 + i`), as produced by [`crate::ops::topk`] over the scores.
 //! - Top-K: `out` [batch, 1 + k, c] = [cls, x[1+idx[0]], …, x[1+idx[k−1]]] (descending score);
 //! - EViT: `out` [batch, 2 + k, c] = Top-K plus the fused token
-//!   `Σ_{t ∈ compl} scores[t]·x[1+t]` last, summed in f32 in ascending t, weights not
-//!   renormalized. `scores` [batch, n−1] f32.
+//!   `Σ_{t ∈ compl} scores[t]·x[1+t]` last, weights not renormalized, `scores` [batch, n−1]
+//!   f32. Summed in f32 in a fixed order: the dropped tokens (ascending) cut into
+//!   [`crate::cpu::prune::PRUNE_SEGS`] runs of ⌈m / runs⌉, each run summed in ascending t,
+//!   then the run sums in run order (the runs are the warps that stream the rows in parallel).
 //!
 //! [`prune`] runs the headline path: scores and selection in one launch (one block per sample,
 //! the radix select needs the whole row), then the gather (+ fuse) over the whole GPU in a
-//! second: two launches, whatever the batch.
+//! second (one warp per kept row, eight warps per 16-byte-per-lane channel slice of the fused
+//! row): two launches, whatever the batch.
 use super::attn_score::{select, ScoreSource, Selection};
 use super::check_buf;
 use crate::kernels::{Arg, Launch};
@@ -93,7 +96,20 @@ pub(crate) fn check_indices(arg: &'static str, idx: &[u32], bound: usize) -> Res
     }
 }
 
+/// `CLCA_PRUNE_THREADS`: eight warps, one output row each in a gather block, one run of the
+/// fused sum each in a fuse block.
 const GATHER_THREADS: u32 = 256;
+const GATHER_WARPS: usize = GATHER_THREADS as usize / 32;
+
+/// Blocks per sample of the prune kernels: ceil((1 + k) / warps) gather blocks, and for EViT
+/// ceil(c / lanes' channels) fuse blocks (each lane moves 16 bytes of a row).
+fn prune_blocks(dtype: crate::DType, mode: PruneMode, k: usize, c: usize) -> usize {
+    let gather = (k + 1).div_ceil(GATHER_WARPS);
+    match mode {
+        PruneMode::TopK => gather,
+        PruneMode::EVit => gather + c.div_ceil(32 * (16 / dtype.size())),
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gather_launch(
@@ -115,7 +131,7 @@ pub(crate) fn gather_launch(
             "prune",
             "topk_prune",
             dtype,
-            [error::to_u32("k", k + 1)?, by, 1],
+            [error::to_u32("k", prune_blocks(dtype, mode, k, c))?, by, 1],
             [GATHER_THREADS, 1, 1],
             vec![
                 Arg::Ptr(x),
@@ -131,11 +147,7 @@ pub(crate) fn gather_launch(
             "prune",
             "evit_prune",
             dtype,
-            [
-                error::to_u32("k", k + 1 + c.div_ceil(GATHER_THREADS as usize))?,
-                by,
-                1,
-            ],
+            [error::to_u32("k", prune_blocks(dtype, mode, k, c))?, by, 1],
             [GATHER_THREADS, 1, 1],
             vec![
                 Arg::Ptr(x),
