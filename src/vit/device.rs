@@ -782,6 +782,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 } else {
                     c.num_clr
                 };
+            let mut ln1_done = false;
             for (i, bp) in m.plan.blocks.iter().enumerate() {
                 if let Some(pre) = &bp.pre {
                     let j = locs.iter().position(|&l| l == i).unwrap_or(0);
@@ -797,20 +798,26 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     );
                 }
                 let rows = b * n;
-                self.layernorm::<T>(
-                    dev,
-                    ws.x.addr(),
-                    rows,
-                    d,
-                    d,
-                    &w.n1.0,
-                    &w.n1.1,
-                    ws.h.addr_mut(),
-                )?;
+                // The previous block's last pass may have written this LayerNorm already.
+                let ln1_out = if std::mem::take(&mut ln1_done) {
+                    ws.attn.addr()
+                } else {
+                    self.layernorm::<T>(
+                        dev,
+                        ws.x.addr(),
+                        rows,
+                        d,
+                        d,
+                        &w.n1.0,
+                        &w.n1.1,
+                        ws.h.addr_mut(),
+                    )?;
+                    ws.h.addr()
+                };
                 ws.mark(dev, Some(i), "ln1")?;
                 dev.gemm_nt(
                     dt,
-                    ws.h.addr(),
+                    ln1_out,
                     rows,
                     d,
                     w.qkv_w.addr(),
@@ -977,15 +984,40 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     ws.h.addr_mut(),
                 )?;
                 ws.mark(dev, Some(i), "fc2")?;
-                self.residual(
-                    dev,
-                    ws.x.addr_mut(),
-                    ws.h.addr(),
-                    rows,
-                    d,
-                    w.ls2.as_ref(),
-                    Some(&w.fc2_b),
-                )?;
+                // When nothing changes x between this residual and the next block's first
+                // LayerNorm (no recovery after this block, no reduction before the next), they
+                // are one pass: one read of the f32 stream instead of two. Its output goes to
+                // `ws.attn` (free here; `ws.h` is this pass's input).
+                let next_ln = m
+                    .plan
+                    .blocks
+                    .get(i + 1)
+                    .filter(|nb| nb.pre.is_none() && bp.recovered == 0)
+                    .map(|_| &self.blocks[i + 1].n1);
+                if let Some(n1) = next_ln {
+                    self.residual_ln(
+                        dev,
+                        ws.x.addr_mut(),
+                        ws.h.addr(),
+                        rows,
+                        d,
+                        w.ls2.as_ref(),
+                        &w.fc2_b,
+                        n1,
+                        ws.attn.addr_mut(),
+                    )?;
+                    ln1_done = true;
+                } else {
+                    self.residual(
+                        dev,
+                        ws.x.addr_mut(),
+                        ws.h.addr(),
+                        rows,
+                        d,
+                        w.ls2.as_ref(),
+                        Some(&w.fc2_b),
+                    )?;
+                }
                 ws.mark(dev, Some(i), "residual")?;
                 if let Some(t) = trace.as_deref_mut() {
                     t.push_f32(
