@@ -523,6 +523,20 @@ fn ew_grid(total: usize) -> Result<[u32; 3]> {
     ])
 }
 
+/// The LayerNorm kernels' grid (`layernorm`, `residual_ln`): one warp per row, eight rows a
+/// block of 256 threads, grid-stride past the row-grid cap.
+fn ln_grid(rows: usize) -> Result<[u32; 3]> {
+    Ok([
+        to_u32(
+            "rows",
+            rows.div_ceil(8)
+                .clamp(1, crate::kernels::ROW_GRID_CAP as usize),
+        )?,
+        1,
+        1,
+    ])
+}
+
 impl<D: Device, T: Element> DeviceVit<D, T> {
     /// Uploads the weights (GEMM weights in `T`, the rest in f32).
     pub fn new(dev: &D, model: &Vit) -> Result<Self> {
@@ -1459,11 +1473,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         eps: Option<f64>,
         y: u64,
     ) -> Result<()> {
-        let grid = [
-            to_u32("rows", rows.clamp(1, crate::kernels::ROW_GRID_CAP as usize))?,
-            1,
-            1,
-        ];
+        let grid = ln_grid(rows)?;
         let args = vec![
             Arg::Ptr(x),
             Arg::U32(to_u32("rows", rows)?),
@@ -1553,11 +1563,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         norm: &(D::Buf<f32>, D::Buf<f32>),
         out: u64,
     ) -> Result<()> {
-        let grid = [
-            to_u32("rows", rows.clamp(1, crate::kernels::ROW_GRID_CAP as usize))?,
-            1,
-            1,
-        ];
+        let grid = ln_grid(rows)?;
         let args = vec![
             Arg::Ptr(x),
             Arg::Ptr(y),
@@ -1570,7 +1576,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             Arg::F32(self.model.cfg.ln_eps as f32),
             Arg::Ptr(out),
         ];
-        // SAFETY: forwarded from `forward`; 256 threads as `layernorm` (same sums, same bits).
+        // SAFETY: forwarded from `forward`; one warp a row as `layernorm` (same sums, same bits).
         unsafe {
             go(
                 dev,
