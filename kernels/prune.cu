@@ -21,10 +21,13 @@
 
 namespace clca {
 
-// 16 bytes of T: what one lane moves per row.
+// Four channels of T: what one lane of the fused sum moves per row (16 bytes in f32, 8 in the
+// 16-bit types). With 16 bytes a lane in every dtype, a bf16 slice was 256 channels, half the
+// f32 kernel's warps, 114 registers a thread and two blocks an SM: at B256 the bf16 gather +
+// fuse took 196 µs (1.6 TB/s) where f32 took 167 µs (3.8 TB/s) on an H200.
 template <class T>
-struct __align__(16) Vec16 {
-  T v[16 / sizeof(T)];
+struct alignas(4 * sizeof(T)) Vec4T {
+  T v[4];
 };
 
 // One row of c elements, copied by one warp. Rows whose bytes are a multiple of 16 go 16 bytes
@@ -72,16 +75,16 @@ __device__ void gather_tokens(const T* __restrict__ x, u32 n, u32 c, const u32* 
   copy_row_warp(x + ((i64)b * n + src) * c, out + ((i64)b * out_tokens + j) * c, c);
 }
 
-// This lane's 16 bytes of a row: channels [ch, ch + V); zeros past c. `vec`: the row's bytes
-// are a multiple of 16, so the channels are one aligned vector.
+// This lane's channels [ch, ch + 4) of a row; zeros past c. `vec`: c is a multiple of 4, so
+// the channels are one aligned vector.
 template <class T>
-__device__ __forceinline__ Vec16<T> load_lane(const T* __restrict__ row, u32 ch, u32 c, bool vec) {
-  constexpr u32 V = 16 / sizeof(T);
-  Vec16<T> r;
+__device__ __forceinline__ Vec4T<T> load_lane(const T* __restrict__ row, u32 ch, u32 c, bool vec) {
+  constexpr u32 V = 4;
+  Vec4T<T> r;
   if (vec) {
     if (ch < c) {
 #if defined(CLCA_DEVICE_BUILD)
-      r = *reinterpret_cast<const Vec16<T>*>(row + ch);
+      r = *reinterpret_cast<const Vec4T<T>*>(row + ch);
 #else
       std::memcpy(&r, row + ch, sizeof r);  // a test's Vec makes no alignment promise
 #endif
@@ -96,18 +99,18 @@ __device__ __forceinline__ Vec16<T> load_lane(const T* __restrict__ row, u32 ch,
   return r;
 }
 
-// The fused row's channels [slice * 32V, (slice + 1) * 32V) of sample blockIdx.y: warp s sums
-// run s (lane l owns channels l*V .. l*V+V-1 of the slice), the block adds the run sums.
+// The fused row's channels [slice * 128, (slice + 1) * 128) of sample blockIdx.y: warp s sums
+// run s (lane l owns channels 4l .. 4l+3 of the slice), the block adds the run sums.
 template <class T>
 __device__ void evit_fuse(const T* __restrict__ x, u32 n, u32 c, const u32* __restrict__ compl_idx,
                           u32 m, const float* __restrict__ scores, T* __restrict__ fused, u32 slice) {
-  constexpr u32 V = 16 / sizeof(T);
+  constexpr u32 V = 4;
   constexpr u32 AHEAD = CLCA_PRUNE_AHEAD;
   __shared__ float part[CLCA_PRUNE_SEGS][32 * V];
   const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const u32 b = blockIdx.y;
   const u32 ch0 = slice * 32 * V, ch = ch0 + lane * V;
-  const bool vec = (c * sizeof(T)) % 16 == 0;
+  const bool vec = c % V == 0;
   const u32* cb = compl_idx + (i64)b * m;
   const float* sb = scores + (i64)b * (n - 1);
   const T* xb = x + (i64)b * n * c;
@@ -117,30 +120,32 @@ __device__ void evit_fuse(const T* __restrict__ x, u32 n, u32 c, const u32* __re
     CLCA_UNROLL
     for (u32 v = 0; v < V; ++v) acc[v] = 0.0f;
     const u32 lo = min(m, s * seg), hi = min(m, lo + seg);
+    // 32 tokens' indices and weights, one per lane, handed out by shuffles, so the row loads
+    // wait on no other load: the next 32 indices load while this chunk's rows stream, and the
+    // weights are first needed after the rows' loads are issued.
+    u32 t_next = lo + lane < hi ? cb[lo + lane] : 0xffffffffu;
     for (u32 base = lo; base < hi; base += 32) {
-      // 32 tokens' indices and weights, one per lane, handed out by shuffles: the row loads
-      // then wait on no other load.
       const u32 cnt = min(32u, hi - base);
-      const u32 t_l = lane < cnt ? cb[base + lane] : 0xffffffffu;
+      const u32 t_l = t_next;
       const int ok_l = t_l < n - 1;
       const float w_l = ok_l ? sb[t_l] : 0.0f;
+      t_next = base + 32 + lane < hi ? cb[base + 32 + lane] : 0xffffffffu;
       for (u32 u = 0; u < cnt; u += AHEAD) {
-        Vec16<T> row[AHEAD];
-        float w[AHEAD];
+        Vec4T<T> row[AHEAD];
         bool ok[AHEAD];
         CLCA_UNROLL
         for (u32 a = 0; a < AHEAD; ++a) {
           const u32 j = (u + a) & 31;
           const u32 t = __shfl_sync(0xffffffffu, t_l, j);
-          w[a] = __shfl_sync(0xffffffffu, w_l, j);
           ok[a] = (__shfl_sync(0xffffffffu, ok_l, j) != 0) && u + a < cnt;
           if (ok[a]) row[a] = load_lane(xb + (i64)(t + 1) * c, ch, c, vec);
         }
         CLCA_UNROLL
         for (u32 a = 0; a < AHEAD; ++a) {
+          const float w = __shfl_sync(0xffffffffu, w_l, (u + a) & 31);
           if (!ok[a]) continue;
           CLCA_UNROLL
-          for (u32 v = 0; v < V; ++v) acc[v] += w[a] * to_f32(row[a].v[v]);
+          for (u32 v = 0; v < V; ++v) acc[v] += w * to_f32(row[a].v[v]);
         }
       }
     }
@@ -160,7 +165,7 @@ __device__ void evit_fuse(const T* __restrict__ x, u32 n, u32 c, const u32* __re
 
 // Grid (gather blocks [+ fuse blocks], batch), block CLCA_PRUNE_THREADS: gather block g copies
 // output rows g*warps .. g*warps+warps-1 (ceil((1 + k) / warps) of them); EViT's fuse blocks,
-// ceil(c / (32 * 16 / sizeof(T))) per sample, come first so the long ones start early.
+// ceil(c / 128) per sample, come first so the long ones start early.
 #define PRUNE_ENTRIES(T, sfx)                                                                     \
   extern "C" __global__ void __launch_bounds__(CLCA_PRUNE_THREADS) topk_prune_##sfx(              \
       const T* __restrict__ x, unsigned batch, unsigned n, unsigned c,                            \
@@ -174,7 +179,7 @@ __device__ void evit_fuse(const T* __restrict__ x, u32 n, u32 c, const u32* __re
       const unsigned* __restrict__ idx, unsigned k, const unsigned* __restrict__ compl_idx,       \
       const float* __restrict__ scores, T* __restrict__ out) {                                    \
     if (blockIdx.y >= batch) return;                                                              \
-    const unsigned slices = (c + 32 * (16 / sizeof(T)) - 1) / (32 * (16 / sizeof(T)));            \
+    const unsigned slices = (c + 127) / 128;                                                      \
     if (blockIdx.x < slices) {                                                                    \
       T* fused = out + ((long long)blockIdx.y * (2 + k) + 1 + k) * c;                             \
       clca::evit_fuse<T>(x, n, c, compl_idx, n - 1 - k, scores, fused, blockIdx.x);               \

@@ -81,7 +81,7 @@ def run_clca(clca, args, env=None):
 
 
 def end_to_end(clca, out, batches, compile_batches, compile_models, models, dtypes=("f32", "bf16"),
-               gemm_attention=False, profile_batches=(), classes=200):
+               gemm_attention=False, profile_batches=(), classes=200, clca_alt=None, alt_rounds=2):
     cases = [
         ("evit_clca_kr0.1", Flags("evit", (3, 6, 9), (0.1,), clc=True, num_clr=1, ifa_head=True)),
         ("plain", Flags("vit", (3, 6, 9), (1.0,), clc=False, num_clr=0, ifa_head=False)),
@@ -122,10 +122,15 @@ def end_to_end(clca, out, batches, compile_batches, compile_models, models, dtyp
                 fwd = ["forward", "--weights", w, "--input", inp, "--output",
                        os.path.join(out, "o.safetensors"), *f.cli(), "--device", "cuda",
                        "--dtype", dt, "--warmup", "3", "--runs", str(runs), "--json"]
-                j = json.loads(run_clca(clca, fwd))
-                emit(what="e2e", model=name, impl="clca", dtype=dt, batch=b,
-                     median_s=j["forward_median_s"], min_s=j["forward_min_s"],
-                     max_s=j["forward_max_s"], macs=j["macs"], backend=j.get("backend"))
+                # With --clca-alt, the two builds alternate, `alt_rounds` rounds each: an A/B
+                # of two versions on the same card, inputs and minute.
+                for rnd in range(alt_rounds if clca_alt else 1):
+                    for impl, exe in [("clca", clca)] + ([("clca_alt", clca_alt)] if clca_alt else []):
+                        j = json.loads(run_clca(exe, fwd))
+                        emit(what="e2e", model=name, impl=impl if rnd == 0 else f"{impl}_r{rnd}",
+                             dtype=dt, batch=b, median_s=j["forward_median_s"],
+                             min_s=j["forward_min_s"], max_s=j["forward_max_s"], macs=j["macs"],
+                             backend=j.get("backend"))
                 if gemm_attention and dt != "f32":
                     # The same forward with the GEMM attention path (the default before the
                     # fused kernel), for the side by side of the two paths.
@@ -213,6 +218,8 @@ def main():
     ap.add_argument("--dtypes", default="f32,bf16", help="end-to-end storage types")
     ap.add_argument("--gemm-attention", action="store_true",
                     help="also time clca's 16-bit forwards with CLCA_ATTENTION=gemm")
+    ap.add_argument("--clca-alt", default=None,
+                    help="a second clca binary, timed alternately with --clca (impl clca_alt)")
     ap.add_argument("--profile-batches", default="",
                     help="batches at which clca's 16-bit forward is also run with --profile")
     a = ap.parse_args()
@@ -226,7 +233,8 @@ def main():
                                         a.compile_models.split(","),
                                         a.models.split(","), a.dtypes.split(","),
                                         a.gemm_attention,
-                                        [int(b) for b in a.profile_batches.split(",") if b]))]
+                                        [int(b) for b in a.profile_batches.split(",") if b],
+                                        clca_alt=a.clca_alt))]
     for name, fn in steps:
         if name in skip:
             continue

@@ -102,12 +102,12 @@ const GATHER_THREADS: u32 = 256;
 const GATHER_WARPS: usize = GATHER_THREADS as usize / 32;
 
 /// Blocks per sample of the prune kernels: ceil((1 + k) / warps) gather blocks, and for EViT
-/// ceil(c / lanes' channels) fuse blocks (each lane moves 16 bytes of a row).
-fn prune_blocks(dtype: crate::DType, mode: PruneMode, k: usize, c: usize) -> usize {
+/// ceil(c / 128) fuse blocks (four channels a lane).
+fn prune_blocks(mode: PruneMode, k: usize, c: usize) -> usize {
     let gather = (k + 1).div_ceil(GATHER_WARPS);
     match mode {
         PruneMode::TopK => gather,
-        PruneMode::EVit => gather + c.div_ceil(32 * (16 / dtype.size())),
+        PruneMode::EVit => gather + c.div_ceil(32 * 4),
     }
 }
 
@@ -131,7 +131,7 @@ pub(crate) fn gather_launch(
             "prune",
             "topk_prune",
             dtype,
-            [error::to_u32("k", prune_blocks(dtype, mode, k, c))?, by, 1],
+            [error::to_u32("k", prune_blocks(mode, k, c))?, by, 1],
             [GATHER_THREADS, 1, 1],
             vec![
                 Arg::Ptr(x),
@@ -147,7 +147,7 @@ pub(crate) fn gather_launch(
             "prune",
             "evit_prune",
             dtype,
-            [error::to_u32("k", prune_blocks(dtype, mode, k, c))?, by, 1],
+            [error::to_u32("k", prune_blocks(mode, k, c))?, by, 1],
             [GATHER_THREADS, 1, 1],
             vec![
                 Arg::Ptr(x),
