@@ -5,27 +5,36 @@
 
 namespace clca {
 
-// LayerNorms run one warp per row, eight rows a block: a block per row (256 threads, three
-// columns each at D = 768, two block-wide reductions of four barriers) kept the pass waiting on
-// barriers, at about 40 % of the copy bandwidth on an H200 (ln1: 2.06 ms of the plain B64
-// forward). Columns are lane-strided (c = lane + 32 i), so a warp's loads are one coalesced
-// 128-byte line; a row of up to NR * 32 columns stays in registers between the passes, NR = 24
-// (D <= 768, ViT-B and smaller) or 32 (D <= 1024): register arrays sized for the larger D
-// would cost every smaller model occupancy. Longer rows are re-read from memory.
-#define CLCA_LN_DISPATCH(fn, d, ...) \
-  do {                               \
-    if ((d) <= 768)                  \
-      fn<T, 24>(__VA_ARGS__);        \
-    else                             \
-      fn<T, 32>(__VA_ARGS__);        \
-  } while (0)
+// The rest of a LayerNorm of one f32 row once each thread holds `s`, its share of the row's sum
+// over its thread-strided columns: mean, variance, and y = (x - mean) * rstd * g + b in T.
+template <class T>
+__device__ __forceinline__ void ln_finish(const float* __restrict__ xr, float s, unsigned d,
+                                          const float* __restrict__ g, const float* __restrict__ b,
+                                          float eps, T* __restrict__ y, float* red) {
+  const float mean = block_sum(s, red) / (float)d;
+  float q = 0.0f;
+  for (unsigned c = threadIdx.x; c < d; c += blockDim.x) {
+    const float e = xr[c] - mean;
+    q += e * e;
+  }
+  const float rstd = rsqrtf(block_sum(q, red) / (float)d + eps);
+  for (unsigned c = threadIdx.x; c < d; c += blockDim.x)
+    y[c] = from_f32<T>((xr[c] - mean) * rstd * g[c] + b[c]);
+}
+
+// LayerNorm runs one warp per row, eight rows a block: a block per row (256 threads, three
+// columns each at D = 768, two block-wide reductions of four barriers) waited on barriers.
+// Measured on an H200, plain ViT-B B64 bf16 (50 304 rows): 120 µs a LayerNorm against 172 µs
+// with a block per row. Columns are lane-strided (c = lane + 32 i), so a warp's loads are one
+// coalesced 128-byte line; rows up to LN_REG * 32 columns stay in registers between the passes.
+constexpr unsigned LN_REG = 32;
 
 // The rest of a LayerNorm of one f32 row by one warp once each lane holds `s`, its share of the
 // row's sum (columns lane + 32 i in ascending i), and, when `in_regs`, the row itself in v:
 // mean, variance, y = (x - mean) * rstd * g + b in T. Without `in_regs` the row is re-read
 // from xr.
-template <class T, unsigned NR>
-__device__ __forceinline__ void ln_finish_warp(const float* __restrict__ xr, const float (&v)[NR],
+template <class T>
+__device__ __forceinline__ void ln_finish_warp(const float* __restrict__ xr, const float (&v)[LN_REG],
                                                bool in_regs, float s, unsigned d,
                                                const float* __restrict__ g,
                                                const float* __restrict__ b, float eps,
@@ -35,7 +44,7 @@ __device__ __forceinline__ void ln_finish_warp(const float* __restrict__ xr, con
   float q = 0.0f;
   if (in_regs) {
     CLCA_UNROLL
-    for (unsigned i = 0; i < NR; ++i) {
+    for (unsigned i = 0; i < LN_REG; ++i) {
       const unsigned c = lane + 32 * i;
       const float e = c < d ? v[i] - mean : 0.0f;
       q += e * e;
@@ -49,7 +58,7 @@ __device__ __forceinline__ void ln_finish_warp(const float* __restrict__ xr, con
   const float rstd = rsqrtf(warp_sum(q) / (float)d + eps);
   if (in_regs) {
     CLCA_UNROLL
-    for (unsigned i = 0; i < NR; ++i) {
+    for (unsigned i = 0; i < LN_REG; ++i) {
       const unsigned c = lane + 32 * i;
       if (c < d) y[c] = from_f32<T>((v[i] - mean) * rstd * g[c] + b[c]);
     }
@@ -64,19 +73,19 @@ __device__ __forceinline__ void ln_finish_warp(const float* __restrict__ xr, con
        r += gridDim.x * (blockDim.x >> 5))
 
 // LayerNorm of row r of x (f32, row stride xs) into y[r] (T, compact). One warp per row.
-template <class T, unsigned NR>
-__device__ void layernorm_rows_nr(const float* __restrict__ x, unsigned rows, unsigned d, i64 xs,
+template <class T>
+__device__ void layernorm_rows(const float* __restrict__ x, unsigned rows, unsigned d, i64 xs,
                                const float* __restrict__ g, const float* __restrict__ b, float eps,
                                T* __restrict__ y) {
   const unsigned lane = threadIdx.x & 31;
-  const bool in_regs = d <= 32 * NR;
+  const bool in_regs = d <= 32 * LN_REG;
   CLCA_FOR_WARP_ROWS(r, rows) {
     const float* xr = x + (i64)r * xs;
-    float v[NR];
+    float v[LN_REG];
     float s = 0.0f;
     if (in_regs) {
       CLCA_UNROLL
-      for (unsigned i = 0; i < NR; ++i) {
+      for (unsigned i = 0; i < LN_REG; ++i) {
         const unsigned c = lane + 32 * i;
         v[i] = 0.0f;
         if (c < d) {
@@ -87,7 +96,7 @@ __device__ void layernorm_rows_nr(const float* __restrict__ x, unsigned rows, un
     } else {
       for (unsigned c = lane; c < d; c += 32) s += xr[c];
     }
-    ln_finish_warp<T, NR>(xr, v, in_regs, s, d, g, b, eps, y + (i64)r * d);
+    ln_finish_warp<T>(xr, v, in_regs, s, d, g, b, eps, y + (i64)r * d);
   }
 }
 
@@ -199,66 +208,30 @@ __device__ void residual_all(float* __restrict__ x, const T* __restrict__ y, lon
 
 // x[r] += gamma * round_T(y[r] + bias) (the projection's bias, rounded to T as a separate
 // bias pass would, then the residual add), then y_out[r] = LayerNorm(x[r]) in T: the residual and
-// the next LayerNorm in one pass over the row (bit-identical to residual_ then layernorm_, whose
-// sums run in the same lane-strided order). One warp per row.
-template <class T, unsigned NR>
-__device__ void residual_ln_rows_nr(float* __restrict__ x, const T* __restrict__ y, unsigned rows,
-                                 unsigned d, const float* __restrict__ gamma,
-                                 const float* __restrict__ bias, const float* __restrict__ g,
-                                 const float* __restrict__ b, float eps, T* __restrict__ out) {
-  const unsigned lane = threadIdx.x & 31;
-  const bool in_regs = d <= 32 * NR;
-  CLCA_FOR_WARP_ROWS(r, rows) {
-    float* xr = x + (i64)r * d;
-    const T* yr = y + (i64)r * d;
-    float v[NR];
-    float s = 0.0f;
-    if (in_regs) {
-      // Every load of the row first, the stores of x last: with the store inside the loop,
-      // x's store could alias the next column's loads for the compiler, and each of the 24
-      // columns of a lane waited out its own memory round trip (8.4 ms of residual passes in
-      // the plain B64 forward on an H200, against 3.8 ms with a block per row).
-      CLCA_UNROLL
-      for (unsigned i = 0; i < NR; ++i) {
-        const unsigned c = lane + 32 * i;
-        v[i] = 0.0f;
-        if (c < d) {
-          float u = to_f32(yr[c]);
-          if (bias) u = to_f32(from_f32<T>(u + bias[c]));
-          v[i] = xr[c] + (gamma ? gamma[c] * u : u);
-          s += v[i];
-        }
-      }
-      CLCA_UNROLL
-      for (unsigned i = 0; i < NR; ++i) {
-        const unsigned c = lane + 32 * i;
-        if (c < d) xr[c] = v[i];
-      }
-    } else {
-      for (unsigned c = lane; c < d; c += 32) {
-        float u = to_f32(yr[c]);
-        if (bias) u = to_f32(from_f32<T>(u + bias[c]));
-        const float nx = xr[c] + (gamma ? gamma[c] * u : u);
-        xr[c] = nx;  // read back by this lane only
-        s += nx;
-      }
-    }
-    ln_finish_warp<T, NR>(xr, v, in_regs, s, d, g, b, eps, out + (i64)r * d);
-  }
-}
-
-template <class T>
-__device__ void layernorm_rows(const float* __restrict__ x, unsigned rows, unsigned d, i64 xs,
-                               const float* __restrict__ g, const float* __restrict__ b, float eps,
-                               T* __restrict__ y) {
-  CLCA_LN_DISPATCH(layernorm_rows_nr, d, x, rows, d, xs, g, b, eps, y);
-}
+// the next LayerNorm in one pass over the row. One block per row: the same pass one warp per
+// row measured 359 µs a call on an H200 (plain B64 bf16), where this one is about 210 µs by an
+// earlier run's profile (docs/gpu-runs/2026-11-27-h200.md, runs 7 and 8). Its sums
+// run thread-strided over 256 threads, layernorm_'s lane-strided over 32, so the fused and the
+// unfused paths round differently (both well inside the tests' tolerances).
 template <class T>
 __device__ void residual_ln_rows(float* __restrict__ x, const T* __restrict__ y, unsigned rows,
                                  unsigned d, const float* __restrict__ gamma,
                                  const float* __restrict__ bias, const float* __restrict__ g,
                                  const float* __restrict__ b, float eps, T* __restrict__ out) {
-  CLCA_LN_DISPATCH(residual_ln_rows_nr, d, x, y, rows, d, gamma, bias, g, b, eps, out);
+  __shared__ float red[32];
+  for (unsigned r = blockIdx.x; r < rows; r += gridDim.x) {
+    float* xr = x + (i64)r * d;
+    const T* yr = y + (i64)r * d;
+    float s = 0.0f;
+    for (unsigned c = threadIdx.x; c < d; c += blockDim.x) {
+      float v = to_f32(yr[c]);
+      if (bias) v = to_f32(from_f32<T>(v + bias[c]));
+      const float nx = xr[c] + (gamma ? gamma[c] * v : v);
+      xr[c] = nx;  // read back in ln_finish by this thread only
+      s += nx;
+    }
+    ln_finish<T>(xr, s, d, g, b, eps, out + (i64)r * d, red);
+  }
 }
 
 // Attention runs as batched GEMMs (cuBLAS on a GPU, bgemm_nt on the shim) around three small

@@ -523,8 +523,8 @@ fn ew_grid(total: usize) -> Result<[u32; 3]> {
     ])
 }
 
-/// The LayerNorm kernels' grid (`layernorm`, `residual_ln`): one warp per row, eight rows a
-/// block of 256 threads, grid-stride past the row-grid cap.
+/// The `layernorm` kernel's grid: one warp per row, eight rows a block of 256 threads,
+/// grid-stride past the row-grid cap. (`residual_ln` is still one block per row.)
 fn ln_grid(rows: usize) -> Result<[u32; 3]> {
     Ok([
         to_u32(
@@ -796,7 +796,6 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 } else {
                     c.num_clr
                 };
-            let mut ln1_done = false;
             for (i, bp) in m.plan.blocks.iter().enumerate() {
                 if let Some(pre) = &bp.pre {
                     let j = locs.iter().position(|&l| l == i).unwrap_or(0);
@@ -812,26 +811,20 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     );
                 }
                 let rows = b * n;
-                // The previous block's last pass may have written this LayerNorm already.
-                let ln1_out = if std::mem::take(&mut ln1_done) {
-                    ws.attn.addr()
-                } else {
-                    self.layernorm::<T>(
-                        dev,
-                        ws.x.addr(),
-                        rows,
-                        d,
-                        d,
-                        &w.n1.0,
-                        &w.n1.1,
-                        ws.h.addr_mut(),
-                    )?;
-                    ws.h.addr()
-                };
+                self.layernorm::<T>(
+                    dev,
+                    ws.x.addr(),
+                    rows,
+                    d,
+                    d,
+                    &w.n1.0,
+                    &w.n1.1,
+                    ws.h.addr_mut(),
+                )?;
                 ws.mark(dev, Some(i), "ln1")?;
                 dev.gemm_nt(
                     dt,
-                    ln1_out,
+                    ws.h.addr(),
                     rows,
                     d,
                     w.qkv_w.addr(),
@@ -998,40 +991,15 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     ws.h.addr_mut(),
                 )?;
                 ws.mark(dev, Some(i), "fc2")?;
-                // When nothing changes x between this residual and the next block's first
-                // LayerNorm (no recovery after this block, no reduction before the next), they
-                // are one pass: one read of the f32 stream instead of two. Its output goes to
-                // `ws.attn` (free here; `ws.h` is this pass's input).
-                let next_ln = m
-                    .plan
-                    .blocks
-                    .get(i + 1)
-                    .filter(|nb| nb.pre.is_none() && bp.recovered == 0)
-                    .map(|_| &self.blocks[i + 1].n1);
-                if let Some(n1) = next_ln {
-                    self.residual_ln(
-                        dev,
-                        ws.x.addr_mut(),
-                        ws.h.addr(),
-                        rows,
-                        d,
-                        w.ls2.as_ref(),
-                        &w.fc2_b,
-                        n1,
-                        ws.attn.addr_mut(),
-                    )?;
-                    ln1_done = true;
-                } else {
-                    self.residual(
-                        dev,
-                        ws.x.addr_mut(),
-                        ws.h.addr(),
-                        rows,
-                        d,
-                        w.ls2.as_ref(),
-                        Some(&w.fc2_b),
-                    )?;
-                }
+                self.residual(
+                    dev,
+                    ws.x.addr_mut(),
+                    ws.h.addr(),
+                    rows,
+                    d,
+                    w.ls2.as_ref(),
+                    Some(&w.fc2_b),
+                )?;
                 ws.mark(dev, Some(i), "residual")?;
                 if let Some(t) = trace.as_deref_mut() {
                     t.push_f32(
@@ -1563,7 +1531,11 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         norm: &(D::Buf<f32>, D::Buf<f32>),
         out: u64,
     ) -> Result<()> {
-        let grid = ln_grid(rows)?;
+        let grid = [
+            to_u32("rows", rows.clamp(1, crate::kernels::ROW_GRID_CAP as usize))?,
+            1,
+            1,
+        ];
         let args = vec![
             Arg::Ptr(x),
             Arg::Ptr(y),
@@ -1576,7 +1548,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             Arg::F32(self.model.cfg.ln_eps as f32),
             Arg::Ptr(out),
         ];
-        // SAFETY: forwarded from `forward`; one warp a row as `layernorm` (same sums, same bits).
+        // SAFETY: forwarded from `forward`; 256 threads, one block per row.
         unsafe {
             go(
                 dev,
