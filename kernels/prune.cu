@@ -15,8 +15,8 @@
 
 #define CLCA_PRUNE_THREADS 256
 #define CLCA_PRUNE_SEGS 8
-// Rows loaded ahead of their adds by each lane (16 bytes each): the bytes in flight that keep
-// the copy engine-speed stream going.
+// Rows each lane loads ahead of their adds (four channels each): the bytes in flight that let
+// the sum stream at copy bandwidth.
 #define CLCA_PRUNE_AHEAD 8
 
 namespace clca {
