@@ -138,7 +138,7 @@ __device__ void topk_row(const T* __restrict__ row, u32 n, u32 k, u32* __restric
           rank = 0;
           for (u32 j = 0; j < n; ++j) {
             u32 kj = load_key(row, j);
-            rank += (kj > key) || (kj == key && j < i);
+            rank += key_before(kj, j, key, i);
           }
         }
         idx_out[rank] = i;
@@ -163,7 +163,7 @@ __device__ void topk_row(const T* __restrict__ row, u32 n, u32 k, u32* __restric
       u32 rank = 0;
       for (u32 j = 0; j < k; ++j) {
         const u32 kj = sort_key[j];
-        rank += (kj > kr) || (kj == kr && j < r);
+        rank += key_before(kj, j, kr, r);  // slots are in index order
       }
       idx_out[rank] = sort_idx[r];
     }

@@ -67,11 +67,6 @@ __device__ __forceinline__ void ln_finish_warp(const float* __restrict__ xr, con
   }
 }
 
-// The rows of this warp: r = (block * LN_WARPS + warp) + k * (grid * LN_WARPS).
-#define CLCA_FOR_WARP_ROWS(r, rows)                                                     \
-  for (unsigned r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < (rows);   \
-       r += gridDim.x * (blockDim.x >> 5))
-
 // LayerNorm of row r of x (f32, row stride xs) into y[r] (T, compact). One warp per row.
 template <class T>
 __device__ void layernorm_rows(const float* __restrict__ x, unsigned rows, unsigned d, i64 xs,
@@ -79,7 +74,8 @@ __device__ void layernorm_rows(const float* __restrict__ x, unsigned rows, unsig
                                T* __restrict__ y) {
   const unsigned lane = threadIdx.x & 31;
   const bool in_regs = d <= 32 * LN_REG;
-  CLCA_FOR_WARP_ROWS(r, rows) {
+  const unsigned warps = blockDim.x >> 5;  // rows a block; grid-stride over the rest
+  for (unsigned r = blockIdx.x * warps + (threadIdx.x >> 5); r < rows; r += gridDim.x * warps) {
     const float* xr = x + (i64)r * xs;
     float v[LN_REG];
     float s = 0.0f;

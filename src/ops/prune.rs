@@ -12,8 +12,8 @@
 //!
 //! [`prune`] runs the headline path: scores and selection in one launch (one block per sample,
 //! the radix select needs the whole row), then the gather (+ fuse) over the whole GPU in a
-//! second (one warp per kept row, eight warps per 16-byte-per-lane channel slice of the fused
-//! row): two launches, whatever the batch.
+//! second (one warp per kept row, eight warps per 128-channel slice of the fused row, four
+//! channels a lane): two launches, whatever the batch.
 use super::attn_score::{select, ScoreSource, Selection};
 use super::check_buf;
 use crate::kernels::{Arg, Launch};
