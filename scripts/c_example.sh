@@ -13,7 +13,9 @@ if [ "${1:-}" = "--release" ]; then
     cargo_flags=(--release)
     shift
 fi
-cargo build --quiet --lib "${cargo_flags[@]}"
+# --examples: the lib then resolves its dependencies' features with the dev-dependencies, as
+# `cargo test` does, so the test step's build of the lib is reused instead of compiled again.
+cargo build --quiet --lib --examples "${cargo_flags[@]}"
 target=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 lib="$target/$profile"

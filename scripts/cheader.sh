@@ -3,7 +3,7 @@
 #   bash scripts/cheader.sh           regenerate include/clca.h
 #   bash scripts/cheader.sh --check   fail if include/clca.h differs from what cbindgen writes now
 # cbindgen is installed once into .toolchain/cbindgen-$CLCA_CBINDGEN_VERSION (git-ignored) with
-# `cargo install --locked` when it is not there.
+# `cargo install --debug --locked` when it is not there.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -14,7 +14,9 @@ bin="$dest/bin/cbindgen"
 if [ ! -x "$bin" ]; then
     echo "cheader: installing cbindgen $CLCA_CBINDGEN_VERSION into $dest"
     mkdir -p "$root/.toolchain"
-    cargo install --quiet --locked --version "=$CLCA_CBINDGEN_VERSION" --root "$dest" cbindgen
+    # --debug: a third of the release build's compile time (CI installs it on every run); it
+    # writes the header in about a second either way.
+    cargo install --quiet --debug --locked --version "=$CLCA_CBINDGEN_VERSION" --root "$dest" cbindgen
 fi
 have=$("$bin" --version)
 [ "$have" = "cbindgen $CLCA_CBINDGEN_VERSION" ] || {
