@@ -386,7 +386,9 @@ fn epilogue(t: &[f32], out: &mut [f32], bias: Option<&[f32]>, epi: Epi<'_>, n0: 
     match epi {
         Epi::Store => each(t, out, bias, |o, v| *o = v),
         // (GeluPacked: into the rows the caller then packs.)
-        Epi::Gelu | Epi::GeluPacked => each(t, out, bias, |o, v| *o = super::dense::gelu_fast(v)),
+        Epi::Gelu | Epi::GeluPacked => {
+            each(t, out, bias, |o, v| *o = super::dense::gelu_fast_fma(v))
+        }
         Epi::AddTo(None) => each(t, out, bias, |o, v| *o += v),
         Epi::AddTo(Some(g)) => {
             let g = &g[n0..n0 + out.len()];
