@@ -13,8 +13,8 @@ section "cargo test"
 cargo test
 
 # With the `cuda` feature and no GPU the GPU bodies skip, so the other test bodies would repeat
-# the run above; only the tests whose behaviour the feature changes
-# (no driver, the C ABI's CUDA backend, the library and CLI units) run. With a GPU
+# the run above; only the tests whose behaviour the feature changes (no driver, the C ABI's
+# CUDA backend, the library and CLI units) run. With a GPU
 # (nvidia-smi answers), or CLCA_FULL_CUDA_TESTS=1, all of them run (scripts/gpu-check.sh runs
 # their GPU bodies on a lent GPU).
 if [ -n "${CLCA_FULL_CUDA_TESTS:-}" ] || nvidia-smi -L >/dev/null 2>&1; then

@@ -523,13 +523,13 @@ fn ew_grid(total: usize) -> Result<[u32; 3]> {
     ])
 }
 
-/// The `layernorm` kernel's grid: one warp per row, eight rows a block of 256 threads,
-/// grid-stride past the row-grid cap. (`residual_ln` is still one block per row.)
-fn ln_grid(rows: usize) -> Result<[u32; 3]> {
+/// The grid of a kernel that takes `per_block` rows a block and grid-strides past the row-grid
+/// cap: `layernorm` 8 (one warp a row, 256 threads), `residual_ln` and `patch_im2col` 1.
+fn row_grid(rows: usize, per_block: usize) -> Result<[u32; 3]> {
     Ok([
         to_u32(
             "rows",
-            rows.div_ceil(8)
+            rows.div_ceil(per_block)
                 .clamp(1, crate::kernels::ROW_GRID_CAP as usize),
         )?,
         1,
@@ -711,14 +711,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 "vit",
                 "patch_im2col",
                 dt,
-                [
-                    u(
-                        "patch rows",
-                        (b * p).clamp(1, crate::kernels::ROW_GRID_CAP as usize),
-                    )?,
-                    1,
-                    1,
-                ],
+                row_grid(b * p, 1)?,
                 [EW_THREADS, 1, 1],
                 0,
                 vec![
@@ -1441,7 +1434,8 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         eps: Option<f64>,
         y: u64,
     ) -> Result<()> {
-        let grid = ln_grid(rows)?;
+        // One warp a row: 256 / 32 rows a block.
+        let grid = row_grid(rows, 256 / 32)?;
         let args = vec![
             Arg::Ptr(x),
             Arg::U32(to_u32("rows", rows)?),
@@ -1531,11 +1525,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         norm: &(D::Buf<f32>, D::Buf<f32>),
         out: u64,
     ) -> Result<()> {
-        let grid = [
-            to_u32("rows", rows.clamp(1, crate::kernels::ROW_GRID_CAP as usize))?,
-            1,
-            1,
-        ];
+        let grid = row_grid(rows, 1)?;
         let args = vec![
             Arg::Ptr(x),
             Arg::Ptr(y),
