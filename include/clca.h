@@ -352,6 +352,11 @@ int clca_model_forward(struct ClcaModel *model,
  * stream); the workspace is zeroed and rebuilt at each call, so it may hold other data
  * between calls. Other backends: `CLCA_STATUS_UNSUPPORTED`.
  *
+ * The call can be captured into the caller's CUDA graph: make one uncaptured call first
+ * (it loads the kernels), then call it with `stream` capturing (relaxed mode); replaying the
+ * graph runs the forward on whatever images are at `images` then. Not for ATS, whose
+ * read-backs end a capture with an error.
+ *
  * # Safety
  * `model` is a live handle; the pointers are device memory of the model's GPU of the sizes
  * above, live until the queued work finishes; `stream` is null or a live stream.

@@ -853,3 +853,79 @@ fn cuda_engine_entry() {
         clca_device_destroy(d);
     }
 }
+
+/// With the `cuda` feature and a GPU: an engine captures `clca_model_forward_device` into a
+/// CUDA graph of its own (its stream capturing, relaxed mode, after one uncaptured call) and
+/// replays it; the replays equal the host entry, for the first images and for new ones
+/// written to the same address.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_engine_entry_captured_in_a_caller_graph() {
+    use clca::{Buffer, Device};
+    use cudarc::driver::sys;
+    let Some(g) = common::gpu() else {
+        eprintln!(
+            "skipping the CUDA graph C-ABI test: {}",
+            common::gpu_reason()
+        );
+        return;
+    };
+    let Some(gd) = common::golden::dir() else {
+        return;
+    };
+    let dir = gd.join("A_evit_clc_ifa");
+    let m = golden_model(&dir, CUDA, F32);
+    let i = info(m);
+    let (batch, img) = golden_images(&dir);
+    let img2: Vec<f32> = img.iter().map(|v| -0.5 * v).collect();
+    let want = forward(m, &img, batch, i.num_classes);
+    let want2 = forward(m, &img2, batch, i.num_classes);
+    let mut bytes = 0;
+    // SAFETY: live model, writable out.
+    assert_eq!(
+        unsafe { clca_model_workspace_size(m, batch, &mut bytes) },
+        0
+    );
+    let mut dimg = g.upload(&img).expect("upload");
+    let mut dlog = g.zeros::<f32>(batch * i.num_classes).expect("zeros");
+    let mut dws = g.zeros::<u8>(bytes).expect("zeros");
+    let ctx = cudarc::driver::CudaContext::new(0).expect("context");
+    let stream = ctx.new_stream().expect("stream");
+    let raw = stream.cu_stream() as *mut std::ffi::c_void;
+    let vp = |a: u64| a as *mut std::ffi::c_void;
+    let call = |dimg: u64, dlog: u64, dws: u64| {
+        // SAFETY: device buffers of the sizes the call needs, alive to the end of the test;
+        // `raw` is a live stream of the primary context.
+        let rc =
+            unsafe { clca_model_forward_device(m, batch, vp(dimg), vp(dlog), vp(dws), bytes, raw) };
+        assert_eq!(rc, 0, "{}", last());
+    };
+    let (a_img, a_log, a_ws) = (dimg.addr_mut(), dlog.addr_mut(), dws.addr_mut());
+    call(a_img, a_log, a_ws);
+    stream.synchronize().expect("sync");
+    stream
+        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+        .expect("begin capture");
+    call(a_img, a_log, a_ws);
+    let graph = stream
+        .end_capture(sys::CUgraphInstantiate_flags(0))
+        .expect("end capture")
+        .expect("a graph");
+    for (data, w) in [(&img, &want), (&img2, &want2), (&img, &want)] {
+        g.write(&mut dimg, data).expect("write");
+        g.synchronize().expect("sync");
+        graph.launch().expect("launch");
+        stream.synchronize().expect("sync");
+        let got = g.download(&dlog).expect("download");
+        let max = w.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(w.iter())
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        eprintln!("caller graph vs host entry: max|d| {err:e} (max {max})");
+        assert!(err <= 1e-5 * max, "{err} > 1e-5·{max}");
+    }
+    drop(graph);
+    // SAFETY: live handle.
+    unsafe { clca_model_destroy(m) };
+}

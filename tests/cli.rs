@@ -892,6 +892,61 @@ fn missing_cuda_is_a_clear_error_or_a_cpu_fallback_by_option() {
     assert_bad_input(&r, "--device auto found no GPU");
 }
 
+/// `--cuda-graph`: a GPU-only flag. Without a GPU every misuse is a clear error; with one, the
+/// replayed graph gives the authors' logits like the eager forward.
+#[test]
+fn cuda_graph_flag() {
+    let c = Case::new("graph");
+    let (cf, w, i) = ("config.json", "weights.safetensors", "input.safetensors");
+    for d in ["cpu", "shim"] {
+        let r = c.forward(cf, w, i, &["--device", d, "--cuda-graph"]);
+        assert_bad_input(&r, "--cuda-graph runs on a GPU only");
+    }
+    for other in ["--trace", "--profile"] {
+        let r = c.forward(cf, w, i, &["--device", "cuda", "--cuda-graph", other]);
+        assert_bad_input(&r, "cannot be used with");
+    }
+    // ATS sizes each layer from a count read back to the host: refused before any GPU is
+    // opened, so the message is the same on every machine.
+    let ats = c.variant(cf, "ats.json", |b| {
+        String::from_utf8(b)
+            .expect("utf8")
+            .replace("models.evit.EViT", "models.ats.ATSViT")
+            .into_bytes()
+    });
+    let r = c.forward(&ats, w, i, &["--device", "cuda", "--cuda-graph"]);
+    assert_bad_input(&r, "ATS");
+    let r = c.forward(cf, w, i, &["--device", "cuda", "--cuda-graph"]);
+    if !r.status.success() {
+        // No GPU here, or a build without the `cuda` feature.
+        assert_bad_input(&r, "CUDA");
+        eprintln!(
+            "skipping the GPU half: {}",
+            text(&r.stderr).lines().next().unwrap_or("")
+        );
+        return;
+    }
+    for case in ["A_evit_clc_ifa", "D_tome_clc_ifa", "G_vit_plain"] {
+        forward_case(case, &["--device", "cuda", "--cuda-graph", "--runs", "3"]);
+    }
+    let json = forward_case_env(
+        "A_evit_clc_ifa",
+        &["--device", "cuda", "--cuda-graph", "--runs", "2", "--json"],
+        &[],
+    );
+    if !json.is_empty() {
+        let v: serde_json::Value = serde_json::from_str(json.trim()).expect("json");
+        assert_eq!(v["cuda_graph"], true);
+        assert!(
+            v["backend"]
+                .as_str()
+                .unwrap_or("")
+                .contains("CUDA graph of"),
+            "{v}"
+        );
+    }
+}
+
 #[test]
 fn classify_bad_input_matrix() {
     let w = tmp("classify-bad.safetensors")

@@ -280,3 +280,176 @@ fn device_case<D: clca::Device>(dev: &D) {
 fn device_forward_matches_the_authors() {
     on_devices!(device_case);
 }
+
+/// With the `cuda` feature and a GPU: the forward captured as a CUDA graph and replayed gives
+/// the eager forward's logits for every golden case (f32 and bf16), reads the image buffer
+/// afresh at each replay, carries no state from one replay to the next, and leaves the device
+/// as it found it. ATS (host read-backs) is refused; a capture that fails leaves no stream
+/// capturing.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_graph_replays_the_forward() {
+    let Some(g) = common::gpu() else {
+        assert!(
+            std::env::var_os("CLCA_REQUIRE_GPU").is_none(),
+            "CLCA_REQUIRE_GPU is set but there is no GPU: {}",
+            common::gpu_reason()
+        );
+        eprintln!("skipping the CUDA graph test: {}", common::gpu_reason());
+        return;
+    };
+    graph_errors(g);
+    let mut ran = 0;
+    for dir in cases() {
+        let c = Case::load(&dir);
+        let Ok(cfg) = VitConfig::from_golden_json(&c.config) else {
+            continue;
+        };
+        let model = Vit::load(cfg, &dir.join("weights.safetensors")).expect("model");
+        let input = std::fs::read(dir.join("input.safetensors")).expect("input");
+        let (shape, images) = common::golden::tensor(&input, "images").expect("images");
+        let images: Vec<f32> = images.iter().map(|&v| v as f32).collect();
+        graph_case::<f32>(g, &c.name, &model, shape[0], &images);
+        graph_case::<clca::bf16>(g, &c.name, &model, shape[0], &images);
+        ran += 1;
+    }
+    assert!(
+        ran > 0 || common::golden::dir().is_none(),
+        "no golden case ran"
+    );
+}
+
+#[cfg(feature = "cuda")]
+fn graph_errors(g: &clca::cuda::CudaDevice) {
+    use clca::Device;
+    // Inside with_stream: refused.
+    // SAFETY: the null stream is the legacy default stream, always live.
+    let r = unsafe { g.with_stream(std::ptr::null_mut(), || g.capture(|| Ok(()))) };
+    assert!(
+        matches!(r, Err(clca::Error::InvalidArgument { arg: "stream", .. })),
+        "capture inside with_stream"
+    );
+    // The closure's error comes back, and the device still runs work afterwards.
+    let r = g.capture(|| Err(clca::Error::Plan("on purpose".into())));
+    assert!(
+        matches!(&r, Err(clca::Error::Plan(m)) if m == "on purpose"),
+        "the closure's error"
+    );
+    // A host read-back inside the capture fails it (an error, not a hang or a crash).
+    let buf = g.upload(&[1f32, 2.0, 3.0]).expect("upload");
+    let r = g.capture(|| g.download(&buf).map(|_| ()));
+    assert!(r.is_err(), "a read-back inside a capture");
+    eprintln!(
+        "read-back inside a capture: {}",
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    );
+    let mut out = g.zeros::<f32>(3).expect("zeros");
+    g.copy(&buf, &mut out)
+        .expect("copy after the failed captures");
+    assert_eq!(g.download(&out).expect("download"), vec![1.0, 2.0, 3.0]);
+}
+
+#[cfg(feature = "cuda")]
+fn graph_case<T: clca::Element>(
+    g: &clca::cuda::CudaDevice,
+    name: &str,
+    model: &Vit,
+    b: usize,
+    images: &[f32],
+) {
+    use clca::vit::device::DeviceVit;
+    use clca::{Buffer, Device};
+    let dv = DeviceVit::<clca::cuda::CudaDevice, T>::new(g, model).expect("upload model");
+    let eager = |img: &[f32]| -> Vec<f32> {
+        let mut ws = dv.workspace(g, b).expect("workspace");
+        let d = g.upload(img).expect("upload");
+        dv.forward(g, &mut ws, &d, None).expect("forward");
+        dv.logits(g, &ws).expect("logits")
+    };
+    // A second input: the same images mirrored left to right.
+    let s = model.cfg.img_size;
+    let mirrored: Vec<f32> = (0..images.len())
+        .map(|i| {
+            let (row, col) = (i / s, i % s);
+            images[row * s + (s - 1 - col)]
+        })
+        .collect();
+    let want = eager(images);
+    let want2 = eager(&mirrored);
+    let classes = model.cfg.num_classes;
+    let mut img = g.upload(images).expect("upload");
+    let mut logits = g.zeros::<T>(b * classes).expect("zeros");
+    let bytes = dv.workspace_bytes(b).expect("bytes");
+    let mut ws = g.zeros::<u8>(bytes).expect("zeros");
+    if model.cfg.reduction == clca::plan::Reduction::Ats {
+        // SAFETY: buffers of this device, sized above.
+        let r = unsafe {
+            dv.capture_forward(g, b, img.addr(), logits.addr_mut(), ws.addr_mut(), bytes)
+        };
+        assert!(
+            matches!(r, Err(clca::Error::Unsupported { .. })),
+            "{name}: ATS must be refused"
+        );
+        return;
+    }
+    // SAFETY: as above; the buffers outlive the graph (dropped at the end of this function,
+    // after a synchronize).
+    let graph = unsafe {
+        dv.capture_forward(g, b, img.addr(), logits.addr_mut(), ws.addr_mut(), bytes)
+            .unwrap_or_else(|e| panic!("{name} {}: capture: {e}", T::DTYPE))
+    };
+    let replay = |img_buf: &mut clca::cuda::CudaBuf<f32>, data: &[f32]| -> Vec<f32> {
+        g.write(img_buf, data).expect("write");
+        // SAFETY: every buffer the graph touches is alive.
+        unsafe { g.launch_graph(&graph) }.expect("launch");
+        g.synchronize().expect("sync");
+        g.download(&logits)
+            .expect("download")
+            .iter()
+            .map(|v| v.to_f32())
+            .collect()
+    };
+    let got = replay(&mut img, images);
+    let got2 = replay(&mut img, &mirrored);
+    let again = replay(&mut img, images);
+    assert_eq!(
+        got,
+        again,
+        "{name} {}: replays of one input differ",
+        T::DTYPE
+    );
+    for (what, g_, w) in [("input", &got, &want), ("mirrored input", &got2, &want2)] {
+        let max = w.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let err = g_
+            .iter()
+            .zip(w.iter())
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        eprintln!(
+            "{name} {} {what}: graph vs eager max|Δ| {err:e} (max {max}){}",
+            T::DTYPE,
+            if g_ == w { ", bit for bit" } else { "" }
+        );
+        // The same kernels in the same order; cuBLAS may pick another algorithm for the
+        // graph's own workspace, so allow f32 rounding (and one bf16 ulp of the logits).
+        let tol = if T::DTYPE == clca::DType::F32 {
+            1e-5
+        } else {
+            1e-2
+        };
+        assert!(
+            err <= tol * max,
+            "{name} {} {what}: {err:e} > {tol:e}·{max}",
+            T::DTYPE
+        );
+    }
+    assert_ne!(got, got2, "{name}: the replay must read the new images");
+    // The device is as before: an eager forward still gives the same logits.
+    assert_eq!(
+        eager(images),
+        want,
+        "{name} {}: eager after the graph",
+        T::DTYPE
+    );
+    g.synchronize().expect("sync");
+    drop(graph);
+}

@@ -81,7 +81,8 @@ def run_clca(clca, args, env=None):
 
 
 def end_to_end(clca, out, batches, compile_batches, compile_models, models, dtypes=("f32", "bf16"),
-               gemm_attention=False, profile_batches=(), classes=200, clca_alt=None, alt_rounds=2):
+               gemm_attention=False, profile_batches=(), classes=200, clca_alt=None, alt_rounds=2,
+               cuda_graph=False):
     cases = [
         ("evit_clca_kr0.1", Flags("evit", (3, 6, 9), (0.1,), clc=True, num_clr=1, ifa_head=True)),
         ("plain", Flags("vit", (3, 6, 9), (1.0,), clc=False, num_clr=0, ifa_head=False)),
@@ -112,6 +113,15 @@ def end_to_end(clca, out, batches, compile_batches, compile_models, models, dtyp
         err = ((ours - ref).abs().max() / ref.abs().max()).item()
         agree = (ours.argmax(1) == ref.argmax(1)).float().mean().item()
         emit(what="logits_check", model=name, dtype="f32", rel_max_err=err, top1_agree=agree)
+        if cuda_graph:
+            # The replayed graph against the eager forward: the same kernels in the same order.
+            lg = os.path.join(out, f"{name}_logits_graph.safetensors")
+            run_clca(clca, ["forward", "--weights", w, "--input", inp, "--output", lg, *f.cli(),
+                            "--device", "cuda", "--dtype", "f32", "--cuda-graph"])
+            graph = load_file(lg)["logits"].double()
+            emit(what="graph_check", model=name, dtype="f32",
+                 rel_max_err=((graph - ours).abs().max() / ours.abs().max()).item(),
+                 bit_identical=bool(torch.equal(graph, ours)))
         for b in batches:
             inp = os.path.join(out, f"images_b{b}.safetensors")
             if not os.path.exists(inp):
@@ -131,6 +141,11 @@ def end_to_end(clca, out, batches, compile_batches, compile_models, models, dtyp
                              dtype=dt, batch=b, median_s=j["forward_median_s"],
                              min_s=j["forward_min_s"], max_s=j["forward_max_s"], macs=j["macs"],
                              backend=j.get("backend"))
+                if cuda_graph:
+                    j = json.loads(run_clca(clca, fwd + ["--cuda-graph"]))
+                    emit(what="e2e", model=name, impl="clca_graph", dtype=dt, batch=b,
+                         median_s=j["forward_median_s"], min_s=j["forward_min_s"],
+                         max_s=j["forward_max_s"], macs=j["macs"], backend=j.get("backend"))
                 if gemm_attention and dt != "f32":
                     # The same forward with the GEMM attention path (the default before the
                     # fused kernel), for the side by side of the two paths.
@@ -191,6 +206,9 @@ def table():
         elif r["what"] == "e2e" and "compile_s" in r:
             print(f"torch.compile {r['model']} B{r['batch']}: first call (compile) "
                   f"{r['compile_s']:.0f} s")
+        elif r["what"] == "graph_check":
+            print(f"logits {r['model']} f32 clca CUDA graph vs eager: rel max err "
+                  f"{r['rel_max_err']:.2e}, bit identical {r['bit_identical']}")
         elif r["what"] == "logits_check":
             print(f"logits {r['model']} f32 clca vs torch: rel max err {r['rel_max_err']:.2e}, "
                   f"top-1 agree {r['top1_agree']:.2f}")
@@ -200,7 +218,12 @@ def table():
             e2e[(r["model"], r["dtype"], r["batch"], r["impl"])] = r["median_s"]
     for (m, dt, b, impl), s in sorted(e2e.items()):
         base = e2e.get((m, dt, b, "clca"))
-        ratio = f"  clca speed-up {s / base:.2f}x" if base and impl != "clca" else ""
+        if not base or impl == "clca":
+            ratio = ""
+        elif impl.startswith("clca"):
+            ratio = f"  {base / s:.2f}x the speed of eager clca"
+        else:
+            ratio = f"  clca speed-up {s / base:.2f}x"
         print(f"e2e {m} {dt} B{b} {impl}: {s*1e3:.2f} ms{ratio}")
 
 
@@ -220,6 +243,9 @@ def main():
                     help="also time clca's 16-bit forwards with CLCA_ATTENTION=gemm")
     ap.add_argument("--clca-alt", default=None,
                     help="a second clca binary, timed alternately with --clca (impl clca_alt)")
+    ap.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                    help="skip clca --cuda-graph (by default also timed, impl clca_graph, and its "
+                         "logits checked against the eager forward)")
     ap.add_argument("--profile-batches", default="",
                     help="batches at which clca's 16-bit forward is also run with --profile")
     a = ap.parse_args()
@@ -234,7 +260,7 @@ def main():
                                         a.models.split(","), a.dtypes.split(","),
                                         a.gemm_attention,
                                         [int(b) for b in a.profile_batches.split(",") if b],
-                                        clca_alt=a.clca_alt))]
+                                        clca_alt=a.clca_alt, cuda_graph=a.cuda_graph))]
     for name, fn in steps:
         if name in skip:
             continue

@@ -644,6 +644,115 @@ fn blas_type(dtype: crate::DType) -> blas_sys::cudaDataType {
     }
 }
 
+/// cuBLAS's workspace inside a captured graph: the graph's GEMM nodes hold its address, so
+/// the [`Graph`] owns it (32 MiB: what cuBLAS documents for Hopper; 4 MiB suffices before it).
+const GRAPH_BLAS_WORKSPACE: usize = 32 << 20;
+
+/// Work captured once from a stream and replayed with [`CudaDevice::launch_graph`]: one launch
+/// for the whole sequence instead of one per kernel, copy and GEMM (the gaps between short
+/// kernels are what bounds a token-reduced forward at small batches). Made by
+/// [`CudaDevice::capture`].
+pub struct Graph {
+    exec: cudarc::driver::CudaGraph,
+    nodes: usize,
+    /// cuBLAS's workspace during the capture, referenced by the captured GEMMs.
+    _blas_ws: Option<CudaSlice<u8>>,
+}
+
+impl Graph {
+    /// Nodes in the graph (kernels, copies, memsets).
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+}
+
+impl CudaDevice {
+    /// Captures the work `f` queues into a [`Graph`]. `f` runs twice on a stream of its own
+    /// (every launch, copy, memset and cuBLAS call of this device goes there, as in
+    /// [`CudaDevice::with_stream`]): once uncaptured, so that lazily loaded kernels (ours
+    /// and cuBLAS's) are loaded and cuBLAS has chosen its kernels before the capture, then
+    /// under capture (relaxed mode). cuBLAS works in a workspace the graph owns.
+    ///
+    /// `f` must queue only: a host read-back or synchronize inside it fails the capture (an
+    /// error, and nothing is left capturing). Buffers `f` makes with `zeros`/`upload` must
+    /// come from [`CudaDevice::with_arena`] memory that outlives the graph, since the graph
+    /// holds their addresses.
+    pub fn capture(&self, f: impl Fn() -> Result<()>) -> Result<Graph> {
+        if self.overridden()? {
+            return Err(Error::InvalidArgument {
+                arg: "stream",
+                value: "a with_stream override".into(),
+                why: "capture queues on a stream of its own; call it outside with_stream".into(),
+            });
+        }
+        self.preload()?;
+        let stream = self.ctx.new_stream()?;
+        let blas_ws = match self.blas {
+            Some(_) => Some(self.alloc_bytes(GRAPH_BLAS_WORKSPACE)?),
+            None => None,
+        };
+        // The zero fill above ran on our stream; the capture stream does not wait for it.
+        self.stream.synchronize()?;
+        let raw = stream.cu_stream() as *mut std::ffi::c_void;
+        let queue = || {
+            self.set_blas_workspace(blas_ws.as_ref())?;
+            f()
+        };
+        // SAFETY: `stream` is a live stream of our context and outlives both calls (the graph
+        // keeps it); everything `f` queues is waited for or captured before it drops.
+        unsafe { self.with_stream(raw, queue) }?;
+        stream.synchronize()?;
+        stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)?;
+        // SAFETY: as above.
+        let queued = unsafe { self.with_stream(raw, queue) };
+        // Always end the capture, so that an error in `f` leaves no stream capturing.
+        let ended = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        queued?;
+        let exec = ended?.ok_or_else(|| Error::Cuda("the capture recorded no work".into()))?;
+        let mut nodes = 0usize;
+        // SAFETY: the graph is live (owned by `exec`); a null node array asks for the count.
+        unsafe { sys::cuGraphGetNodes(exec.cu_graph(), std::ptr::null_mut(), &mut nodes) }
+            .result()?;
+        exec.upload()?;
+        stream.synchronize()?;
+        Ok(Graph {
+            exec,
+            nodes,
+            _blas_ws: blas_ws,
+        })
+    }
+
+    /// Queues one replay of `g` on the current stream (ours, or the caller's inside
+    /// [`CudaDevice::with_stream`]), ordered after the work queued there before it, such as
+    /// the upload of new inputs into the captured input buffer.
+    ///
+    /// # Safety
+    /// Every buffer the captured work touched is still allocated (and not in use elsewhere).
+    pub unsafe fn launch_graph(&self, g: &Graph) -> Result<()> {
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the exec is live (owned by `g`); the stream is ours or the caller's live one.
+        unsafe { result::graph::launch(g.exec.cu_graph_exec(), self.cur_stream()?) }?;
+        Ok(())
+    }
+
+    /// Points cuBLAS at `ws` (`None`: its default pool). `cublasSetStream` resets it to the
+    /// default, so this follows every stream change that should keep it.
+    fn set_blas_workspace(&self, ws: Option<&CudaSlice<u8>>) -> Result<()> {
+        let (Some(b), Some(ws)) = (&self.blas, ws) else {
+            return Ok(());
+        };
+        self.ctx.bind_to_thread()?;
+        let (ptr, _sync) = ws.device_ptr(&self.stream);
+        // SAFETY: the handle is live; `ws` is device memory of this context that the caller
+        // keeps allocated while cuBLAS may use it.
+        unsafe {
+            blas_sys::cublasSetWorkspace_v2(*b.handle(), ptr as *mut std::ffi::c_void, ws.len())
+        }
+        .result()
+        .map_err(|e| Error::Cuda(format!("cublasSetWorkspace: {e:?}")))
+    }
+}
+
 impl CudaDevice {
     /// Whether GEMMs go to cuBLAS (else to the crate's tiled `linear` kernel).
     pub fn has_cublas(&self) -> bool {

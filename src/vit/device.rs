@@ -308,6 +308,39 @@ impl<T: Element> DeviceVit<crate::cuda::CudaDevice, T> {
         workspace_bytes: usize,
         stream: *mut std::ffi::c_void,
     ) -> Result<()> {
+        // SAFETY: the caller guarantees the stream, the workspace and both tensors.
+        unsafe {
+            dev.with_stream(stream, || {
+                self.forward_queued(dev, batch, images, logits, workspace, workspace_bytes)
+            })
+        }
+    }
+
+    /// [`Self::forward_raw`]'s work, queued on the device's current stream.
+    ///
+    /// # Safety
+    /// As [`Self::forward_raw`].
+    unsafe fn forward_queued(
+        &self,
+        dev: &crate::cuda::CudaDevice,
+        batch: usize,
+        images: u64,
+        logits: u64,
+        workspace: u64,
+        workspace_bytes: usize,
+    ) -> Result<()> {
+        let (n_img, n_logits) = self.io_sizes(batch, images, logits)?;
+        // SAFETY: the caller guarantees the workspace and both tensors.
+        unsafe {
+            let mut ws = self.workspace_in(dev, batch, workspace, workspace_bytes)?;
+            let img = dev.view::<f32>(images, n_img);
+            self.forward(dev, &mut ws, &img, None)?;
+            dev.copy_dtod(logits, ws.logits.addr(), n_logits)
+        }
+    }
+
+    /// The images' elements and the logits' bytes at `batch`, both addresses non-null.
+    fn io_sizes(&self, batch: usize, images: u64, logits: u64) -> Result<(usize, usize)> {
         let c = &self.model.cfg;
         for (arg, p) in [("images", images), ("logits", logits)] {
             if p == 0 {
@@ -318,21 +351,60 @@ impl<T: Element> DeviceVit<crate::cuda::CudaDevice, T> {
                 });
             }
         }
-        let n_img = mul("images", &[batch, c.in_chans, c.img_size, c.img_size])?;
-        let n_logits = mul(
-            "logits bytes",
-            &[batch, c.num_classes, std::mem::size_of::<T>()],
-        )?;
-        // SAFETY: the caller guarantees the stream, the workspace and both tensors.
-        unsafe {
-            dev.with_stream(stream, || {
-                let mut ws = self.workspace_in(dev, batch, workspace, workspace_bytes)?;
-                let img = dev.view::<f32>(images, n_img);
-                self.forward(dev, &mut ws, &img, None)?;
-                dev.copy_dtod(logits, ws.logits.addr(), n_logits)
-            })
-        }
+        Ok((
+            mul("images", &[batch, c.in_chans, c.img_size, c.img_size])?,
+            mul(
+                "logits bytes",
+                &[batch, c.num_classes, std::mem::size_of::<T>()],
+            )?,
+        ))
     }
+
+    /// [`Self::forward_raw`] captured once as a CUDA graph ([`crate::cuda::CudaDevice::capture`],
+    /// which runs it once uncaptured first). Replay it with
+    /// [`crate::cuda::CudaDevice::launch_graph`] after writing new images to `images`; the
+    /// logits land in `logits`. The workspace is built and zeroed once, here, not at each
+    /// replay: it belongs to the graph. One graph per (model, batch, addresses). ATS reads a
+    /// sample count back to the host at each reduction layer, so it cannot be captured.
+    ///
+    /// # Safety
+    /// As [`Self::forward_raw`] (without the stream), and the three regions stay allocated,
+    /// and the workspace unused by others, while the graph is used.
+    pub unsafe fn capture_forward(
+        &self,
+        dev: &crate::cuda::CudaDevice,
+        batch: usize,
+        images: u64,
+        logits: u64,
+        workspace: u64,
+        workspace_bytes: usize,
+    ) -> Result<crate::cuda::Graph> {
+        graph_supported(&self.model.cfg)?;
+        let (n_img, n_logits) = self.io_sizes(batch, images, logits)?;
+        // SAFETY: the caller guarantees the workspace and both tensors.
+        let ws = unsafe { self.workspace_in(dev, batch, workspace, workspace_bytes)? };
+        // SAFETY: as above.
+        let img = unsafe { dev.view::<f32>(images, n_img) };
+        let ws = std::cell::RefCell::new(ws);
+        dev.capture(|| {
+            let mut ws = ws.borrow_mut();
+            self.forward(dev, &mut ws, &img, None)?;
+            // SAFETY: `logits` holds n_logits bytes (the caller); ws.logits at least as many.
+            unsafe { dev.copy_dtod(logits, ws.logits.addr(), n_logits) }
+        })
+    }
+}
+
+/// Whether a forward of `cfg` can be captured as a CUDA graph: every reduction but ATS (whose
+/// per-layer sample count is read back to the host to size the next layer).
+pub fn graph_supported(cfg: &super::VitConfig) -> Result<()> {
+    if cfg.reduction == Reduction::Ats {
+        return Err(Error::Unsupported {
+            what: "capturing an ATS forward as a CUDA graph (it reads each layer's sample count back to the host)".into(),
+            supported: "every other reduction method; run ATS without a graph".into(),
+        });
+    }
+    Ok(())
 }
 
 impl<D: Device, T: Element> DeviceWorkspace<D, T> {
@@ -643,6 +715,12 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
     /// The attention path new workspaces get.
     pub fn attention_path(&self) -> AttentionPath {
         self.attention
+    }
+
+    /// The bytes [`DeviceVit::workspace_in`] needs at `batch` on this model's attention path
+    /// (as [`workspace_bytes`], which assumes the default path).
+    pub fn workspace_bytes(&self, batch: usize) -> Result<usize> {
+        workspace_bytes_for(&self.model, T::DTYPE, batch, self.attention)
     }
 
     /// The model.

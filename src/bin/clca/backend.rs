@@ -152,20 +152,7 @@ pub struct DevEngine<'a, D: Device, T: Element> {
 
 impl<'a, D: Device, T: Element> DevEngine<'a, D, T> {
     pub fn new(dev: &'a D, label: &str, model: &Vit, batch: usize) -> clca::Result<Self> {
-        let mut vit = DeviceVit::<D, T>::new(dev, model)?;
-        // CLCA_ATTENTION=gemm|fused overrides the attention path (for side-by-side timing).
-        match std::env::var("CLCA_ATTENTION").as_deref() {
-            Ok("gemm") => vit.set_attention(AttentionPath::Gemm)?,
-            Ok("fused") => vit.set_attention(AttentionPath::Fused)?,
-            Ok(other) if !other.is_empty() => {
-                return Err(clca::Error::InvalidArgument {
-                    arg: "CLCA_ATTENTION",
-                    value: other.into(),
-                    why: "must be `gemm` or `fused` (or unset: the default path)".into(),
-                })
-            }
-            _ => {}
-        }
+        let vit = device_vit(dev, model)?;
         let ws = vit.workspace(dev, batch)?;
         let c = &model.cfg;
         let len = batch
@@ -182,12 +169,36 @@ impl<'a, D: Device, T: Element> DevEngine<'a, D, T> {
     }
 }
 
+/// `model` on `dev`, with the attention path CLCA_ATTENTION=gemm|fused asks for (for
+/// side-by-side timing; unset: the default path).
+fn device_vit<D: Device, T: Element>(dev: &D, model: &Vit) -> clca::Result<DeviceVit<D, T>> {
+    let mut vit = DeviceVit::<D, T>::new(dev, model)?;
+    match std::env::var("CLCA_ATTENTION").as_deref() {
+        Ok("gemm") => vit.set_attention(AttentionPath::Gemm)?,
+        Ok("fused") => vit.set_attention(AttentionPath::Fused)?,
+        Ok(other) if !other.is_empty() => {
+            return Err(clca::Error::InvalidArgument {
+                arg: "CLCA_ATTENTION",
+                value: other.into(),
+                why: "must be `gemm` or `fused` (or unset: the default path)".into(),
+            })
+        }
+        _ => {}
+    }
+    Ok(vit)
+}
+
+/// "fused attention" or "GEMM attention".
+fn attention_name(p: AttentionPath) -> &'static str {
+    match p {
+        AttentionPath::Fused => "fused attention",
+        AttentionPath::Gemm => "GEMM attention",
+    }
+}
+
 impl<D: Device, T: Element> Engine for DevEngine<'_, D, T> {
     fn describe(&self) -> String {
-        let att = match self.vit.attention_path() {
-            AttentionPath::Fused => "fused attention",
-            AttentionPath::Gemm => "GEMM attention",
-        };
+        let att = attention_name(self.vit.attention_path());
         format!("{} {}, {att}", self.label, T::DTYPE)
     }
     fn stage(&mut self, images: &[f32]) -> clca::Result<()> {
@@ -230,6 +241,135 @@ pub fn device_engine<'a, D: Device>(
         DtypeArg::F16 => Box::new(DevEngine::<D, f16>::new(dev, label, model, batch)?),
         DtypeArg::Bf16 => Box::new(DevEngine::<D, bf16>::new(dev, label, model, batch)?),
     })
+}
+
+/// The GPU forward captured once as a CUDA graph and replayed at each run
+/// (`clca forward --cuda-graph`): images, logits and every activation live in buffers made
+/// here, whose addresses the graph holds.
+#[cfg(feature = "cuda")]
+pub struct GraphEngine<'a, T: Element> {
+    // First, so that it is destroyed before the buffers it refers to are freed.
+    graph: clca::cuda::Graph,
+    dev: &'a clca::cuda::CudaDevice,
+    label: String,
+    attention: AttentionPath,
+    images: clca::cuda::CudaBuf<f32>,
+    logits: clca::cuda::CudaBuf<T>,
+    _workspace: clca::cuda::CudaBuf<u8>,
+}
+
+#[cfg(feature = "cuda")]
+impl<'a, T: Element> GraphEngine<'a, T> {
+    pub fn new(
+        dev: &'a clca::cuda::CudaDevice,
+        label: &str,
+        model: &Vit,
+        batch: usize,
+    ) -> clca::Result<Self> {
+        let vit = device_vit::<_, T>(dev, model)?;
+        let c = &model.cfg;
+        let len = |what, per: usize| batch.checked_mul(per).ok_or(clca::Error::Overflow { what });
+        let images = dev.zeros::<f32>(len("images", c.in_chans * c.img_size * c.img_size)?)?;
+        let logits = dev.zeros::<T>(len("logits", c.num_classes)?)?;
+        let bytes = vit.workspace_bytes(batch)?;
+        // cudaMalloc memory: aligned beyond WORKSPACE_ALIGN.
+        let workspace = dev.zeros::<u8>(bytes)?;
+        // SAFETY: the three buffers are this device's, sized above, and owned by the engine,
+        // which drops the graph first.
+        let graph = unsafe {
+            vit.capture_forward(
+                dev,
+                batch,
+                images.addr(),
+                logits.addr(),
+                workspace.addr(),
+                bytes,
+            )?
+        };
+        Ok(GraphEngine {
+            graph,
+            dev,
+            label: label.to_string(),
+            attention: vit.attention_path(),
+            images,
+            logits,
+            _workspace: workspace,
+        })
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl<T: Element> Engine for GraphEngine<'_, T> {
+    fn describe(&self) -> String {
+        format!(
+            "{} {}, {}, CUDA graph of {} nodes",
+            self.label,
+            T::DTYPE,
+            attention_name(self.attention),
+            self.graph.nodes()
+        )
+    }
+    fn stage(&mut self, images: &[f32]) -> clca::Result<()> {
+        self.dev.write(&mut self.images, images)
+    }
+    fn run(&mut self, trace: Option<&mut Trace>) -> clca::Result<()> {
+        if trace.is_some() {
+            return Err(clca::Error::Unsupported {
+                what: "a trace of a CUDA-graph forward".into(),
+                supported: "--trace without --cuda-graph".into(),
+            });
+        }
+        // SAFETY: the engine owns every buffer the graph touches; the images were written on
+        // the same stream before this launch.
+        unsafe { self.dev.launch_graph(&self.graph)? };
+        self.dev.synchronize()
+    }
+    fn logits(&self) -> clca::Result<Vec<f32>> {
+        Ok(self
+            .dev
+            .download(&self.logits)?
+            .iter()
+            .map(|x| x.to_f32())
+            .collect())
+    }
+}
+
+/// A [`GraphEngine`] for `dtype`, handed to `f` (`--cuda-graph`): CUDA only.
+pub fn with_graph_engine<R>(
+    device: DeviceArg,
+    dtype: DtypeArg,
+    model: &Vit,
+    batch: usize,
+    f: impl FnOnce(&mut dyn Engine) -> CliResult<R>,
+) -> CliResult<R> {
+    if !matches!(device, DeviceArg::Cuda | DeviceArg::Auto) {
+        return Err(CliError::input(format!(
+            "--cuda-graph runs on a GPU only (got --device {})",
+            device.as_str()
+        ))
+        .hint("use --device cuda, or drop --cuda-graph"));
+    }
+    clca::vit::device::graph_supported(&model.cfg).ctx("--cuda-graph")?;
+    #[cfg(feature = "cuda")]
+    {
+        let dev = open_cuda()?;
+        let label = format!("CUDA on {}", dev.name());
+        fn boxed<'a, E: Engine + 'a>(e: E) -> Box<dyn Engine + 'a> {
+            Box::new(e)
+        }
+        let mut e = match dtype {
+            DtypeArg::F32 => GraphEngine::<f32>::new(&dev, &label, model, batch).map(boxed),
+            DtypeArg::F16 => GraphEngine::<f16>::new(&dev, &label, model, batch).map(boxed),
+            DtypeArg::Bf16 => GraphEngine::<bf16>::new(&dev, &label, model, batch).map(boxed),
+        }
+        .ctx("capturing the forward as a CUDA graph")?;
+        f(e.as_mut())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (dtype, batch, f);
+        Err(no_cuda_build())
+    }
 }
 
 /// Opens GPU 0, or says why not.

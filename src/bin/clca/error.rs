@@ -69,7 +69,7 @@ impl From<clca::Error> for CliError {
             E::Io(_) => (BAD_INPUT, "check the path".to_string()),
             E::Unsupported { .. } => (
                 BAD_INPUT,
-                "DPC-KNN, SiT, PatchMerger, ATS and DynamicViT follow in a later release".to_string(),
+                "the message names what this release supports instead".to_string(),
             ),
             E::LibraryMissing { .. } => (
                 BAD_INPUT,

@@ -1,7 +1,9 @@
 //! `clca forward`: one forward of a golden-format case (config.json + weights + `images`),
 //! logits (and with `--trace` every per-block tensor) written to a safetensors file, with
 //! optional timing and a one-line JSON report.
-use crate::backend::{init_threads, logits_trace, time_runs, with_engine, Timing};
+use crate::backend::{
+    init_threads, logits_trace, time_runs, with_engine, with_graph_engine, Timing,
+};
 use crate::error::{CliError, CliResult, Context};
 use crate::table::{fmt_secs, gmacs, shape};
 use crate::ForwardArgs;
@@ -38,7 +40,7 @@ pub fn read_config(p: &Path) -> CliResult<VitConfig> {
                     p.display()
                 ),
             )
-            .hint("supported: plain ViT (models.vit.ViT), Top-K (models.topk.TopK), EViT (models.evit.EViT) and ToMe (models.tome.ToMeViT); DPC-KNN, SiT, PatchMerger, ATS and DynamicViT follow"),
+            .hint("supported: the model classes of the authors' models/{vit,topk,evit,tome,dpcknn,sit,patchmerger,ats,dyvit}.py"),
             _ => {
                 let mut e = CliError::from(e);
                 e.msg = format!("{}: {}", p.display(), e.msg);
@@ -100,8 +102,17 @@ pub fn main(a: &ForwardArgs) -> CliResult<()> {
     let macs = model.macs();
     let classes = model.cfg.num_classes;
 
-    let (trace, first, timing, describe, profile) =
-        with_engine(a.device, a.dtype, &model, batch, |e| {
+    let engine = if a.cuda_graph {
+        with_graph_engine
+    } else {
+        with_engine
+    };
+    let (trace, first, timing, describe, profile) = engine(
+        a.device,
+        a.dtype,
+        &model,
+        batch,
+        |e: &mut dyn crate::backend::Engine| {
             e.stage(&images).ctx("staging the images")?;
             let mut trace = Trace::default();
             let t = Instant::now();
@@ -127,7 +138,8 @@ pub fn main(a: &ForwardArgs) -> CliResult<()> {
                 None
             };
             Ok((trace, first, timing, e.describe(), e.take_profile()))
-        })?;
+        },
+    )?;
     if let Some(p) = &profile {
         eprint!("{}", p.table());
     }
@@ -168,6 +180,7 @@ pub fn main(a: &ForwardArgs) -> CliResult<()> {
             "runs": samples.samples.len(),
             "warmup": warmup,
             "backend": describe,
+            "cuda_graph": a.cuda_graph,
         });
         let mut j = j;
         if let Some(p) = &profile {

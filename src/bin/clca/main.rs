@@ -149,6 +149,10 @@ pub struct ForwardArgs {
     /// synchronize, so the profiled forward runs a little slower than an unprofiled one.
     #[arg(long)]
     pub profile: bool,
+    /// Capture the GPU forward once as a CUDA graph and replay it at every run (one launch
+    /// instead of one per kernel; not for ATS, which reads sample counts back to the host).
+    #[arg(long = "cuda-graph", conflicts_with_all = ["trace", "profile"])]
+    pub cuda_graph: bool,
     /// The model, when no --config is given (train.py names; --dpc-noise-seed and
     /// --ats-batch-padding apply with --config too).
     #[command(flatten)]
