@@ -279,19 +279,25 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
 
 }  // namespace clca
 
-// grid (ceil(n / FA_QUERIES_HD), heads, batch), block 128: 128 queries per block at HD 32 and
-// 64 (MT = 2), 64 at HD 128 (MT = 1). qkv [B, n, 3, H, HD], out [B, n, H*HD] (T),
+// grid (ceil(n / (64 MT)), heads, batch), block 128: 64 queries per block (MT = 1), 128 for
+// the `w` entries (MT = 2). qkv [B, n, 3, H, HD], out [B, n, H*HD] (T),
 // sizes [B, n] f32 or null, cls_probs [B, H, n] f32 or null. 16-byte aligned rows: HD % 16 == 0
 // and 16-byte aligned qkv.
-#define FLASH_ENTRIES(T, sfx, HD, MT, STAGES)                                                     \
-  extern "C" __global__ void __launch_bounds__(clca::FA_THREADS) attn_flash##HD##_##sfx(          \
+#define FLASH_ENTRIES(T, sfx, NAME, HD, MT, STAGES)                                               \
+  extern "C" __global__ void __launch_bounds__(clca::FA_THREADS) NAME##_##sfx(                    \
       const T* __restrict__ qkv, unsigned n, unsigned heads, float scale,                         \
       const float* __restrict__ sizes, T* __restrict__ out, float* __restrict__ cls_probs) {      \
     clca::flash_attention<T, HD, MT, STAGES>(qkv, n, heads, scale, sizes, out, cls_probs);        \
   }                                                                                               \
-  CLCA_HOST_ENTRY(attn_flash##HD##_##sfx)
+  CLCA_HOST_ENTRY(NAME##_##sfx)
 // HD 128 stays single-stage: two stages would pass the 48 KiB of static shared memory.
-#define FLASH_DTYPE(T, sfx) \
-  FLASH_ENTRIES(T, sfx, 32, 1, 2) FLASH_ENTRIES(T, sfx, 64, 1, 2) FLASH_ENTRIES(T, sfx, 128, 1, 1)
+// The `w` entries (MT = 2, 128 queries a block) are the wide variant, for A/B timing on a GPU
+// now that the K/V tiles stream in by cp.async: twice the math per shared-memory fragment, at
+// 243 registers (sm_90, HD 64) against 128, so half the resident warps. HD 128 has none (its
+// MT = 2 would not fit the registers).
+#define FLASH_DTYPE(T, sfx)                                                                         \
+  FLASH_ENTRIES(T, sfx, attn_flash32, 32, 1, 2) FLASH_ENTRIES(T, sfx, attn_flash64, 64, 1, 2)       \
+  FLASH_ENTRIES(T, sfx, attn_flash128, 128, 1, 1) FLASH_ENTRIES(T, sfx, attn_flash32w, 32, 2, 2)    \
+  FLASH_ENTRIES(T, sfx, attn_flash64w, 64, 2, 2)
 FLASH_DTYPE(clca::f16, f16)
 FLASH_DTYPE(clca::bf16, bf16)

@@ -892,6 +892,43 @@ fn missing_cuda_is_a_clear_error_or_a_cpu_fallback_by_option() {
     assert_bad_input(&r, "--device auto found no GPU");
 }
 
+/// `CLCA_ATTENTION` picks the device forward's attention path for side-by-side timing: the
+/// fused kernel's 128-query tile gives the default tile's bits; an unknown value is bad input.
+#[test]
+fn attention_path_override() {
+    let Some(g) = golden() else {
+        return;
+    };
+    for case in ["A_evit_clc_ifa", "D_tome_clc_ifa"] {
+        let dir = g.join(case);
+        let mut logits = Vec::new();
+        for path in ["fused", "fused-wide"] {
+            let out = tmp(&format!("{case}-attention-{path}.safetensors"));
+            let mut args = golden_forward_args(&dir, &out.to_string_lossy());
+            args.extend(["--device", "shim", "--dtype", "bf16"].map(String::from));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let r = clca_env(&args, &[("CLCA_ATTENTION", path)]);
+            assert!(r.status.success(), "{case} {path}: {}", text(&r.stderr));
+            let want = if path == "fused" {
+                "fused attention"
+            } else {
+                "128-query tiles"
+            };
+            assert!(text(&r.stdout).contains(want), "{}", text(&r.stdout));
+            logits.push(tensor(&out, "logits").1);
+            let _ = std::fs::remove_file(&out);
+        }
+        assert_eq!(logits[0], logits[1], "{case}: the two tiles' logits");
+    }
+    let dir = g.join("A_evit_clc_ifa");
+    let out = tmp("attention-bogus.safetensors");
+    let mut args = golden_forward_args(&dir, &out.to_string_lossy());
+    args.extend(["--device", "shim", "--dtype", "bf16"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = clca_env(&args, &[("CLCA_ATTENTION", "bogus")]);
+    assert_bad_input(&r, "CLCA_ATTENTION");
+}
+
 /// `--cuda-graph`: a GPU-only flag. Without a GPU every misuse is a clear error; with one, the
 /// replayed graph gives the authors' logits like the eager forward.
 #[test]

@@ -5,7 +5,7 @@
 //! through models that follow the PTX fragment layouts lane by lane, so these tests check the
 //! kernel's fragment bookkeeping; on a GPU the same tests check it on the real instructions.
 mod common;
-use clca::ops::attention::flash_launch;
+use clca::ops::attention::{flash_launch, FlashTile};
 use clca::{bf16, f16, Buffer, Device, Element};
 use common::*;
 use proptest::prelude::*;
@@ -80,21 +80,25 @@ fn run<D: Device, T: Element>(
     let ds = sizes.as_ref().map(|s| up(dev, s));
     let mut dout = sentinel(dev, b * n * d, T::from_f32(f32::NAN));
     let mut dcls = sentinel(dev, b * h * n, f32::NAN);
-    let l = flash_launch(
-        T::DTYPE,
-        dq.addr(),
-        b,
-        n,
-        h,
-        hd,
-        ds.as_ref().map_or(0, |s| s.addr()),
-        dout.addr_mut(),
-        dcls.addr_mut(),
-    )
-    .expect("launch");
-    // SAFETY: every buffer holds the extents the kernel's contract names.
-    unsafe { dev.launch(&l) }.expect("flash attention");
-    dev.synchronize().expect("sync");
+    let launch = |tile: FlashTile, dout: &mut D::Buf<T>, dcls: &mut D::Buf<f32>| {
+        let l = flash_launch(
+            T::DTYPE,
+            tile,
+            dq.addr(),
+            b,
+            n,
+            h,
+            hd,
+            ds.as_ref().map_or(0, |s| s.addr()),
+            dout.addr_mut(),
+            dcls.addr_mut(),
+        )
+        .expect("launch");
+        // SAFETY: every buffer holds the extents the kernel's contract names.
+        unsafe { dev.launch(&l) }.expect("flash attention");
+        dev.synchronize().expect("sync");
+    };
+    launch(FlashTile::Q64, &mut dout, &mut dcls);
     let what = format!(
         "{} b{b} n{n} h{h} hd{hd} sizes {with_sizes} amp {amp}",
         T::DTYPE
@@ -117,6 +121,28 @@ fn run<D: Device, T: Element>(
         1e-6,
         1e-4,
     );
+    // The 128-query tile computes each query the same way: the same bits.
+    if FlashTile::Q128.head_dims().contains(&hd) {
+        let mut wout = sentinel(dev, b * n * d, T::from_f32(f32::NAN));
+        let mut wcls = sentinel(dev, b * h * n, f32::NAN);
+        launch(FlashTile::Q128, &mut wout, &mut wcls);
+        let bits = |v: Vec<T>| -> Vec<u8> { bytemuck::cast_slice(&v).to_vec() };
+        assert!(
+            bits(down(dev, &wout)) == bits(down(dev, &dout)),
+            "Q128 out {what}"
+        );
+        let fb = |v: Vec<f32>| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
+        assert_eq!(
+            fb(down(dev, &wcls)),
+            fb(down(dev, &dcls)),
+            "Q128 cls {what}"
+        );
+    }
+    // Head dimension 128 has no 128-query tile: an error, not a launch.
+    if hd == 128 {
+        let r = flash_launch(T::DTYPE, FlashTile::Q128, dq.addr(), b, n, h, hd, 0, 0, 0);
+        assert!(matches!(r, Err(clca::Error::Unsupported { .. })), "{what}");
+    }
 }
 
 fn cases<D: Device>(dev: &D) {

@@ -81,7 +81,7 @@ def run_clca(clca, args, env=None):
 
 
 def end_to_end(clca, out, batches, compile_batches, compile_models, models, dtypes=("f32", "bf16"),
-               gemm_attention=False, profile_batches=(), classes=200, clca_alt=None, alt_rounds=2,
+               attention_paths=(), profile_batches=(), classes=200, clca_alt=None, alt_rounds=2,
                cuda_graph=False):
     cases = [
         ("evit_clca_kr0.1", Flags("evit", (3, 6, 9), (0.1,), clc=True, num_clr=1, ifa_head=True)),
@@ -146,13 +146,15 @@ def end_to_end(clca, out, batches, compile_batches, compile_models, models, dtyp
                     emit(what="e2e", model=name, impl="clca_graph", dtype=dt, batch=b,
                          median_s=j["forward_median_s"], min_s=j["forward_min_s"],
                          max_s=j["forward_max_s"], macs=j["macs"], backend=j.get("backend"))
-                if gemm_attention and dt != "f32":
-                    # The same forward with the GEMM attention path (the default before the
-                    # fused kernel), for the side by side of the two paths.
-                    j = json.loads(run_clca(clca, fwd, env={"CLCA_ATTENTION": "gemm"}))
-                    emit(what="e2e", model=name, impl="clca_gemm_attention", dtype=dt, batch=b,
-                         median_s=j["forward_median_s"], min_s=j["forward_min_s"],
-                         max_s=j["forward_max_s"], macs=j["macs"], backend=j.get("backend"))
+                for path in attention_paths if dt != "f32" else ():
+                    # The same forward on another attention path (CLCA_ATTENTION): the GEMM
+                    # path (the default before the fused kernel), or the fused kernel with
+                    # 128-query tiles, for the side by side of the paths.
+                    j = json.loads(run_clca(clca, fwd, env={"CLCA_ATTENTION": path}))
+                    emit(what="e2e", model=name, impl=f"clca_{path.replace('-', '_')}_attention",
+                         dtype=dt, batch=b, median_s=j["forward_median_s"],
+                         min_s=j["forward_min_s"], max_s=j["forward_max_s"], macs=j["macs"],
+                         backend=j.get("backend"))
                 if b in profile_batches and dt != "f32":
                     prof = fwd[:-5] + ["--warmup", "2", "--runs", "3", "--json", "--profile"]
                     j = json.loads(run_clca(clca, prof))
@@ -239,8 +241,11 @@ def main():
                     help="end-to-end models (EViT + CLCA, plain ViT, ToMe + CLCA at 448 px)")
     ap.add_argument("--skip", default="", help="comma list of: copy,prune,e2e")
     ap.add_argument("--dtypes", default="f32,bf16", help="end-to-end storage types")
+    ap.add_argument("--attention-paths", default="fused-wide",
+                    help="comma list of CLCA_ATTENTION paths (gemm, fused-wide) clca's 16-bit "
+                         "forwards are also timed with; empty: none")
     ap.add_argument("--gemm-attention", action="store_true",
-                    help="also time clca's 16-bit forwards with CLCA_ATTENTION=gemm")
+                    help="add gemm to --attention-paths")
     ap.add_argument("--clca-alt", default=None,
                     help="a second clca binary, timed alternately with --clca (impl clca_alt)")
     ap.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
@@ -258,7 +263,8 @@ def main():
                                         [int(b) for b in a.compile_batches.split(",") if b],
                                         a.compile_models.split(","),
                                         a.models.split(","), a.dtypes.split(","),
-                                        a.gemm_attention,
+                                        [p for p in a.attention_paths.split(",") if p]
+                                        + (["gemm"] if a.gemm_attention else []),
                                         [int(b) for b in a.profile_batches.split(",") if b],
                                         clca_alt=a.clca_alt, cuda_graph=a.cuda_graph))]
     for name, fn in steps:

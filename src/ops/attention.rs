@@ -15,13 +15,41 @@ use crate::{error, DType, Error, Result};
 /// Head dimensions the kernel is built for.
 pub const HEAD_DIMS: [usize; 3] = [32, 64, 128];
 
-/// Queries per block (one 16-row tile per warp, 4 warps; see kernels/flash.cu for why not two).
-pub const QUERIES_PER_BLOCK: usize = 64;
+/// Queries a block of the fused kernel takes (4 warps of 16-row tiles). Same contract and the
+/// same bits: a query's arithmetic does not depend on how many tiles its warp holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashTile {
+    /// 64 queries a block, one tile per warp: the default (measured faster than two tiles
+    /// with synchronous K/V loads; see kernels/flash.cu).
+    Q64,
+    /// 128 queries a block, two tiles per warp, head dimensions 32 and 64 only: twice the
+    /// math per shared-memory fragment, half the resident warps. For A/B timing on a GPU.
+    Q128,
+}
+
+impl FlashTile {
+    /// Queries a block.
+    pub fn queries(self) -> usize {
+        match self {
+            FlashTile::Q64 => 64,
+            FlashTile::Q128 => 128,
+        }
+    }
+
+    /// Head dimensions this tile is built for.
+    pub fn head_dims(self) -> &'static [usize] {
+        match self {
+            FlashTile::Q64 => &HEAD_DIMS,
+            FlashTile::Q128 => &HEAD_DIMS[..2],
+        }
+    }
+}
 
 /// The launch of the fused attention (addresses as in the module contract; 0 = none).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_launch(
     dtype: DType,
+    tile: FlashTile,
     qkv: u64,
     batch: usize,
     n: usize,
@@ -31,10 +59,13 @@ pub fn flash_launch(
     out: u64,
     cls_probs: u64,
 ) -> Result<Launch> {
-    if dtype == DType::F32 || !HEAD_DIMS.contains(&hd) {
+    if dtype == DType::F32 || !tile.head_dims().contains(&hd) {
         return Err(Error::Unsupported {
-            what: format!("fused attention in {dtype} at head dimension {hd}"),
-            supported: format!("f16 and bf16 at head dimension {HEAD_DIMS:?}"),
+            what: format!("fused attention ({tile:?}) in {dtype} at head dimension {hd}"),
+            supported: format!(
+                "f16 and bf16 at head dimension {:?} ({tile:?})",
+                tile.head_dims()
+            ),
         });
     }
     if n == 0 || heads == 0 || batch == 0 {
@@ -47,10 +78,13 @@ pub fn flash_launch(
     let u = |what, v| error::to_u32(what, v);
     Launch::new(
         "flash",
-        &format!("attn_flash{hd}"),
+        &format!(
+            "attn_flash{hd}{}",
+            if tile == FlashTile::Q128 { "w" } else { "" }
+        ),
         dtype,
         [
-            u("query tiles", n.div_ceil(QUERIES_PER_BLOCK))?,
+            u("query tiles", n.div_ceil(tile.queries()))?,
             u("heads", heads)?,
             u("batch", batch)?,
         ],

@@ -24,12 +24,25 @@ pub enum AttentionPath {
     /// One fused kernel (kernels/flash.cu: tensor cores, online softmax, nothing n×n in memory):
     /// the default for f16/bf16 storage at head dimension 32, 64 or 128.
     Fused,
+    /// The fused kernel with 128 queries a block (two 16-row tiles a warp; head dimensions 32
+    /// and 64): an alternative for A/B timing on a GPU (`CLCA_ATTENTION=fused-wide`).
+    FusedWide,
     /// Batched GEMMs (cuBLAS) around split/softmax/merge kernels, with the n×n scores in f32:
     /// every dtype and head dimension; the only path for f32, so f32 stays exact to the CPU.
     Gemm,
 }
 
 impl AttentionPath {
+    /// The fused kernel's tile, for the fused paths.
+    pub fn flash_tile(self) -> Option<crate::ops::attention::FlashTile> {
+        use crate::ops::attention::FlashTile;
+        match self {
+            AttentionPath::Fused => Some(FlashTile::Q64),
+            AttentionPath::FusedWide => Some(FlashTile::Q128),
+            AttentionPath::Gemm => None,
+        }
+    }
+
     /// What a model gets by default in storage `dtype`.
     pub fn default_for(cfg: &super::VitConfig, dtype: DType) -> Self {
         if dtype != DType::F32 && FUSED_HEAD_DIMS.contains(&cfg.head_dim()) {
@@ -696,17 +709,14 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
     /// The attention path of the workspaces made from now on ([`AttentionPath::Fused`] where
     /// this dtype and head dimension have the fused kernel, else an error).
     pub fn set_attention(&mut self, path: AttentionPath) -> Result<()> {
-        if path == AttentionPath::Fused
-            && AttentionPath::default_for(&self.model.cfg, T::DTYPE) != AttentionPath::Fused
-        {
-            return Err(Error::Unsupported {
-                what: format!(
-                    "fused attention in {} at head dimension {}",
-                    T::DTYPE,
-                    self.model.cfg.head_dim()
-                ),
-                supported: format!("f16 and bf16 at head dimension {FUSED_HEAD_DIMS:?}"),
-            });
+        if let Some(tile) = path.flash_tile() {
+            let hd = self.model.cfg.head_dim();
+            if T::DTYPE == DType::F32 || !tile.head_dims().contains(&hd) {
+                return Err(Error::Unsupported {
+                    what: format!("{path:?} attention in {} at head dimension {hd}", T::DTYPE),
+                    supported: format!("f16 and bf16 at head dimension {:?}", tile.head_dims()),
+                });
+            }
         }
         self.attention = path;
         Ok(())
@@ -1350,12 +1360,13 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         let (b, hh, hd, d) = (ws.batch, c.num_heads, c.head_dim(), c.embed_dim);
         let dt = T::DTYPE;
         let u = |what, v| to_u32(what, v);
-        if ws.attention == AttentionPath::Fused {
+        if let Some(tile) = ws.attention.flash_tile() {
             // SAFETY: qkv [B, n, 3D], attn [B, n, D], cls_probs [B, H, n], sizes [B, n] (when
             // used): sized for max_len ≥ n; the buffers are 256-byte aligned and hd % 16 == 0,
             // so every 16-byte row load is aligned.
             let l = crate::ops::attention::flash_launch(
                 dt,
+                tile,
                 ws.qkv.addr(),
                 b,
                 n,

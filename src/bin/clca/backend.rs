@@ -169,18 +169,19 @@ impl<'a, D: Device, T: Element> DevEngine<'a, D, T> {
     }
 }
 
-/// `model` on `dev`, with the attention path CLCA_ATTENTION=gemm|fused asks for (for
+/// `model` on `dev`, with the attention path CLCA_ATTENTION=gemm|fused|fused-wide asks for (for
 /// side-by-side timing; unset: the default path).
 fn device_vit<D: Device, T: Element>(dev: &D, model: &Vit) -> clca::Result<DeviceVit<D, T>> {
     let mut vit = DeviceVit::<D, T>::new(dev, model)?;
     match std::env::var("CLCA_ATTENTION").as_deref() {
         Ok("gemm") => vit.set_attention(AttentionPath::Gemm)?,
         Ok("fused") => vit.set_attention(AttentionPath::Fused)?,
+        Ok("fused-wide") => vit.set_attention(AttentionPath::FusedWide)?,
         Ok(other) if !other.is_empty() => {
             return Err(clca::Error::InvalidArgument {
                 arg: "CLCA_ATTENTION",
                 value: other.into(),
-                why: "must be `gemm` or `fused` (or unset: the default path)".into(),
+                why: "must be `gemm`, `fused` or `fused-wide` (or unset: the default path)".into(),
             })
         }
         _ => {}
@@ -192,6 +193,7 @@ fn device_vit<D: Device, T: Element>(dev: &D, model: &Vit) -> clca::Result<Devic
 fn attention_name(p: AttentionPath) -> &'static str {
     match p {
         AttentionPath::Fused => "fused attention",
+        AttentionPath::FusedWide => "fused attention (128-query tiles)",
         AttentionPath::Gemm => "GEMM attention",
     }
 }
