@@ -735,8 +735,8 @@ impl CudaDevice {
         Ok(())
     }
 
-    /// Points cuBLAS at `ws` (`None`: its default pool). `cublasSetStream` resets it to the
-    /// default, so this follows every stream change that should keep it.
+    /// Points cuBLAS at `ws` (nothing without cuBLAS or `ws`). `cublasSetStream` puts cuBLAS
+    /// back on its default pool, so this follows every stream change that should keep `ws`.
     fn set_blas_workspace(&self, ws: Option<&CudaSlice<u8>>) -> Result<()> {
         let (Some(b), Some(ws)) = (&self.blas, ws) else {
             return Ok(());

@@ -321,34 +321,15 @@ impl<T: Element> DeviceVit<crate::cuda::CudaDevice, T> {
         workspace_bytes: usize,
         stream: *mut std::ffi::c_void,
     ) -> Result<()> {
+        let (n_img, n_logits) = self.io_sizes(batch, images, logits)?;
         // SAFETY: the caller guarantees the stream, the workspace and both tensors.
         unsafe {
             dev.with_stream(stream, || {
-                self.forward_queued(dev, batch, images, logits, workspace, workspace_bytes)
+                let mut ws = self.workspace_in(dev, batch, workspace, workspace_bytes)?;
+                let img = dev.view::<f32>(images, n_img);
+                self.forward(dev, &mut ws, &img, None)?;
+                dev.copy_dtod(logits, ws.logits.addr(), n_logits)
             })
-        }
-    }
-
-    /// [`Self::forward_raw`]'s work, queued on the device's current stream.
-    ///
-    /// # Safety
-    /// As [`Self::forward_raw`].
-    unsafe fn forward_queued(
-        &self,
-        dev: &crate::cuda::CudaDevice,
-        batch: usize,
-        images: u64,
-        logits: u64,
-        workspace: u64,
-        workspace_bytes: usize,
-    ) -> Result<()> {
-        let (n_img, n_logits) = self.io_sizes(batch, images, logits)?;
-        // SAFETY: the caller guarantees the workspace and both tensors.
-        unsafe {
-            let mut ws = self.workspace_in(dev, batch, workspace, workspace_bytes)?;
-            let img = dev.view::<f32>(images, n_img);
-            self.forward(dev, &mut ws, &img, None)?;
-            dev.copy_dtod(logits, ws.logits.addr(), n_logits)
         }
     }
 
