@@ -108,6 +108,21 @@ fn forward_matches_the_authors() {
     );
 }
 
+/// A golden case this release runs: the case, its model, batch and images (f32).
+fn load_case(dir: &std::path::Path) -> Option<(Case, Vit, usize, Vec<f32>)> {
+    let c = Case::load(dir);
+    let cfg = VitConfig::from_golden_json(&c.config).ok()?;
+    let model = Vit::load(cfg, &dir.join("weights.safetensors")).expect("model");
+    let input = std::fs::read(dir.join("input.safetensors")).expect("input");
+    let (shape, images) = common::golden::tensor(&input, "images").expect("images");
+    Some((
+        c,
+        model,
+        shape[0],
+        images.iter().map(|&v| v as f32).collect(),
+    ))
+}
+
 /// The device forward (host shim always, GPU when present): f32 within the same bound; f16 and
 /// bf16 with the same top-1 and selections as f32 (bf16: most of them) and a relative logit
 /// error ≤ 2e-2 (bf16 ToMe: 5e-2, see below).
@@ -115,15 +130,9 @@ fn device_case<D: clca::Device>(dev: &D) {
     use clca::vit::device::DeviceVit;
     let mut ran = 0;
     for dir in cases() {
-        let c = Case::load(&dir);
-        let Ok(cfg) = VitConfig::from_golden_json(&c.config) else {
+        let Some((c, model, b, images)) = load_case(&dir) else {
             continue;
         };
-        let model = Vit::load(cfg, &dir.join("weights.safetensors")).expect("model");
-        let input = std::fs::read(dir.join("input.safetensors")).expect("input");
-        let (shape, images) = common::golden::tensor(&input, "images").expect("images");
-        let b = shape[0];
-        let images: Vec<f32> = images.iter().map(|&v| v as f32).collect();
         let img = dev.upload(&images).expect("upload");
         let (_, want) = c.output("logits").expect("logits");
         let max_ref = want.iter().fold(0f64, |m, x| m.max(x.abs()));
@@ -301,16 +310,11 @@ fn cuda_graph_replays_the_forward() {
     graph_errors(g);
     let mut ran = 0;
     for dir in cases() {
-        let c = Case::load(&dir);
-        let Ok(cfg) = VitConfig::from_golden_json(&c.config) else {
+        let Some((c, model, b, images)) = load_case(&dir) else {
             continue;
         };
-        let model = Vit::load(cfg, &dir.join("weights.safetensors")).expect("model");
-        let input = std::fs::read(dir.join("input.safetensors")).expect("input");
-        let (shape, images) = common::golden::tensor(&input, "images").expect("images");
-        let images: Vec<f32> = images.iter().map(|&v| v as f32).collect();
-        graph_case::<f32>(g, &c.name, &model, shape[0], &images);
-        graph_case::<clca::bf16>(g, &c.name, &model, shape[0], &images);
+        graph_case::<f32>(g, &c.name, &model, b, &images);
+        graph_case::<clca::bf16>(g, &c.name, &model, b, &images);
         ran += 1;
     }
     assert!(
