@@ -953,6 +953,33 @@ fn cuda_graph_flag() {
     });
     let r = c.forward(&ats, w, i, &["--device", "cuda", "--cuda-graph"]);
     assert_bad_input(&r, "ATS");
+    // `clca bench --cuda-graph` takes the same path.
+    let bench = |device: &str| {
+        clca(&[
+            "bench",
+            "--methods",
+            "evit,ats",
+            "--keep-rates",
+            "0.5",
+            "--backbone",
+            "deit_tiny_patch16_224",
+            "--input-size",
+            "64",
+            "--reduction_loc",
+            "1",
+            "3",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            device,
+            "--dtype",
+            "bf16",
+            "--cuda-graph",
+        ])
+    };
+    assert_bad_input(&bench("shim"), "--cuda-graph runs on a GPU only");
     let r = c.forward(cf, w, i, &["--device", "cuda", "--cuda-graph"]);
     if !r.status.success() {
         // No GPU here, or a build without the `cuda` feature.
@@ -966,6 +993,14 @@ fn cuda_graph_flag() {
     for case in ["A_evit_clc_ifa", "D_tome_clc_ifa", "G_vit_plain"] {
         forward_case(case, &["--device", "cuda", "--cuda-graph", "--runs", "3"]);
     }
+    // ATS runs without a graph in the sweep; EViT with one.
+    let r = bench("cuda");
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert!(
+        text(&r.stdout).contains("CUDA graph of"),
+        "{}",
+        text(&r.stdout)
+    );
     let json = forward_case_env(
         "A_evit_clc_ifa",
         &["--device", "cuda", "--cuda-graph", "--runs", "2", "--json"],

@@ -340,6 +340,10 @@ pub struct BenchArgs {
     /// Untimed forwards per point first.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// With --device cuda: time each point's forward captured as a CUDA graph (ATS, which
+    /// reads sample counts back to the host, runs without one).
+    #[arg(long = "cuda-graph")]
+    pub cuda_graph: bool,
     /// Rayon threads of the CPU forward (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
