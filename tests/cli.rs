@@ -530,15 +530,14 @@ fn info_reads_method_cache_and_head_from_a_checkpoint() {
     assert_bad_input(&r, "not_a_vit.safetensors");
 }
 
-#[test]
-fn bench_sweeps_methods_and_keep_rates_into_a_table_and_csv() {
-    let csv = tmp("bench.csv");
-    let r = clca(&[
+/// `clca bench` of `methods` at `keep_rates` on a tiny DeiT at 64 px, one run a point.
+fn small_bench(methods: &str, keep_rates: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
         "bench",
         "--methods",
-        "evit,dyvit,sit",
+        methods,
         "--keep-rates",
-        "0.25,0.5",
+        keep_rates,
         "--backbone",
         "deit_tiny_patch16_224",
         "--input-size",
@@ -550,9 +549,19 @@ fn bench_sweeps_methods_and_keep_rates_into_a_table_and_csv() {
         "1",
         "--warmup",
         "0",
-        "--csv",
-        &csv.to_string_lossy(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    clca(&args)
+}
+
+#[test]
+fn bench_sweeps_methods_and_keep_rates_into_a_table_and_csv() {
+    let csv = tmp("bench.csv");
+    let r = small_bench(
+        "evit,dyvit,sit",
+        "0.25,0.5",
+        &["--csv", &csv.to_string_lossy()],
+    );
     let out = text(&r.stdout);
     assert!(r.status.success(), "{}", text(&r.stderr));
     for needle in ["EViT", "DynamicViT", "SiT", "GMACs/img", "vs unreduced"] {
@@ -955,29 +964,11 @@ fn cuda_graph_flag() {
     assert_bad_input(&r, "ATS");
     // `clca bench --cuda-graph` takes the same path.
     let bench = |device: &str| {
-        clca(&[
-            "bench",
-            "--methods",
+        small_bench(
             "evit,ats",
-            "--keep-rates",
             "0.5",
-            "--backbone",
-            "deit_tiny_patch16_224",
-            "--input-size",
-            "64",
-            "--reduction_loc",
-            "1",
-            "3",
-            "--runs",
-            "1",
-            "--warmup",
-            "0",
-            "--device",
-            device,
-            "--dtype",
-            "bf16",
-            "--cuda-graph",
-        ])
+            &["--device", device, "--dtype", "bf16", "--cuda-graph"],
+        )
     };
     assert_bad_input(&bench("shim"), "--cuda-graph runs on a GPU only");
     let r = c.forward(cf, w, i, &["--device", "cuda", "--cuda-graph"]);
