@@ -685,7 +685,6 @@ impl CudaDevice {
                 why: "capture queues on a stream of its own; call it outside with_stream".into(),
             });
         }
-        self.preload()?;
         let stream = self.ctx.new_stream()?;
         let blas_ws = match self.blas {
             Some(_) => Some(self.alloc_bytes(GRAPH_BLAS_WORKSPACE)?),

@@ -43,6 +43,21 @@ impl FlashTile {
             FlashTile::Q128 => &HEAD_DIMS[..2],
         }
     }
+
+    /// Whether this tile has a kernel for storage `dtype` (f16, bf16) at head dimension `hd`;
+    /// the one check behind the launch, the model's default path and `set_attention`.
+    pub fn check(self, dtype: DType, hd: usize) -> Result<()> {
+        if dtype == DType::F32 || !self.head_dims().contains(&hd) {
+            return Err(Error::Unsupported {
+                what: format!("fused attention ({self:?}) in {dtype} at head dimension {hd}"),
+                supported: format!(
+                    "f16 and bf16 at head dimension {:?} ({self:?})",
+                    self.head_dims()
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The launch of the fused attention (addresses as in the module contract; 0 = none).
@@ -59,15 +74,7 @@ pub fn flash_launch(
     out: u64,
     cls_probs: u64,
 ) -> Result<Launch> {
-    if dtype == DType::F32 || !tile.head_dims().contains(&hd) {
-        return Err(Error::Unsupported {
-            what: format!("fused attention ({tile:?}) in {dtype} at head dimension {hd}"),
-            supported: format!(
-                "f16 and bf16 at head dimension {:?} ({tile:?})",
-                tile.head_dims()
-            ),
-        });
-    }
+    tile.check(dtype, hd)?;
     if n == 0 || heads == 0 || batch == 0 {
         return Err(error::invalid(
             "n, heads, batch",

@@ -16,7 +16,7 @@ const EW_THREADS: u32 = 256;
 /// The attention's f32 score buffer holds at most this many bytes (images go in chunks).
 const ATTN_SCORE_BYTES: usize = 256 << 20;
 const EW_GRID_CAP: usize = 1 << 16;
-use crate::ops::attention::HEAD_DIMS as FUSED_HEAD_DIMS;
+use crate::ops::attention::FlashTile;
 
 /// How the device forward computes attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,8 +34,7 @@ pub enum AttentionPath {
 
 impl AttentionPath {
     /// The fused kernel's tile, for the fused paths.
-    pub fn flash_tile(self) -> Option<crate::ops::attention::FlashTile> {
-        use crate::ops::attention::FlashTile;
+    pub fn flash_tile(self) -> Option<FlashTile> {
         match self {
             AttentionPath::Fused => Some(FlashTile::Q64),
             AttentionPath::FusedWide => Some(FlashTile::Q128),
@@ -45,7 +44,7 @@ impl AttentionPath {
 
     /// What a model gets by default in storage `dtype`.
     pub fn default_for(cfg: &super::VitConfig, dtype: DType) -> Self {
-        if dtype != DType::F32 && FUSED_HEAD_DIMS.contains(&cfg.head_dim()) {
+        if FlashTile::Q64.check(dtype, cfg.head_dim()).is_ok() {
             AttentionPath::Fused
         } else {
             AttentionPath::Gemm
@@ -691,13 +690,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
     /// this dtype and head dimension have the fused kernel, else an error).
     pub fn set_attention(&mut self, path: AttentionPath) -> Result<()> {
         if let Some(tile) = path.flash_tile() {
-            let hd = self.model.cfg.head_dim();
-            if T::DTYPE == DType::F32 || !tile.head_dims().contains(&hd) {
-                return Err(Error::Unsupported {
-                    what: format!("{path:?} attention in {} at head dimension {hd}", T::DTYPE),
-                    supported: format!("f16 and bf16 at head dimension {:?}", tile.head_dims()),
-                });
-            }
+            tile.check(T::DTYPE, self.model.cfg.head_dim())?;
         }
         self.attention = path;
         Ok(())

@@ -336,8 +336,24 @@ impl<T: Element> Engine for GraphEngine<'_, T> {
     }
 }
 
+/// [`with_graph_engine`] when `graph` (`--cuda-graph`), else [`with_engine`].
+pub fn with_engine_or_graph<R>(
+    graph: bool,
+    device: DeviceArg,
+    dtype: DtypeArg,
+    model: &Vit,
+    batch: usize,
+    f: impl FnOnce(&mut dyn Engine) -> CliResult<R>,
+) -> CliResult<R> {
+    if graph {
+        with_graph_engine(device, dtype, model, batch, f)
+    } else {
+        with_engine(device, dtype, model, batch, f)
+    }
+}
+
 /// A [`GraphEngine`] for `dtype`, handed to `f` (`--cuda-graph`): CUDA only.
-pub fn with_graph_engine<R>(
+fn with_graph_engine<R>(
     device: DeviceArg,
     dtype: DtypeArg,
     model: &Vit,

@@ -1,7 +1,7 @@
 //! `clca bench`: the accuracy-free cost curve of the paper's figure on this machine — MACs and
 //! forward time against keep rate, for any methods and batch sizes, with seeded random
 //! weights; a table on stdout and optionally CSV.
-use crate::backend::{init_threads, time_runs, with_engine, with_graph_engine, Engine};
+use crate::backend::{init_threads, time_runs, with_engine_or_graph};
 use crate::error::{CliError, CliResult, Context};
 use crate::table::{fmt_secs, Table};
 use crate::BenchArgs;
@@ -123,13 +123,10 @@ pub fn main(a: &BenchArgs) -> CliResult<()> {
                 ""
             };
             for &batch in &a.batch {
-                let engine = if a.cuda_graph && r != Reduction::Ats {
-                    with_graph_engine
-                } else {
-                    with_engine
-                };
+                // ATS reads sample counts back to the host: it runs without a graph.
+                let graph = a.cuda_graph && r != Reduction::Ats;
                 let (tm, backend) =
-                    engine(a.device, a.dtype, &model, batch, |e: &mut dyn Engine| {
+                    with_engine_or_graph(graph, a.device, a.dtype, &model, batch, |e| {
                         // Drawn once the workspace (larger than the images) is allocated, so an
                         // impossible --batch is an error, not an abort.
                         let images = random_images(batch, 3, a.input_size, a.seed + 1);

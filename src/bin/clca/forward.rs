@@ -1,9 +1,7 @@
 //! `clca forward`: one forward of a golden-format case (config.json + weights + `images`),
 //! logits (and with `--trace` every per-block tensor) written to a safetensors file, with
 //! optional timing and a one-line JSON report.
-use crate::backend::{
-    init_threads, logits_trace, time_runs, with_engine, with_graph_engine, Timing,
-};
+use crate::backend::{init_threads, logits_trace, time_runs, with_engine_or_graph, Timing};
 use crate::error::{CliError, CliResult, Context};
 use crate::table::{fmt_secs, gmacs, shape};
 use crate::ForwardArgs;
@@ -102,17 +100,8 @@ pub fn main(a: &ForwardArgs) -> CliResult<()> {
     let macs = model.macs();
     let classes = model.cfg.num_classes;
 
-    let engine = if a.cuda_graph {
-        with_graph_engine
-    } else {
-        with_engine
-    };
-    let (trace, first, timing, describe, profile) = engine(
-        a.device,
-        a.dtype,
-        &model,
-        batch,
-        |e: &mut dyn crate::backend::Engine| {
+    let (trace, first, timing, describe, profile) =
+        with_engine_or_graph(a.cuda_graph, a.device, a.dtype, &model, batch, |e| {
             e.stage(&images).ctx("staging the images")?;
             let mut trace = Trace::default();
             let t = Instant::now();
@@ -138,8 +127,7 @@ pub fn main(a: &ForwardArgs) -> CliResult<()> {
                 None
             };
             Ok((trace, first, timing, e.describe(), e.take_profile()))
-        },
-    )?;
+        })?;
     if let Some(p) = &profile {
         eprint!("{}", p.table());
     }
