@@ -25,10 +25,10 @@ pub struct CpuWorkspace {
     pub(super) scores: Vec<f32>,
     pub(super) cache: Vec<f32>,
     pub(super) taps: Vec<f32>,
-    slots: Vec<AttnScratch>,
+    pub(super) slots: Vec<AttnScratch>,
     /// The packed path's copy of a GEMM's input, tiled for its microkernel
     /// ([`packed::pack_len`]); empty on the portable path.
-    apack: Vec<f32>,
+    pub(super) apack: Vec<f32>,
     /// ToMe: token sizes [batch, L] (and the merge's output), the unit key metric
     /// [batch, L, hd], one sample's matching [⌈L/2⌉].
     pub(super) sizes: Vec<f32>,
@@ -49,6 +49,9 @@ pub struct CpuWorkspace {
     /// The blocks' weights packed for [`packed::linear`] (CPUs with AVX-512 or AVX2 + FMA),
     /// with the ISA to run them on; shared with `single`.
     packed: Option<Arc<PackedVit>>,
+    /// Top-K and EViT blocks on the packed path: attention for the surviving queries only
+    /// ([`CpuWorkspace::set_pruned_attention`]).
+    pruned_attention: bool,
 }
 
 /// One packed copy of every block's four weights, made with the workspace. A weight is used
@@ -90,7 +93,7 @@ impl PackedVit {
 }
 
 /// A packed weight and the ISA to run it on.
-type Packed<'a> = Option<(&'a PackedMat, Isa)>;
+pub(super) type Packed<'a> = Option<(&'a PackedMat, Isa)>;
 
 /// `pw` when it was packed from `w` [n, k] (else the forward takes the `gemm` crate).
 fn usable<'a>(pw: Packed<'a>, w: &[f32], k: usize, n: usize) -> Packed<'a> {
@@ -100,7 +103,7 @@ fn usable<'a>(pw: Packed<'a>, w: &[f32], k: usize, n: usize) -> Packed<'a> {
 /// out = epi(x[rows, k] · wᵀ + bias): packed when `pw` was packed from `w`, else the `gemm`
 /// crate then the epilogue as a separate pass (through `tmp` for [`Epi::AddTo`]).
 #[allow(clippy::too_many_arguments)]
-fn dense(
+pub(super) fn dense(
     pw: Packed<'_>,
     w: &[f32],
     x: &[f32],
@@ -135,14 +138,28 @@ fn dense(
 /// probabilities in `a`. Packed path ([`attention_pair_packed`]): one panel of 32 queries
 /// Qᵀ [hd][32] (`q`), K in tiles of 12 keys [⌈n/12⌉][hd][12] (`kp`), Vᵀ in tiles of 12 head
 /// dims [⌈hd/12⌉][n][12] (`vp`), and Sᵀ [n][32] followed by Oᵀ [12⌈hd/12⌉][32] (`a`).
-struct AttnScratch {
-    q: Vec<f32>,
-    a: Vec<f32>,
-    kp: Vec<f32>,
-    vp: Vec<f32>,
+pub(super) struct AttnScratch {
+    pub(super) q: Vec<f32>,
+    pub(super) a: Vec<f32>,
+    pub(super) kp: Vec<f32>,
+    pub(super) vp: Vec<f32>,
+    /// Packed path, Top-K and EViT reduction blocks ([`super::pruned_attention`]): a panel's
+    /// query rows gathered [32][hd] (`qg`), and the dropped queries' weighted probabilities
+    /// summed per lane [n][32] (`u`).
+    pub(super) qg: Vec<f32>,
+    pub(super) u: Vec<f32>,
 }
 
 impl CpuWorkspace {
+    /// Top-K and EViT reduction blocks on the packed path compute the attention of the
+    /// surviving queries only (on by default; see `src/vit/pruned_attention.rs`): cls and the
+    /// kept tokens come out bit for bit as in the authors' order, EViT's fused token within
+    /// rounding. Off runs the authors' order (every query, proj on every token, then the
+    /// selection), for comparison.
+    pub fn set_pruned_attention(&mut self, on: bool) {
+        self.pruned_attention = on;
+    }
+
     /// The batch this workspace was sized for.
     pub fn batch(&self) -> usize {
         self.batch
@@ -237,6 +254,8 @@ impl CpuWorkspace {
                         a: zeros("attention scratch", &[l + ht, packed::NR])?,
                         kp: zeros("attention scratch", &[lt, hd])?,
                         vp: zeros("attention scratch", &[ht, l])?,
+                        qg: zeros("attention scratch", &[packed::NR, hd])?,
+                        u: zeros("attention scratch", &[l, packed::NR])?,
                     }
                 } else {
                     AttnScratch {
@@ -244,6 +263,8 @@ impl CpuWorkspace {
                         a: zeros("attention scratch", &[l, l])?,
                         kp: Vec::new(),
                         vp: Vec::new(),
+                        qg: Vec::new(),
+                        u: Vec::new(),
                     }
                 })
             })
@@ -294,6 +315,7 @@ impl CpuWorkspace {
             model: (m.cfg.clone(), m.plan.clone()),
             profile: None,
             packed,
+            pruned_attention: true,
         })
     }
 }
@@ -484,29 +506,52 @@ pub(super) fn forward_run(
             Epi::Store,
         );
         mark(&mut ws.profile, Some(i), "qkv");
-        attention(m, ws, n, have_sizes, masked)?;
-        mark(&mut ws.profile, Some(i), "attention");
+        // Top-K and EViT: only the surviving queries' attention, when the packed path runs it.
+        let pruned = bp.keep.filter(|_| {
+            ws.pruned_attention
+                && ws.isa().is_some()
+                && bp.sample.is_none()
+                && bp.merge.is_none()
+                && !have_sizes
+                && !masked
+        });
+        if let Some(k) = pruned {
+            n = super::pruned_attention::attend_project_prune(
+                m,
+                ws,
+                i,
+                n,
+                k,
+                pw(1),
+                trace.as_deref_mut(),
+            )?;
+        } else {
+            attention(m, ws, n, have_sizes, masked)?;
+            mark(&mut ws.profile, Some(i), "attention");
+        }
         if let Some(k) = bp.sample {
             n = super::methods::ats_sample(m, ws, i, n, k, trace.as_deref_mut())?;
             masked = ws.delta[..b * n].contains(&0.0);
             mark(&mut ws.profile, Some(i), "reduction");
         }
         let rows = b * n;
-        // proj, + bias, added into the stream (the residual), in one pass per tile.
-        dense(
-            pw(1),
-            &bw.proj_w,
-            &ws.attn,
-            rows,
-            d,
-            d,
-            Some(&bw.proj_b),
-            &mut ws.x,
-            &mut ws.h,
-            &mut ws.apack,
-            Epi::AddTo(bw.ls1.as_deref()),
-        );
-        mark(&mut ws.profile, Some(i), "proj+residual");
+        if pruned.is_none() {
+            // proj, + bias, added into the stream (the residual), in one pass per tile.
+            dense(
+                pw(1),
+                &bw.proj_w,
+                &ws.attn,
+                rows,
+                d,
+                d,
+                Some(&bw.proj_b),
+                &mut ws.x,
+                &mut ws.h,
+                &mut ws.apack,
+                Epi::AddTo(bw.ls1.as_deref()),
+            );
+            mark(&mut ws.profile, Some(i), "proj+residual");
+        }
 
         if let Some(r) = bp.merge {
             // ToMe (SPEC §4.3), with the reference ops of crate::cpu::tome; sizes are all ones
@@ -560,20 +605,9 @@ pub(super) fn forward_run(
             n = out_n;
             mark(&mut ws.profile, Some(i), "reduction");
         }
-        if let Some(k) = bp.keep {
-            // Scores: mean over heads of the cls-query probabilities, keys 1..n-1.
-            let hh = c.num_heads;
-            for bi in 0..b {
-                for t in 1..n {
-                    let mut acc = 0f32;
-                    for h in 0..hh {
-                        acc += ws.cls_probs[(bi * hh + h) * n + t];
-                    }
-                    ws.scores[bi * (n - 1) + t - 1] = acc / hh as f32;
-                }
-            }
+        if let Some(k) = bp.keep.filter(|_| pruned.is_none()) {
+            let (idx, compl) = select_tokens(ws, c.num_heads, n, k)?;
             let scores = &ws.scores[..b * (n - 1)];
-            let (idx, compl) = crate::cpu::topk::topk_select(scores, b, n - 1, k)?;
             let evit = c.reduction == Reduction::EVit;
             let out_n = if evit { k + 2 } else { k + 1 };
             crate::cpu::prune::prune_into(
@@ -779,6 +813,28 @@ pub(super) fn forward_run(
 }
 
 /// x += ls ⊙ y (or x += y).
+/// Top-K and EViT's selection (SPEC §4.2): ws.scores [b, n−1] = the mean over the hh heads of
+/// the cls-query probabilities of keys 1..n−1 (ws.cls_probs), then the top k of each row
+/// (kept, descending) and the complement (ascending).
+pub(super) fn select_tokens(
+    ws: &mut CpuWorkspace,
+    hh: usize,
+    n: usize,
+    k: usize,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let b = ws.batch;
+    for bi in 0..b {
+        for t in 1..n {
+            let mut acc = 0f32;
+            for h in 0..hh {
+                acc += ws.cls_probs[(bi * hh + h) * n + t];
+            }
+            ws.scores[bi * (n - 1) + t - 1] = acc / hh as f32;
+        }
+    }
+    crate::cpu::topk::topk_select(&ws.scores[..b * (n - 1)], b, n - 1, k)
+}
+
 fn residual(x: &mut [f32], y: &[f32], ls: Option<&[f32]>, d: usize) {
     match ls {
         Some(g) => x
@@ -964,12 +1020,13 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
 }
 
 /// The attention's sizes: n tokens of width d, hh heads of hd, logits scaled by `scale`.
-struct AttnDims {
-    n: usize,
-    d: usize,
-    hh: usize,
-    hd: usize,
-    scale: f32,
+#[derive(Clone, Copy)]
+pub(super) struct AttnDims {
+    pub(super) n: usize,
+    pub(super) d: usize,
+    pub(super) hh: usize,
+    pub(super) hd: usize,
+    pub(super) scale: f32,
 }
 
 /// One (image, head) pair of the packed path, 32 queries at a time, transposed so that the
@@ -1032,59 +1089,17 @@ unsafe fn attention_pair_avx2(a: PairArgs<'_>) {
 #[inline(always)]
 unsafe fn attention_pair(isa: Isa, a: PairArgs<'_>) {
     let (g, pair, qkv, s, log_sizes, mask, attn, probs) = a;
-    use packed::{MR, NR};
-    let AttnDims {
-        n,
-        d,
-        hh,
-        hd,
-        scale,
-    } = *g;
+    use packed::NR;
+    let AttnDims { n, d, hh, hd, .. } = *g;
     let (bi, h) = (pair / hh, pair % hh);
-    let row = |t: usize| &qkv[(bi * n + t) * 3 * d..][..3 * d];
-    let (kt, ht) = (n.div_ceil(MR), hd.div_ceil(MR));
-    let qkv_p = qkv.as_ptr().add(bi * n * 3 * d);
-    for t0 in (0..n).step_by(MR) {
-        // Keys t0.. as the tile [hd][12] of K.
-        packed::pack_tile(
-            isa,
-            qkv_p.add(t0 * 3 * d + d + h * hd),
-            3 * d,
-            MR.min(n - t0),
-            hd,
-            s.kp.as_mut_ptr().add(t0 * hd),
-        );
-    }
-    for t in 0..n {
-        // V row t → Vᵀ tile j/12 at [t][j%12].
-        for (jt, ch) in row(t)[2 * d + h * hd..][..hd].chunks(MR).enumerate() {
-            s.vp[(jt * n + t) * MR..][..ch.len()].copy_from_slice(ch);
-        }
-    }
-    let (st, ot) = s.a.split_at_mut(n * NR);
+    pack_kv(isa, g, bi, h, qkv, s);
     let sizes = log_sizes.map(|z| &z[bi * n..(bi + 1) * n]);
     let keep = mask.map(|z| &z[bi * n..(bi + 1) * n]);
+    let qkv_p = qkv.as_ptr().add(bi * n * 3 * d);
     for q0 in (0..n).step_by(NR) {
         let qc = NR.min(n - q0);
-        packed::pack_panel(
-            isa,
-            qkv_p.add(q0 * 3 * d + h * hd),
-            3 * d,
-            qc,
-            hd,
-            scale,
-            s.q.as_mut_ptr(),
-        );
-        for t in 0..kt {
-            packed::micro_packed(
-                isa,
-                MR.min(n - t * MR),
-                hd,
-                s.kp.as_ptr().add(t * hd * MR),
-                s.q.as_ptr(),
-                st.as_mut_ptr().add(t * MR * NR),
-            );
-        }
+        scores_panel(isa, g, s, qkv_p.add(q0 * 3 * d + h * hd), 3 * d, qc);
+        let st = &mut s.a[..n * NR];
         if sizes.is_some() || keep.is_some() {
             for (t, srow) in st.chunks_exact_mut(NR).enumerate() {
                 if let Some(z) = sizes {
@@ -1109,21 +1124,11 @@ unsafe fn attention_pair(isa: Isa, a: PairArgs<'_>) {
                 *p = srow[0] / sums[0];
             }
         }
-        for jt in 0..ht {
-            packed::micro_packed(
-                isa,
-                MR.min(hd - jt * MR),
-                n,
-                s.vp.as_ptr().add(jt * n * MR),
-                st.as_ptr(),
-                ot.as_mut_ptr().add(jt * MR * NR),
-            );
-        }
-        packed::unpack_panel(
+        pv_panel(
             isa,
-            ot.as_ptr(),
+            g,
+            s,
             qc,
-            hd,
             &sums,
             attn.0.add((bi * n + q0) * d + h * hd),
             d,
@@ -1131,12 +1136,111 @@ unsafe fn attention_pair(isa: Isa, a: PairArgs<'_>) {
     }
 }
 
+/// Packs pair (bi, h)'s keys as K tiles [⌈n/12⌉][hd][12] into `s.kp` and its values as Vᵀ
+/// tiles [⌈hd/12⌉][n][12] into `s.vp`.
+///
+/// # Safety
+/// The CPU has `isa`; qkv holds image bi's n rows of 3d; the scratch holds what
+/// [`attention`] checks.
+#[inline(always)]
+pub(super) unsafe fn pack_kv(
+    isa: Isa,
+    g: &AttnDims,
+    bi: usize,
+    h: usize,
+    qkv: &[f32],
+    s: &mut AttnScratch,
+) {
+    use packed::MR;
+    let AttnDims { n, d, hd, .. } = *g;
+    let qkv_p = qkv.as_ptr().add(bi * n * 3 * d);
+    for t0 in (0..n).step_by(MR) {
+        // Keys t0.. as the tile [hd][12] of K.
+        packed::pack_tile(
+            isa,
+            qkv_p.add(t0 * 3 * d + d + h * hd),
+            3 * d,
+            MR.min(n - t0),
+            hd,
+            s.kp.as_mut_ptr().add(t0 * hd),
+        );
+    }
+    for t in 0..n {
+        // V row t → Vᵀ tile j/12 at [t][j%12].
+        let row = &qkv[(bi * n + t) * 3 * d + 2 * d + h * hd..][..hd];
+        for (jt, ch) in row.chunks(MR).enumerate() {
+            s.vp[(jt * n + t) * MR..][..ch.len()].copy_from_slice(ch);
+        }
+    }
+}
+
+/// Sᵀ [n][32] = K · Qᵀ into the head of `s.a` for the panel of `qc` ≤ 32 queries whose rows
+/// (hd values of this head) start at `q`, `q_rs` apart; the queries are scaled as they are
+/// packed. Each logit is one FMA chain over the head dims in order, from 0.
+///
+/// # Safety
+/// The CPU has `isa`; `pack_kv` has run for this pair; qc rows of hd values at q.
+#[inline(always)]
+pub(super) unsafe fn scores_panel(
+    isa: Isa,
+    g: &AttnDims,
+    s: &mut AttnScratch,
+    q: *const f32,
+    q_rs: usize,
+    qc: usize,
+) {
+    use packed::{MR, NR};
+    let AttnDims { n, hd, scale, .. } = *g;
+    packed::pack_panel(isa, q, q_rs, qc, hd, scale, s.q.as_mut_ptr());
+    for t in 0..n.div_ceil(MR) {
+        packed::micro_packed(
+            isa,
+            MR.min(n - t * MR),
+            hd,
+            s.kp.as_ptr().add(t * hd * MR),
+            s.q.as_ptr(),
+            s.a.as_mut_ptr().add(t * MR * NR),
+        );
+    }
+}
+
+/// Oᵀ = Vᵀ · Pᵀ for the panel in the head of `s.a` (after [`softmax_columns`]), then O / Σ
+/// into `qc` rows of hd values at `y`, `y_rs` apart.
+///
+/// # Safety
+/// The CPU has `isa`; `pack_kv` and `scores_panel` have run; qc rows of hd at y writable.
+#[inline(always)]
+pub(super) unsafe fn pv_panel(
+    isa: Isa,
+    g: &AttnDims,
+    s: &mut AttnScratch,
+    qc: usize,
+    sums: &[f32; packed::NR],
+    y: *mut f32,
+    y_rs: usize,
+) {
+    use packed::{MR, NR};
+    let AttnDims { n, hd, .. } = *g;
+    let (st, ot) = s.a.split_at_mut(n * NR);
+    for jt in 0..hd.div_ceil(MR) {
+        packed::micro_packed(
+            isa,
+            MR.min(hd - jt * MR),
+            n,
+            s.vp.as_ptr().add(jt * n * MR),
+            st.as_ptr(),
+            ot.as_mut_ptr().add(jt * MR * NR),
+        );
+    }
+    packed::unpack_panel(isa, ot.as_ptr(), qc, hd, sums, y, y_rs);
+}
+
 /// The softmax down each of the 32 columns of `st` [n][32], in place and unnormalized:
 /// exp(s − max) with [`crate::cpu::dense::exp_neg_fma`], returning the column sums (summed over
 /// rows in order). A column whose max is not finite (all −inf, or +inf/NaN) takes libm's exp
 /// and is normalized here, its sum returned as 1.
 #[inline(always)]
-fn softmax_columns(st: &mut [f32]) -> [f32; packed::NR] {
+pub(super) fn softmax_columns(st: &mut [f32]) -> [f32; packed::NR] {
     const L: usize = packed::NR;
     let mut mx = [f32::NEG_INFINITY; L];
     for srow in st.chunks_exact(L) {

@@ -10,6 +10,7 @@ pub mod macs;
 mod methods;
 pub mod preprocess;
 pub mod profile;
+mod pruned_attention;
 pub mod random;
 pub mod weights;
 

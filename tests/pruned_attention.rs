@@ -1,0 +1,135 @@
+//! Top-K and EViT blocks on the packed CPU path attend only the surviving queries
+//! (src/vit/pruned_attention.rs). Against the authors' order (every query's attention, proj
+//! on every token, then the selection; `set_pruned_attention(false)`):
+//! - the same selections, and the first reduction block's scores bit for bit;
+//! - Top-K: every traced tensor and the logits bit for bit;
+//! - EViT: the first reduction block's output bit for bit except the fused token (within
+//!   rounding of its reassociated sum), and the logits within 1e-5 of the largest.
+//!
+//! Shapes cover one and several panels of 32 kept and dropped queries, head dims 32 and 64
+//! (not multiples of the 12-row tiles), keep rates from one token to all but one, batch 1
+//! and 3, and both packed ISAs where the CPU has them.
+mod common;
+use clca::cpu::packed::Isa;
+use clca::vit::random::random_images;
+use clca::vit::{Trace, TraceData, Vit};
+
+fn model(prefix: &str, img: usize, d: usize, heads: usize, kr: f64) -> Vit {
+    common::clca_model(prefix, img, 4, d, 4, |cfg| {
+        cfg.num_heads = heads;
+        cfg.keep_rate = vec![kr];
+    })
+}
+
+fn run(m: &Vit, batch: usize, isa: Isa, pruned: bool) -> (Vec<f32>, Trace) {
+    let img = random_images(batch, 3, m.cfg.img_size, 11);
+    let mut ws = clca::vit::cpu::CpuWorkspace::new_packed(m, batch, isa).expect("workspace");
+    ws.set_pruned_attention(pruned);
+    let mut t = Trace::default();
+    let logits = clca::vit::cpu::forward(m, &mut ws, &img, Some(&mut t)).expect("forward");
+    (logits, t)
+}
+
+fn f32s<'a>(t: &'a Trace, name: &str) -> &'a [f32] {
+    match t.get(name) {
+        Some((_, TraceData::F32(v))) => v,
+        other => panic!("{name}: {:?}", other.is_some()),
+    }
+}
+
+#[test]
+fn pruned_attention_matches_the_authors_order() {
+    let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
+        .into_iter()
+        .filter(|i| {
+            let ok = i.supported();
+            if !ok {
+                eprintln!("skipping {i:?}: this CPU lacks it");
+            }
+            ok
+        })
+        .collect();
+    // (image size, width, heads, keep rate): 64 px = 256 patches.
+    let shapes = [
+        (64, 96, 3, 0.5),   // 128 kept, 127 dropped: several panels of each; hd 32
+        (64, 128, 2, 0.1),  // 26 kept (one panel), hd 64
+        (32, 96, 3, 0.01),  // one token kept
+        (32, 96, 3, 0.97),  // 64 of 65 kept: one dropped query
+        (48, 128, 2, 0.25), // 144 patches
+    ];
+    for isa in isas {
+        for prefix in ["topk_", "evit_"] {
+            for &(img, d, heads, kr) in &shapes {
+                for batch in [1, 3] {
+                    let m = model(prefix, img, d, heads, kr);
+                    let what = format!("{prefix} {isa:?} {img} px d {d} kr {kr} B{batch}");
+                    let (want, tw) = run(&m, batch, isa, false);
+                    let (got, tg) = run(&m, batch, isa, true);
+                    let names: Vec<&String> = tw.tensors.iter().map(|x| &x.0).collect();
+                    assert_eq!(
+                        names,
+                        tg.tensors.iter().map(|x| &x.0).collect::<Vec<_>>(),
+                        "{what}"
+                    );
+                    let first = m.cfg.reduction_loc[0];
+                    for ((name, _, a), (_, _, b)) in tw.tensors.iter().zip(&tg.tensors) {
+                        match (a, b) {
+                            (TraceData::I64(a), TraceData::I64(b)) => {
+                                assert_eq!(a, b, "{what}: {name}")
+                            }
+                            (TraceData::F32(a), TraceData::F32(b)) => {
+                                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                                if prefix == "topk_"
+                                    || *name == format!("cls_attn.{first}")
+                                    || *name == format!("block_in.{first}")
+                                {
+                                    assert!(same, "{what}: {name} not bit for bit");
+                                }
+                            }
+                            _ => panic!("{what}: {name}: types differ"),
+                        }
+                    }
+                    if prefix == "evit_" {
+                        // The first reduction block's output: [cls, kept, fused] (then the
+                        // recovered cache tokens, which it did not touch).
+                        let name = format!("block_out.{first}");
+                        let (a, b) = (f32s(&tw, &name), f32s(&tg, &name));
+                        let kept = match tw.get(&format!("keep_idx.{first}")) {
+                            Some((_, TraceData::I64(v))) => v.len() / batch - 1, // k + 1 a row, the last −1
+                            _ => panic!("{what}: keep_idx"),
+                        };
+                        let (n, d) = (a.len() / batch / d, d);
+                        let scale = a.iter().fold(1f32, |s, v| s.max(v.abs()));
+                        for bi in 0..batch {
+                            for t in 0..n {
+                                let (x, y) =
+                                    (&a[(bi * n + t) * d..][..d], &b[(bi * n + t) * d..][..d]);
+                                if t == kept + 1 {
+                                    for (u, v) in x.iter().zip(y) {
+                                        assert!(
+                                            (u - v).abs() <= 1e-5 * scale,
+                                            "{what}: fused token {u} vs {v}"
+                                        );
+                                    }
+                                } else {
+                                    assert!(
+                                        x.iter().zip(y).all(|(u, v)| u.to_bits() == v.to_bits()),
+                                        "{what}: {name} token {t} of image {bi} not bit for bit"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    let scale = want.iter().fold(1f32, |s, v| s.max(v.abs()));
+                    for (x, y) in want.iter().zip(&got) {
+                        if prefix == "topk_" {
+                            assert_eq!(x.to_bits(), y.to_bits(), "{what}: logits");
+                        } else {
+                            assert!((x - y).abs() <= 1e-5 * scale, "{what}: logits {x} vs {y}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
