@@ -249,6 +249,9 @@ pub fn linear_prepacked(
     let group = (GROUP_BYTES / (k.max(1) * NR * 4)).clamp(1, 8);
     let groups = w.panels().div_ceil(group);
     let chunks = tiles.div_ceil(CHUNK_TILES);
+    // Chunks of equal size: at M = 786 (66 tiles), 32 + 32 + 2 left a third chunk whose tasks
+    // each brought a panel group into L2 for 2 tiles; 22 + 22 + 22 streams the same weights.
+    let per = tiles.div_ceil(chunks);
     let yp = SendPtr(y.as_mut_ptr());
     let task = |t: usize| {
         // Row chunk major: a thread keeps its chunk of x in L3 while the weights (≤ 9.4 MB
@@ -256,7 +259,7 @@ pub fn linear_prepacked(
         // once per group at batch 8 (fc2: 24 × 77 MB).
         let (c, g) = (t / groups, t % groups);
         let panels = g * group..w.panels().min((g + 1) * group);
-        let rows = c * CHUNK_TILES * MR..m.min((c + 1) * CHUNK_TILES * MR);
+        let rows = c * per * MR..m.min((c + 1) * per * MR);
         let args = TileTask {
             ap: ap.as_ptr(),
             k,
