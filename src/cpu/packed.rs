@@ -152,7 +152,8 @@ fn worth_parallel(m: usize, n: usize, k: usize) -> bool {
 /// Bytes of packed weights a task keeps in L2 (its panel group): 4 panels at K = 768, one at
 /// K = 3072. Measured on one Cascade Lake core (1 MB L2): 384 KB groups beat 768 KB ones.
 const GROUP_BYTES: usize = 384 << 10;
-/// Row tiles per task: enough rows that a panel group, once in L2, serves many tiles.
+/// Row tiles per task, about: enough rows that a panel group, once in L2, serves many tiles
+/// (chunks of 8–16 tiles, which read the weights more often, ran slower; see BENCHMARKS.md).
 const CHUNK_TILES: usize = 32;
 
 /// Length of the scratch [`linear`] packs x into: ⌈m/12⌉ tiles of k × 12.
@@ -248,9 +249,11 @@ pub fn linear_prepacked(
     let tiles = m.div_ceil(MR);
     let group = (GROUP_BYTES / (k.max(1) * NR * 4)).clamp(1, 8);
     let groups = w.panels().div_ceil(group);
-    let chunks = tiles.div_ceil(CHUNK_TILES);
-    // Chunks of equal size: at M = 786 (66 tiles), 32 + 32 + 2 left a third chunk whose tasks
-    // each brought a panel group into L2 for 2 tiles; 22 + 22 + 22 streams the same weights.
+    // Chunks of equal size, about CHUNK_TILES each (the nearest count): every chunk reads all
+    // the weights once, so at M = 786 (66 tiles) 33 + 33 reads them twice where 32 + 32 + 2
+    // read them three times (and the 2-tile chunk's tasks each brought a panel group into L2
+    // for 2 tiles).
+    let chunks = ((tiles + CHUNK_TILES / 2) / CHUNK_TILES).max(1);
     let per = tiles.div_ceil(chunks);
     let yp = SendPtr(y.as_mut_ptr());
     let task = |t: usize| {
