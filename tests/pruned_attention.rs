@@ -7,17 +7,19 @@
 //!   rounding of its reassociated sum), and the logits within 1e-5 of the largest.
 //!
 //! Shapes cover one and several panels of 32 kept and dropped queries, head dims 32 and 64
-//! (not multiples of the 12-row tiles), keep rates from one token to all but one, batch 1
-//! and 3, and both packed ISAs where the CPU has them.
+//! (not multiples of the 12-row tiles), keep rates from one token to all but one, LayerScale
+//! (which scales the fused row's bias correction), batch 1 and 3, and both packed ISAs where
+//! the CPU has them.
 mod common;
 use clca::cpu::packed::Isa;
 use clca::vit::random::random_images;
 use clca::vit::{Trace, TraceData, Vit};
 
-fn model(prefix: &str, img: usize, d: usize, heads: usize, kr: f64) -> Vit {
+fn model(prefix: &str, img: usize, d: usize, heads: usize, kr: f64, ls: bool) -> Vit {
     common::clca_model(prefix, img, 4, d, 4, |cfg| {
         cfg.num_heads = heads;
         cfg.keep_rate = vec![kr];
+        cfg.layerscale = ls;
     })
 }
 
@@ -49,20 +51,21 @@ fn pruned_attention_matches_the_authors_order() {
             ok
         })
         .collect();
-    // (image size, width, heads, keep rate): 64 px = 256 patches.
+    // (image size, width, heads, keep rate, LayerScale): 64 px = 256 patches.
     let shapes = [
-        (64, 96, 3, 0.5),   // 128 kept, 127 dropped: several panels of each; hd 32
-        (64, 128, 2, 0.1),  // 26 kept (one panel), hd 64
-        (32, 96, 3, 0.01),  // one token kept
-        (32, 96, 3, 0.97),  // 64 of 65 kept: one dropped query
-        (48, 128, 2, 0.25), // 144 patches
+        (64, 96, 3, 0.5, false), // 128 kept, 127 dropped: several panels of each; hd 32
+        (64, 128, 2, 0.1, false), // 26 kept (one panel), hd 64
+        (32, 96, 3, 0.01, false), // one token kept
+        (32, 96, 3, 0.97, false), // 64 of 65 kept: one dropped query
+        (48, 128, 2, 0.25, true), // 144 patches; LayerScale scales the fused row's bias too
     ];
     for isa in isas {
         for prefix in ["topk_", "evit_"] {
-            for &(img, d, heads, kr) in &shapes {
+            for &(img, d, heads, kr, ls) in &shapes {
                 for batch in [1, 3] {
-                    let m = model(prefix, img, d, heads, kr);
-                    let what = format!("{prefix} {isa:?} {img} px d {d} kr {kr} B{batch}");
+                    let m = model(prefix, img, d, heads, kr, ls);
+                    assert_eq!(m.weights.blocks[0].ls1.is_some(), ls);
+                    let what = format!("{prefix} {isa:?} {img} px d {d} kr {kr} ls {ls} B{batch}");
                     let (want, tw) = run(&m, batch, isa, false);
                     let (got, tg) = run(&m, batch, isa, true);
                     let names: Vec<&String> = tw.tensors.iter().map(|x| &x.0).collect();
