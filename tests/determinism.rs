@@ -210,17 +210,7 @@ fn portable_and_packed_paths_agree() {
 /// CPU lacks is skipped with a note.
 #[test]
 fn packed_isas_agree_bit_for_bit() {
-    use clca::cpu::packed::Isa;
-    let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
-        .into_iter()
-        .filter(|i| {
-            let ok = i.supported();
-            if !ok {
-                eprintln!("skipping {i:?}: this CPU lacks it");
-            }
-            ok
-        })
-        .collect();
+    let isas = common::packed_isas();
     for prefix in common::method_prefixes() {
         let m = model(prefix, 64, 4, 96, 4);
         let img = random_images(3, 3, 64, 5);

@@ -41,16 +41,7 @@ fn f32s<'a>(t: &'a Trace, name: &str) -> &'a [f32] {
 
 #[test]
 fn pruned_attention_matches_the_authors_order() {
-    let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
-        .into_iter()
-        .filter(|i| {
-            let ok = i.supported();
-            if !ok {
-                eprintln!("skipping {i:?}: this CPU lacks it");
-            }
-            ok
-        })
-        .collect();
+    let isas = common::packed_isas();
     // (image size, width, heads, keep rate, LayerScale): 64 px = 256 patches.
     let shapes = [
         (64, 96, 3, 0.5, false), // 128 kept, 127 dropped: several panels of each; hd 32

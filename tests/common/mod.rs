@@ -187,3 +187,19 @@ pub fn clca_model(
     let taps = cfg.plan().expect("plan").taps;
     clca::vit::Vit::new(cfg.clone(), random_weights(&cfg, taps, 1)).expect("weights")
 }
+
+/// The packed CPU paths this CPU can run (AVX-512, AVX2 + FMA), each one it lacks skipped
+/// with a note.
+pub fn packed_isas() -> Vec<clca::cpu::packed::Isa> {
+    use clca::cpu::packed::Isa;
+    [Isa::Avx512, Isa::Avx2]
+        .into_iter()
+        .filter(|i| {
+            let ok = i.supported();
+            if !ok {
+                eprintln!("skipping {i:?}: this CPU lacks it");
+            }
+            ok
+        })
+        .collect()
+}
