@@ -507,14 +507,14 @@ pub(super) fn forward_run(
         );
         mark(&mut ws.profile, Some(i), "qkv");
         // Top-K and EViT: only the surviving queries' attention, when the packed path runs it.
-        let pruned = bp.keep.filter(|_| {
-            ws.pruned_attention
-                && ws.isa().is_some()
-                && bp.sample.is_none()
-                && bp.merge.is_none()
-                && !have_sizes
-                && !masked
-        });
+        // (Top-K and EViT have no ToMe sizes, ATS mask or merge: the plan gives `keep` alone.)
+        debug_assert!(
+            bp.keep.is_none()
+                || (bp.sample, bp.merge, have_sizes, masked) == (None, None, false, false)
+        );
+        let pruned = bp
+            .keep
+            .filter(|_| ws.pruned_attention && ws.isa().is_some());
         if let Some(k) = pruned {
             n = super::pruned_attention::attend_project_prune(
                 m,
@@ -812,7 +812,6 @@ pub(super) fn forward_run(
     Ok(logits)
 }
 
-/// x += ls ⊙ y (or x += y).
 /// Top-K and EViT's selection (SPEC §4.2): ws.scores [b, n−1] = the mean over the hh heads of
 /// the cls-query probabilities of keys 1..n−1 (ws.cls_probs), then the top k of each row
 /// (kept, descending) and the complement (ascending).
@@ -835,6 +834,7 @@ pub(super) fn select_tokens(
     crate::cpu::topk::topk_select(&ws.scores[..b * (n - 1)], b, n - 1, k)
 }
 
+/// x += ls ⊙ y (or x += y).
 fn residual(x: &mut [f32], y: &[f32], ls: Option<&[f32]>, d: usize) {
     match ls {
         Some(g) => x
@@ -873,15 +873,8 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
         || (sizes && !fits(ws.sizes.len(), &[b, n]))
         || (masked && !fits(ws.delta.len(), &[b, n]))
         || ws.slots.iter().any(|s| {
-            let (nt, ht) = (
-                n.div_ceil(packed::MR) * packed::MR,
-                hd.div_ceil(packed::MR) * packed::MR,
-            );
             if ws.packed.is_some() {
-                !fits(s.q.len(), &[hd, packed::NR])
-                    || !fits(s.a.len(), &[n + ht, packed::NR])
-                    || !fits(s.kp.len(), &[nt, hd])
-                    || !fits(s.vp.len(), &[ht, n])
+                !s.packed_fits(n, hd)
             } else {
                 !fits(s.q.len(), &[n, hd]) || !fits(s.a.len(), &[n, n])
             }
@@ -893,126 +886,108 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
             got: "smaller buffers".into(),
         });
     }
-    let scale = (hd as f64).powf(-0.5) as f32;
-    let pairs = b * hh;
-    // Pairs are handed out one at a time from a shared counter, so a thread that the OS
-    // deschedules (a shared machine) does not hold back a fixed share; each pair is computed
-    // whole by one task, whichever, so results do not depend on the split.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let take = || next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dims = AttnDims::new(c, n);
+    let scale = dims.scale;
     let qkv = &ws.qkv;
     let log_sizes: Option<&[f32]> = sizes.then_some(&ws.sizes[..b * n]);
     let mask: Option<&[f32]> = masked.then_some(&ws.delta[..b * n]);
     let attn = SendPtr(ws.attn.as_mut_ptr());
     let probs = SendPtr(ws.cls_probs.as_mut_ptr());
     let isa = ws.isa();
-    let dims = AttnDims {
-        n,
-        d,
-        hh,
-        hd,
-        scale,
-    };
-    ws.slots.par_iter_mut().for_each(|scratch| {
+    for_each_pair(&mut ws.slots, b * hh, |scratch, pair| {
         let (attn, probs) = (attn, probs);
-        loop {
-            let pair = take();
-            if pair >= pairs {
-                break;
+        if let Some(isa) = isa {
+            // SAFETY: the CPU has `isa` (the workspace packs only then); the buffer bounds
+            // were checked above, and pair (bi, h) alone writes probs[bi, h, ..n] and head
+            // h's hd columns of rows bi·n .. (bi+1)·n of attn.
+            unsafe {
+                attention_pair_packed(
+                    isa,
+                    (&dims, pair, qkv, scratch, log_sizes, mask, attn, probs),
+                )
+            };
+            return;
+        }
+        {
+            let (bi, h) = (pair / hh, pair % hh);
+            let base = bi * n * 3 * d;
+            for t in 0..n {
+                for j in 0..hd {
+                    scratch.q[t * hd + j] = qkv[base + t * 3 * d + h * hd + j] * scale;
+                }
             }
-            if let Some(isa) = isa {
-                // SAFETY: the CPU has `isa` (the workspace packs only then); the buffer bounds
-                // were checked above, and pair (bi, h) alone writes probs[bi, h, ..n] and head
-                // h's hd columns of rows bi·n .. (bi+1)·n of attn.
-                unsafe {
-                    attention_pair_packed(
-                        isa,
-                        (&dims, pair, qkv, scratch, log_sizes, mask, attn, probs),
-                    )
-                };
-                continue;
+            let a = &mut scratch.a[..n * n];
+            // SAFETY: q is n×hd (row stride hd); kᵀ reads k rows of qkv (column stride 3D);
+            // a is n×n. All inside their buffers (checked at the top).
+            unsafe {
+                gemm::gemm(
+                    n,
+                    n,
+                    hd,
+                    a.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    scratch.q.as_ptr(),
+                    1,
+                    hd as isize,
+                    qkv.as_ptr().add(base + d + h * hd),
+                    (3 * d) as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
             }
-            {
-                let (bi, h) = (pair / hh, pair % hh);
-                let base = bi * n * 3 * d;
-                for t in 0..n {
-                    for j in 0..hd {
-                        scratch.q[t * hd + j] = qkv[base + t * 3 * d + h * hd + j] * scale;
-                    }
-                }
-                let a = &mut scratch.a[..n * n];
-                // SAFETY: q is n×hd (row stride hd); kᵀ reads k rows of qkv (column stride 3D);
-                // a is n×n. All inside their buffers (checked at the top).
-                unsafe {
-                    gemm::gemm(
-                        n,
-                        n,
-                        hd,
-                        a.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        scratch.q.as_ptr(),
-                        1,
-                        hd as isize,
-                        qkv.as_ptr().add(base + d + h * hd),
-                        (3 * d) as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-                if let Some(sz) = log_sizes {
-                    let sb = &sz[bi * n..(bi + 1) * n];
-                    for row in a.chunks_exact_mut(n) {
-                        for (v, s) in row.iter_mut().zip(sb) {
-                            *v += s.ln();
-                        }
-                    }
-                }
-                if let Some(mk) = mask {
-                    let mb = &mk[bi * n..(bi + 1) * n];
-                    for (q, row) in a.chunks_exact_mut(n).enumerate() {
-                        for (v, &keep) in row.iter_mut().zip(mb) {
-                            if mb[q] == 0.0 || keep == 0.0 {
-                                *v = -f32::MAX;
-                            }
-                        }
-                    }
-                }
+            if let Some(sz) = log_sizes {
+                let sb = &sz[bi * n..(bi + 1) * n];
                 for row in a.chunks_exact_mut(n) {
-                    softmax(row);
+                    for (v, s) in row.iter_mut().zip(sb) {
+                        *v += s.ln();
+                    }
                 }
-                // SAFETY: task (bi, h) alone writes probs[bi, h, 0..n] and the hd columns of head h
-                // in rows bi·n .. (bi+1)·n of attn; v is read with row stride 3D.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(a.as_ptr(), probs.0.add((bi * hh + h) * n), n);
-                    gemm::gemm(
-                        n,
-                        hd,
-                        n,
-                        attn.0.add(bi * n * d + h * hd),
-                        1,
-                        d as isize,
-                        false,
-                        a.as_ptr(),
-                        1,
-                        n as isize,
-                        qkv.as_ptr().add(base + 2 * d + h * hd),
-                        1,
-                        (3 * d) as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+            }
+            if let Some(mk) = mask {
+                let mb = &mk[bi * n..(bi + 1) * n];
+                for (q, row) in a.chunks_exact_mut(n).enumerate() {
+                    for (v, &keep) in row.iter_mut().zip(mb) {
+                        if mb[q] == 0.0 || keep == 0.0 {
+                            *v = -f32::MAX;
+                        }
+                    }
                 }
+            }
+            for row in a.chunks_exact_mut(n) {
+                softmax(row);
+            }
+            // SAFETY: task (bi, h) alone writes probs[bi, h, 0..n] and the hd columns of head h
+            // in rows bi·n .. (bi+1)·n of attn; v is read with row stride 3D.
+            unsafe {
+                std::ptr::copy_nonoverlapping(a.as_ptr(), probs.0.add((bi * hh + h) * n), n);
+                gemm::gemm(
+                    n,
+                    hd,
+                    n,
+                    attn.0.add(bi * n * d + h * hd),
+                    1,
+                    d as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    n as isize,
+                    qkv.as_ptr().add(base + 2 * d + h * hd),
+                    1,
+                    (3 * d) as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
             }
         }
     });
@@ -1020,13 +995,62 @@ fn attention(m: &Vit, ws: &mut CpuWorkspace, n: usize, sizes: bool, masked: bool
 }
 
 /// The attention's sizes: n tokens of width d, hh heads of hd, logits scaled by `scale`.
-#[derive(Clone, Copy)]
 pub(super) struct AttnDims {
     pub(super) n: usize,
     pub(super) d: usize,
     pub(super) hh: usize,
     pub(super) hd: usize,
     pub(super) scale: f32,
+}
+
+impl AttnDims {
+    /// The model's attention over n tokens, logits scaled by hd^−½.
+    pub(super) fn new(c: &super::VitConfig, n: usize) -> Self {
+        let hd = c.head_dim();
+        AttnDims {
+            n,
+            d: c.embed_dim,
+            hh: c.num_heads,
+            hd,
+            scale: (hd as f64).powf(-0.5) as f32,
+        }
+    }
+}
+
+impl AttnScratch {
+    /// Whether the packed path's buffers (`q`, `a`, `kp`, `vp`) hold n tokens of head dim hd.
+    pub(super) fn packed_fits(&self, n: usize, hd: usize) -> bool {
+        let fits = |len: usize, dims: &[usize]| {
+            crate::error::mul("attention", dims).is_ok_and(|need| len >= need)
+        };
+        let (nt, ht) = (
+            n.div_ceil(packed::MR) * packed::MR,
+            hd.div_ceil(packed::MR) * packed::MR,
+        );
+        fits(self.q.len(), &[hd, packed::NR])
+            && fits(self.a.len(), &[n + ht, packed::NR])
+            && fits(self.kp.len(), &[nt, hd])
+            && fits(self.vp.len(), &[ht, n])
+    }
+}
+
+/// f(scratch, pair) for the (image, head) pairs 0..pairs, one task per scratch slot. Pairs
+/// are handed out one at a time from a shared counter, so a thread that the OS deschedules
+/// (a shared machine) does not hold back a fixed share; each pair is computed whole by one
+/// task, whichever, so results do not depend on the split.
+pub(super) fn for_each_pair(
+    slots: &mut [AttnScratch],
+    pairs: usize,
+    f: impl Fn(&mut AttnScratch, usize) + Sync + Send,
+) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    slots.par_iter_mut().for_each(|s| loop {
+        let pair = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if pair >= pairs {
+            break;
+        }
+        f(s, pair);
+    });
 }
 
 /// One (image, head) pair of the packed path, 32 queries at a time, transposed so that the

@@ -25,15 +25,14 @@
 //! cls and the kept tokens come out bit for bit as in the full order (each output is the
 //! same FMA chain); the fused token differs by rounding (its sum is reassociated).
 use super::cpu::{
-    dense, pack_kv, pv_panel, scores_panel, select_tokens, softmax_columns, AttnDims, AttnScratch,
-    CpuWorkspace, Packed,
+    dense, for_each_pair, pack_kv, pv_panel, scores_panel, select_tokens, softmax_columns,
+    AttnDims, AttnScratch, CpuWorkspace, Packed,
 };
 use super::profile::mark;
 use super::{Trace, Vit};
-use crate::cpu::packed::{Epi, Isa, SendPtr, MR, NR};
+use crate::cpu::packed::{Epi, Isa, SendPtr, NR};
 use crate::plan::Reduction;
 use crate::{Error, Result};
-use rayon::prelude::*;
 
 /// Runs block `i`'s attention, proj + residual and Top-K / EViT reduction to `k` kept
 /// tokens on the `n` tokens of ws.x (the block input), whose qkv is in ws.qkv; leaves
@@ -49,8 +48,8 @@ pub(super) fn attend_project_prune(
     trace: Option<&mut Trace>,
 ) -> Result<usize> {
     let c = &m.cfg;
-    let (b, hh, d) = (ws.batch, c.num_heads, c.embed_dim);
-    let hd = c.head_dim();
+    let dims = AttnDims::new(c, n);
+    let (b, hh, d, hd) = (ws.batch, dims.hh, dims.d, dims.hd);
     let evit = c.reduction == Reduction::EVit;
     let out_n = if evit { k + 2 } else { k + 1 };
     let isa = ws.isa().ok_or_else(|| {
@@ -61,7 +60,6 @@ pub(super) fn attend_project_prune(
     // The bounds the raw-pointer work below relies on.
     let mul = crate::error::mul;
     let fits = |len: usize, dims: &[usize]| mul("attention", dims).is_ok_and(|need| len >= need);
-    let (nt, ht) = (n.div_ceil(MR) * MR, hd.div_ceil(MR) * MR);
     if hh == 0
         || hd * hh != d
         || k >= n
@@ -71,12 +69,7 @@ pub(super) fn attend_project_prune(
         || !fits(ws.x2.len(), &[b, out_n, d])
         || !fits(ws.cls_probs.len(), &[b, hh, n])
         || ws.slots.iter().any(|s| {
-            !fits(s.q.len(), &[hd, NR])
-                || !fits(s.a.len(), &[n + ht, NR])
-                || !fits(s.kp.len(), &[nt, hd])
-                || !fits(s.vp.len(), &[ht, n])
-                || !fits(s.qg.len(), &[NR, hd])
-                || !fits(s.u.len(), &[n, NR])
+            !s.packed_fits(n, hd) || !fits(s.qg.len(), &[NR, hd]) || !fits(s.u.len(), &[n, NR])
         })
     {
         return Err(Error::Shape {
@@ -85,13 +78,6 @@ pub(super) fn attend_project_prune(
             got: "smaller buffers".into(),
         });
     }
-    let dims = AttnDims {
-        n,
-        d,
-        hh,
-        hd,
-        scale: (hd as f64).powf(-0.5) as f32,
-    };
 
     // 1. The cls rows.
     let probs = SendPtr(ws.cls_probs.as_mut_ptr());
@@ -176,25 +162,6 @@ pub(super) fn attend_project_prune(
     }
     mark(&mut ws.profile, Some(i), "proj+residual");
     Ok(out_n)
-}
-
-/// f(scratch, pair) for pairs 0..pairs, handed out one at a time from a shared counter to
-/// one task per scratch slot (as the full attention: a descheduled thread holds back no
-/// fixed share; each pair is computed whole by one task, so results do not depend on the
-/// split).
-fn for_each_pair(
-    slots: &mut [AttnScratch],
-    pairs: usize,
-    f: impl Fn(&mut AttnScratch, usize) + Sync + Send,
-) {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    slots.par_iter_mut().for_each(|s| loop {
-        let pair = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if pair >= pairs {
-            break;
-        }
-        f(s, pair);
-    });
 }
 
 /// [`cls_row`] for `isa`.
