@@ -9,7 +9,10 @@ point and a table:
     benches/compare/.venv/bin/python benches/compare/cpu_compare.py --threads 2
 
 Figures: medians over the rounds (min and max beside them); GFLOP/s = 2 x MACs (clca's own count)
-/ time. The matmul ceiling is PyTorch's 2048^3 f32 product with the same threads.
+/ time. The matmul ceiling is the faster of PyTorch's (MKL) and NumPy's (OpenBLAS) 2048^3 f32
+product with the same threads (MKL runs a generic path on AMD CPUs). The FMA peak is the roof
+above both: fma_peak.c (built with gcc) running FMA chains on registers only, at clca's vector
+width; "% peak" says how much of it a forward sustains.
 
 AVX2-only machines (the packed path on AVX2 + FMA) can be approximated on a CPU that also has
 AVX-512: `--isa avx2` runs clca's AVX2 path (CLCA_CPU_ISA), and MKL_ENABLE_INSTRUCTIONS=AVX2 in
@@ -19,6 +22,7 @@ and keeps AVX-512, so its column is then a harder peer than on a real AVX2 machi
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -65,6 +69,41 @@ def matmul_ceiling(runs=5):
     return 2 * 2048 ** 3 / min(ts) / 1e9
 
 
+def openblas_ceiling(threads, runs=5):
+    """The same 2048^3 product in NumPy (its bundled OpenBLAS), in a child so that the thread
+    count holds: MKL's kernels fall back on AMD CPUs, where this ceiling is the higher one."""
+    code = ("import numpy as np, time\n"
+            "a = np.random.rand(2048, 2048).astype(np.float32); b = a.T.copy(); a @ b\n"
+            "ts = []\n"
+            f"for _ in range({runs}):\n"
+            "    t = time.perf_counter(); a @ b; ts.append(time.perf_counter() - t)\n"
+            "print(2 * 2048 ** 3 / min(ts) / 1e9)\n")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return float(r.stdout) if r.returncode == 0 else None
+
+
+def fma_peak(isa, threads, work):
+    """The machine's f32 FMA peak at clca's vector width (fma_peak.c, built with gcc here);
+    None without gcc or without the ISA."""
+    flags = open("/proc/cpuinfo").read()
+    if isa == "best":
+        isa = "avx512" if " avx512f" in flags else "avx2"
+    if isa == "portable" or (isa == "avx512" and " avx512f" not in flags) or " fma" not in flags:
+        return None, isa
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        return None, isa
+    exe = os.path.join(work, f"fma_peak_{isa}")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fma_peak.c")
+    arch = ["-mavx512f", "-DWIDTH=512"] if isa == "avx512" else ["-mavx2", "-mfma", "-DWIDTH=256"]
+    if subprocess.run([gcc, "-O2", "-fopenmp", *arch, src, "-o", exe]).returncode != 0:
+        return None, isa
+    r = subprocess.run([exe], capture_output=True, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+    return (float(r.stdout) if r.returncode == 0 else None), isa
+
+
 def stats(ts):
     ts = sorted(ts)
     return {"median_s": ts[len(ts) // 2], "min_s": ts[0], "max_s": ts[-1], "n": len(ts)}
@@ -95,8 +134,12 @@ def main():
 
     emit(what="machine", torch=torch.__version__, onnxruntime=ort.__version__,
          threads=a.threads, clca_isa=a.isa,
-         mkl_instructions=os.environ.get("MKL_ENABLE_INSTRUCTIONS", "(default)"), cpu=open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "))
-    emit(what="matmul_ceiling", gflops=matmul_ceiling())
+         mkl_instructions=os.environ.get("MKL_ENABLE_INSTRUCTIONS", "(default)"), cpu=open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t"))
+    mkl, oblas = matmul_ceiling(), openblas_ceiling(a.threads)
+    emit(what="matmul_ceiling", gflops=max(mkl, oblas or 0.0), torch_mkl=mkl,
+         numpy_openblas=oblas)
+    peak, peak_isa = fma_peak(a.isa, a.threads, a.work)
+    emit(what="fma_peak", gflops=peak, isa=peak_isa)
     batches = [int(b) for b in a.batches.split(",")]
     gen = torch.Generator().manual_seed(7)
     imgs = torch.randn(max(batches), 3, 448, 448, generator=gen)
@@ -158,21 +201,34 @@ def main():
                 st = stats(ts)
                 emit(what="forward", model=name, batch=b, impl=impl, macs=macs,
                      gflops=2 * macs * b / st["median_s"] / 1e9, **st)
+    # Again at the end: on a shared VM one vCPU is sometimes starved for a while (a 2-thread
+    # run at 1-thread speed), and a peak measured then would make every "% peak" too high.
+    end, _ = fma_peak(a.isa, a.threads, a.work)
+    emit(what="fma_peak", gflops=end, isa=peak_isa)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(results, fh, indent=1)
     print("\n== summary (medians; ratio = best peer time / clca time, > 1 means clca is faster;"
           " min ratio: the same of the fastest rounds) ==")
-    ceil = next(r["gflops"] for r in results if r["what"] == "matmul_ceiling")
-    print(f"matmul ceiling (PyTorch 2048^3 f32, {a.threads} threads): {ceil:.0f} GFLOP/s; "
+    cr = next(r for r in results if r["what"] == "matmul_ceiling")
+    ceil = cr["gflops"]
+    peaks = [r["gflops"] for r in results if r["what"] == "fma_peak" and r["gflops"]]
+    pk = {"gflops": max(peaks) if peaks else None, "isa": peak_isa}
+    ob = f"{cr['numpy_openblas']:.0f}" if cr["numpy_openblas"] else "n/a"
+    print(f"matmul ceiling (2048^3 f32, {a.threads} threads, the faster of PyTorch/MKL "
+          f"{cr['torch_mkl']:.0f} and NumPy/OpenBLAS {ob}): {ceil:.0f} GFLOP/s; "
           f"clca path: {a.isa}; MKL_ENABLE_INSTRUCTIONS: "
           f"{os.environ.get('MKL_ENABLE_INSTRUCTIONS', '(default)')}")
+    if pk["gflops"]:
+        print(f"FMA peak ({pk['isa']}, {a.threads} threads, fma_peak.c, the higher of the runs "
+              f"before and after): {pk['gflops']:.0f} GFLOP/s")
+    peak = pk["gflops"]
     fw = {(r["model"], r["batch"], r["impl"]): r for r in results if r["what"] == "forward"}
     # "min ratio": the same ratio of the fastest rounds. On a shared VM whose slow spells hit
     # some rounds and not others, the medians of a few rounds swing widely while the minima
     # hold (BENCHMARKS.md); the two together show how far to trust a run.
     print(f"{'model':<18} {'B':>2} {'clca':>9} {'torch':>9} {'ORT':>9} {'ratio':>6} {'min ratio':>9} "
-          f"{'clca GFLOP/s':>13} {'% ceil':>7}")
+          f"{'clca GFLOP/s':>13} {'% ceil':>7} {'% peak':>7}")
     for (m, b, impl), r in sorted(fw.items()):
         if impl != "clca":
             continue
@@ -180,7 +236,8 @@ def main():
         mt, mo = fw[(m, b, "torch")]["min_s"], fw[(m, b, "onnxruntime")]["min_s"]
         print(f"{m:<18} {b:>2} {r['median_s']:>8.3f}s {tt:>8.3f}s {to:>8.3f}s "
               f"{min(tt, to) / r['median_s']:>6.2f} {min(mt, mo) / r['min_s']:>9.2f} "
-              f"{r['gflops']:>13.0f} {100 * r['gflops'] / ceil:>6.0f}%")
+              f"{r['gflops']:>13.0f} {100 * r['gflops'] / ceil:>6.0f}% "
+              + (f"{100 * r['gflops'] / peak:>6.0f}%" if peak else f"{'n/a':>7}"))
 
 
 if __name__ == "__main__":
