@@ -45,12 +45,16 @@ pub(crate) fn metric_into<T: Element>(
     for t in 0..rows {
         let k = &qkv[t * 3 * d + d..t * 3 * d + 2 * d];
         let m = &mut out[t * hd..(t + 1) * hd];
-        for j in 0..hd {
-            let mut acc = 0f32;
-            for h in 0..heads {
-                acc += k[h * hd + j].to_f32();
+        // Every channel's sum from 0 over the heads in order, the channels side by side (one
+        // vector add per head instead of a 12-long chain per channel).
+        m.fill(0.0);
+        for kh in k.chunks_exact(hd) {
+            for (acc, v) in m.iter_mut().zip(kh) {
+                *acc += v.to_f32();
             }
-            m[j] = acc / heads as f32;
+        }
+        for v in m.iter_mut() {
+            *v /= heads as f32;
         }
         let mut q = 0f32;
         for v in m.iter() {
@@ -87,6 +91,12 @@ pub fn tome_match(
 
 /// One sample: for a token i ≥ 1 the largest dot product (channel order) with a b token, the
 /// first b index on ties, NaN never taken; (−inf, 0) when nothing beats −inf and for cls.
+///
+/// Each dot product is one chain from 0 over the channels in order, a rounding per product and
+/// per sum (the kernel's `__fmul_rn` / `__fadd_rn`). The b tokens go channel-major so that the
+/// chains of [`MATCH_LANES`] b tokens run side by side in vector lanes, each lane the same
+/// operations as the scalar chain (the scalar loop took 3–4 ms of a 448 px ToMe forward at the
+/// 786-token merge); the a tokens are split over rayon's threads.
 pub(crate) fn match_row(
     metric: &[f32],
     n: usize,
@@ -94,25 +104,120 @@ pub(crate) fn match_row(
     node_max: &mut [f32],
     node_idx: &mut [u32],
 ) {
+    use rayon::prelude::*;
     let (na, nb) = split(n);
     node_max[0] = f32::NEG_INFINITY;
     node_idx[0] = 0;
-    for i in 1..na {
-        let a = &metric[2 * i * hd..(2 * i + 1) * hd];
-        let (mut best, mut arg) = (f32::NEG_INFINITY, 0u32);
-        for j in 0..nb {
-            let bj = &metric[(2 * j + 1) * hd..(2 * j + 2) * hd];
-            let mut s = 0f32;
-            for (p, q) in a.iter().zip(bj) {
-                s += p * q;
+    if na <= 1 {
+        return;
+    }
+    // bt [hd][nbp]: b token j's channel p at p·nbp + j, zeros past nb (never compared).
+    let nbp = nb.div_ceil(MATCH_LANES) * MATCH_LANES;
+    let mut bt = vec![0f32; hd * nbp];
+    for j in 0..nb {
+        for (p, &v) in metric[(2 * j + 1) * hd..(2 * j + 2) * hd].iter().enumerate() {
+            bt[p * nbp + j] = v;
+        }
+    }
+    let g = MatchRows {
+        metric,
+        hd,
+        bt: &bt,
+        nb,
+        nbp,
+    };
+    // About 16 a tokens a task: the tasks' b-token scores stay in L1 and a 786-token merge
+    // still splits into 25 tasks.
+    const ROWS: usize = 16;
+    node_max[1..na]
+        .par_chunks_mut(ROWS)
+        .zip(node_idx[1..na].par_chunks_mut(ROWS))
+        .enumerate()
+        .for_each(|(c, (mx, ix))| g.rows(1 + c * ROWS, mx, ix));
+}
+
+/// b tokens scored side by side in [`match_row`].
+const MATCH_LANES: usize = 32;
+
+/// What [`match_row`]'s tasks share: the metric, the b tokens channel-major.
+struct MatchRows<'a> {
+    metric: &'a [f32],
+    hd: usize,
+    bt: &'a [f32],
+    nb: usize,
+    nbp: usize,
+}
+
+impl MatchRows<'_> {
+    /// a tokens first .. first + maxs.len(): their best b token into maxs / idxs, on the widest
+    /// vectors this CPU has (the lanes are independent, so every width gives the same bits).
+    fn rows(&self, first: usize, maxs: &mut [f32], idxs: &mut [u32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (just detected).
+                return unsafe { self.rows_avx512(first, maxs, idxs) };
             }
-            if s > best {
-                best = s;
-                arg = j as u32;
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (just detected).
+                return unsafe { self.rows_avx2(first, maxs, idxs) };
             }
         }
-        node_max[i] = best;
-        node_idx[i] = arg;
+        self.rows_body(first, maxs, idxs)
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_avx512(&self, first: usize, maxs: &mut [f32], idxs: &mut [u32]) {
+        self.rows_body(first, maxs, idxs)
+    }
+
+    /// # Safety
+    /// The CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn rows_avx2(&self, first: usize, maxs: &mut [f32], idxs: &mut [u32]) {
+        self.rows_body(first, maxs, idxs)
+    }
+
+    #[inline(always)]
+    fn rows_body(&self, first: usize, maxs: &mut [f32], idxs: &mut [u32]) {
+        let Self {
+            metric,
+            hd,
+            bt,
+            nb,
+            nbp,
+        } = *self;
+        let mut scores = vec![0f32; nbp];
+        for (r, (mx, ix)) in maxs.iter_mut().zip(idxs.iter_mut()).enumerate() {
+            let i = first + r;
+            let a = &metric[2 * i * hd..(2 * i + 1) * hd];
+            for (c, sc) in scores.chunks_exact_mut(MATCH_LANES).enumerate() {
+                let mut acc = [0f32; MATCH_LANES];
+                for (p, &ap) in a.iter().enumerate() {
+                    if let Some(b) = bt[p * nbp + c * MATCH_LANES..].first_chunk::<MATCH_LANES>() {
+                        for (s, &bv) in acc.iter_mut().zip(b) {
+                            *s += ap * bv;
+                        }
+                    }
+                }
+                if let Some(dst) = sc.first_chunk_mut::<MATCH_LANES>() {
+                    *dst = acc;
+                }
+            }
+            let (mut best, mut arg) = (f32::NEG_INFINITY, 0u32);
+            for (j, &s) in scores[..nb].iter().enumerate() {
+                if s > best {
+                    best = s;
+                    arg = j as u32;
+                }
+            }
+            *mx = best;
+            *ix = arg;
+        }
     }
 }
 
@@ -311,4 +416,96 @@ pub fn tome_sizes(sizes: Option<&[f32]>, batch: usize, n: usize, r: usize) -> Re
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small LCG: values from a few levels (so that ties are common), with ±0, ±inf and NaN
+    /// mixed in when `specials`.
+    fn values(len: usize, seed: u64, specials: bool) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = (s >> 33) as u32;
+                match (specials, u % 97) {
+                    (true, 0) => f32::NAN,
+                    (true, 1) => f32::INFINITY,
+                    (true, 2) => f32::NEG_INFINITY,
+                    (true, 3) => -0.0,
+                    (true, 4) => 0.0,
+                    _ => ((u % 9) as f32 - 4.0) * 0.25 + ((u >> 8) % 3) as f32 * 1e-3,
+                }
+            })
+            .collect()
+    }
+
+    /// The matching written as the contract says it, one scalar chain per (a, b) pair.
+    fn match_oracle(metric: &[f32], n: usize, hd: usize) -> (Vec<f32>, Vec<u32>) {
+        let (na, nb) = split(n);
+        let mut mx = vec![f32::NEG_INFINITY; na];
+        let mut ix = vec![0u32; na];
+        for i in 1..na {
+            for j in 0..nb {
+                let mut s = 0f32;
+                for p in 0..hd {
+                    s += metric[2 * i * hd + p] * metric[(2 * j + 1) * hd + p];
+                }
+                if s > mx[i] {
+                    mx[i] = s;
+                    ix[i] = j as u32;
+                }
+            }
+        }
+        (mx, ix)
+    }
+
+    /// The lane-wise matching gives the scalar chains' bits and indices: n odd and even, b
+    /// counts below, at and past whole lane passes, ties, ±0, ±inf and NaN.
+    #[test]
+    fn match_row_is_the_scalar_chain() {
+        for &n in &[1usize, 2, 3, 4, 5, 63, 64, 65, 66, 67, 130, 786] {
+            for &hd in &[1usize, 3, 64] {
+                for specials in [false, true] {
+                    let metric = values(n * hd, (n * 131 + hd) as u64, specials);
+                    let na = split(n).0;
+                    let (mut mx, mut ix) = (vec![1f32; na], vec![7u32; na]);
+                    match_row(&metric, n, hd, &mut mx, &mut ix);
+                    let (wm, wi) = match_oracle(&metric, n, hd);
+                    assert_eq!(ix, wi, "n {n} hd {hd} specials {specials}");
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&mx), bits(&wm), "n {n} hd {hd} specials {specials}");
+                }
+            }
+        }
+    }
+
+    /// The channel-wise metric is each channel's chain over the heads from 0, ÷ heads, then
+    /// the norm, bit for bit (−0 keys included: 0 + −0 is +0, as in the chain).
+    #[test]
+    fn metric_is_the_head_chain() {
+        let (rows, heads, hd) = (5, 12, 64);
+        let d = heads * hd;
+        let qkv = values(rows * 3 * d, 3, false);
+        let mut got = vec![0f32; rows * hd];
+        metric_into(&qkv, rows, heads, hd, &mut got);
+        for t in 0..rows {
+            let mut m = vec![0f32; hd];
+            for (j, mj) in m.iter_mut().enumerate() {
+                let mut acc = 0f32;
+                for h in 0..heads {
+                    acc += qkv[t * 3 * d + d + h * hd + j];
+                }
+                *mj = acc / heads as f32;
+            }
+            let norm = m.iter().fold(0f32, |q, v| q + v * v).sqrt();
+            for (j, v) in m.iter().enumerate() {
+                assert_eq!(got[t * hd + j].to_bits(), (v / norm).to_bits(), "row {t} ch {j}");
+            }
+        }
+    }
 }
