@@ -115,7 +115,10 @@ pub(crate) fn match_row(
     let nbp = nb.div_ceil(MATCH_LANES) * MATCH_LANES;
     let mut bt = vec![0f32; hd * nbp];
     for j in 0..nb {
-        for (p, &v) in metric[(2 * j + 1) * hd..(2 * j + 2) * hd].iter().enumerate() {
+        for (p, &v) in metric[(2 * j + 1) * hd..(2 * j + 2) * hd]
+            .iter()
+            .enumerate()
+        {
             bt[p * nbp + j] = v;
         }
     }
@@ -352,10 +355,12 @@ pub(crate) fn merge_into<T: Element>(
     out: &mut [T],
     out_sizes: &mut [f32],
 ) {
+    use rayon::prelude::*;
     let size = |t: usize| sizes.map_or(1.0, |s| s[t]);
     let nu = split(n).0 - r;
-    let mut acc = vec![0f32; c];
-    for o in 0..n - r {
+    // Output tokens are independent (each its own sums, in the same order whatever the
+    // split): spread over rayon's threads when there is enough to spread.
+    let token = |acc: &mut Vec<f32>, (o, (out, out_size)): (usize, (&mut [T], &mut f32))| {
         let (t, srcs) = if o < nu {
             (2 * unm[o] as usize, &grouped[..0])
         } else {
@@ -378,10 +383,24 @@ pub(crate) fn merge_into<T: Element>(
             }
             sz += si;
         }
-        for (dst, a) in out[o * c..(o + 1) * c].iter_mut().zip(&acc) {
+        for (dst, a) in out.iter_mut().zip(acc.iter()) {
             *dst = T::from_f32(a / sz);
         }
-        out_sizes[o] = sz;
+        *out_size = sz;
+    };
+    let on = n - r;
+    let (out, out_sizes) = (&mut out[..on * c], &mut out_sizes[..on]);
+    if c > 0 && on * c >= 1 << 15 {
+        out.par_chunks_exact_mut(c)
+            .zip(out_sizes.par_iter_mut())
+            .enumerate()
+            .for_each_init(|| vec![0f32; c], token);
+    } else {
+        // (Indexing, not chunks: c may be 0, and the sizes are still wanted.)
+        let mut acc = vec![0f32; c];
+        for (o, sz) in out_sizes.iter_mut().enumerate() {
+            token(&mut acc, (o, (&mut out[o * c..(o + 1) * c], sz)));
+        }
     }
 }
 
@@ -425,7 +444,9 @@ mod tests {
     /// A small LCG: values from a few levels (so that ties are common), with ±0, ±inf and NaN
     /// mixed in when `specials`.
     fn values(len: usize, seed: u64, specials: bool) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..len)
             .map(|_| {
                 s = s
@@ -484,6 +505,66 @@ mod tests {
         }
     }
 
+    /// The merge, on both sides of its parallel threshold (c = 16: serial; c = 256: spread
+    /// over threads), against each output token computed on its own; sizes given and not.
+    #[test]
+    fn merge_matches_each_token_alone() {
+        let (n, hd) = (301usize, 8usize);
+        let metric = values(n * hd, 11, false);
+        let (na, nb) = split(n);
+        let (mut mx, mut ix) = (vec![0f32; na], vec![0u32; na]);
+        match_row(&metric, n, hd, &mut mx, &mut ix);
+        let r = 100;
+        let (_, unm, grouped, offsets) = order_row(&mx, &ix, n, r);
+        for c in [16usize, 256] {
+            let x = values(n * c, c as u64, false);
+            let sz: Vec<f32> = (0..n).map(|t| 1.0 + (t % 3) as f32).collect();
+            for sizes in [None, Some(&sz[..])] {
+                let on = n - r;
+                let (mut out, mut out_sizes) = (vec![f32::NAN; on * c], vec![f32::NAN; on]);
+                merge_into(
+                    &x,
+                    sizes,
+                    n,
+                    c,
+                    r,
+                    &unm,
+                    &grouped,
+                    &offsets,
+                    &mut out,
+                    &mut out_sizes,
+                );
+                let size = |t: usize| sizes.map_or(1.0, |s| s[t]);
+                for o in 0..on {
+                    let (t, srcs): (usize, Vec<usize>) = if o < na - r {
+                        (2 * unm[o] as usize, vec![])
+                    } else {
+                        let j = o - (na - r);
+                        let g = &grouped[offsets[j] as usize..offsets[j + 1] as usize];
+                        (2 * j + 1, g.iter().map(|&i| 2 * i as usize).collect())
+                    };
+                    assert!(t < n && (o < na - r || o - (na - r) < nb));
+                    let mut s = size(t);
+                    for &i in &srcs {
+                        s += size(i);
+                    }
+                    assert_eq!(out_sizes[o].to_bits(), s.to_bits(), "c {c} token {o} size");
+                    for ch in 0..c {
+                        let mut a = x[t * c + ch] * size(t);
+                        for &i in &srcs {
+                            a += x[i * c + ch] * size(i);
+                        }
+                        assert_eq!(
+                            out[o * c + ch].to_bits(),
+                            (a / s).to_bits(),
+                            "c {c} [{o}][{ch}]"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// The channel-wise metric is each channel's chain over the heads from 0, ÷ heads, then
     /// the norm, bit for bit (−0 keys included: 0 + −0 is +0, as in the chain).
     #[test]
@@ -504,7 +585,11 @@ mod tests {
             }
             let norm = m.iter().fold(0f32, |q, v| q + v * v).sqrt();
             for (j, v) in m.iter().enumerate() {
-                assert_eq!(got[t * hd + j].to_bits(), (v / norm).to_bits(), "row {t} ch {j}");
+                assert_eq!(
+                    got[t * hd + j].to_bits(),
+                    (v / norm).to_bits(),
+                    "row {t} ch {j}"
+                );
             }
         }
     }
