@@ -134,7 +134,9 @@ mod tests {
                 .map(|i| ((i * 7919) % 101) as f32 * 0.01 - 0.5)
                 .collect();
             let mut out = vec![f32::NAN; b * k * d];
-            let w = softmax_merge(&s, &v, b, n, k, d, 0.7, &mut out).expect("merge");
+            let Ok(w) = softmax_merge(&s, &v, b, n, k, d, 0.7, &mut out) else {
+                panic!("merge {b} {n} {k} {d}")
+            };
             for bi in 0..b {
                 for kk in 0..k {
                     let mut row: Vec<f32> =
