@@ -155,18 +155,16 @@ impl MatchRows<'_> {
     /// a tokens first .. first + maxs.len(): their best b token into maxs / idxs, on the widest
     /// vectors this CPU has (the lanes are independent, so every width gives the same bits).
     fn rows(&self, first: usize, maxs: &mut [f32], idxs: &mut [u32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F (just detected).
-                return unsafe { self.rows_avx512(first, maxs, idxs) };
-            }
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2 (just detected).
-                return unsafe { self.rows_avx2(first, maxs, idxs) };
+        // SAFETY: `detect` names only what this CPU has.
+        unsafe {
+            match crate::cpu::packed::detect() {
+                #[cfg(target_arch = "x86_64")]
+                Some(crate::cpu::packed::Isa::Avx512) => self.rows_avx512(first, maxs, idxs),
+                #[cfg(target_arch = "x86_64")]
+                Some(crate::cpu::packed::Isa::Avx2) => self.rows_avx2(first, maxs, idxs),
+                _ => self.rows_body(first, maxs, idxs),
             }
         }
-        self.rows_body(first, maxs, idxs)
     }
 
     /// # Safety
