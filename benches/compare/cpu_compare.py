@@ -83,9 +83,9 @@ def openblas_ceiling(threads, runs=5):
     return float(r.stdout) if r.returncode == 0 else None
 
 
-def fma_peak(isa, threads, work):
-    """The machine's f32 FMA peak at clca's vector width (fma_peak.c, built with gcc here);
-    None without gcc or without the ISA."""
+def build_fma_peak(isa, work):
+    """fma_peak.c built with gcc at clca's vector width: (the executable or None, the ISA).
+    None without gcc, FMA or the ISA."""
     flags = open("/proc/cpuinfo").read()
     if isa == "best":
         isa = "avx512" if " avx512f" in flags else "avx2"
@@ -99,9 +99,16 @@ def fma_peak(isa, threads, work):
     arch = ["-mavx512f", "-DWIDTH=512"] if isa == "avx512" else ["-mavx2", "-mfma", "-DWIDTH=256"]
     if subprocess.run([gcc, "-O2", "-fopenmp", *arch, src, "-o", exe]).returncode != 0:
         return None, isa
+    return exe, isa
+
+
+def fma_peak(exe, threads):
+    """The machine's f32 FMA peak (GFLOP/s) from the built fma_peak, or None."""
+    if exe is None:
+        return None
     r = subprocess.run([exe], capture_output=True, text=True,
                        env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
-    return (float(r.stdout) if r.returncode == 0 else None), isa
+    return float(r.stdout) if r.returncode == 0 else None
 
 
 def stats(ts):
@@ -138,8 +145,8 @@ def main():
     mkl, oblas = matmul_ceiling(), openblas_ceiling(a.threads)
     emit(what="matmul_ceiling", gflops=max(mkl, oblas or 0.0), torch_mkl=mkl,
          numpy_openblas=oblas)
-    peak, peak_isa = fma_peak(a.isa, a.threads, a.work)
-    emit(what="fma_peak", gflops=peak, isa=peak_isa)
+    peak_exe, peak_isa = build_fma_peak(a.isa, a.work)
+    emit(what="fma_peak", gflops=fma_peak(peak_exe, a.threads), isa=peak_isa)
     batches = [int(b) for b in a.batches.split(",")]
     gen = torch.Generator().manual_seed(7)
     imgs = torch.randn(max(batches), 3, 448, 448, generator=gen)
@@ -203,8 +210,7 @@ def main():
                      gflops=2 * macs * b / st["median_s"] / 1e9, **st)
     # Again at the end: on a shared VM one vCPU is sometimes starved for a while (a 2-thread
     # run at 1-thread speed), and a peak measured then would make every "% peak" too high.
-    end, _ = fma_peak(a.isa, a.threads, a.work)
-    emit(what="fma_peak", gflops=end, isa=peak_isa)
+    emit(what="fma_peak", gflops=fma_peak(peak_exe, a.threads), isa=peak_isa)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(results, fh, indent=1)

@@ -73,19 +73,8 @@ pub(crate) fn layer_norm(
     eps: f64,
     y: &mut [f32],
 ) {
-    let wide = wide_norm();
-    let row = |(xr, yr): (&[f32], &mut [f32])| {
-        // SAFETY: `wide` says which of the wrappers' features this CPU has.
-        unsafe {
-            match wide {
-                #[cfg(target_arch = "x86_64")]
-                Some(crate::cpu::packed::Isa::Avx512) => norm_row_avx512(xr, gamma, beta, eps, yr),
-                #[cfg(target_arch = "x86_64")]
-                Some(crate::cpu::packed::Isa::Avx2) => norm_row_avx2(xr, gamma, beta, eps, yr),
-                _ => norm_row(xr, gamma, beta, eps, yr),
-            }
-        }
-    };
+    let wide = crate::cpu::packed::detect();
+    let row = |(xr, yr): (&[f32], &mut [f32])| norm_row_wide(wide, xr, gamma, beta, eps, yr);
     // Rows are independent: the split does not change any result.
     if x.len() >= 1 << 16 {
         use rayon::prelude::*;
@@ -96,15 +85,6 @@ pub(crate) fn layer_norm(
     } else {
         x.chunks_exact(d).zip(y.chunks_exact_mut(d)).for_each(row);
     }
-}
-
-/// The vector width [`layer_norm`] is compiled for on this CPU: the same operations in the
-/// same order at every width (no contraction into FMAs), so the same bits; AVX-512 converts
-/// and adds 8 f64 at a time where the x86-64 baseline does 2 (EViT + CLCA at batch 1:
-/// ln1 + ln2 5.1–6.7 → 3.2–5.0 ms a forward, interleaved runs on the 2-vCPU VM).
-fn wide_norm() -> Option<crate::cpu::packed::Isa> {
-    use crate::cpu::packed::Isa;
-    [Isa::Avx512, Isa::Avx2].into_iter().find(|i| i.supported())
 }
 
 /// One row of [`layer_norm`].
@@ -120,25 +100,13 @@ fn norm_row(xr: &[f32], gamma: &[f32], beta: &[f32], eps: f64, yr: &mut [f32]) {
     }
 }
 
-/// [`norm_row`] for AVX-512.
-///
-/// # Safety
-/// The CPU has AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn norm_row_avx512(xr: &[f32], gamma: &[f32], beta: &[f32], eps: f64, yr: &mut [f32]) {
-    norm_row(xr, gamma, beta, eps, yr)
-}
-
-/// [`norm_row`] for AVX2.
-///
-/// # Safety
-/// The CPU has AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn norm_row_avx2(xr: &[f32], gamma: &[f32], beta: &[f32], eps: f64, yr: &mut [f32]) {
-    norm_row(xr, gamma, beta, eps, yr)
-}
+crate::cpu::wide::widest!(
+    /// [`norm_row`] at the widest vectors: the same operations in the same order at every
+    /// width (no contraction into FMAs), so the same bits; AVX-512 converts and adds 8 f64 at a
+    /// time where the x86-64 baseline does 2 (EViT + CLCA at batch 1: ln1 + ln2 5.1–6.7 →
+    /// 3.2–5.0 ms a forward, interleaved runs on the 2-vCPU VM).
+    fn norm_row_wide(xr: &[f32], gamma: &[f32], beta: &[f32], eps: f64, yr: &mut [f32]) => norm_row
+);
 
 /// Σ in f64 with 8 interleaved partial sums (element i into sum i mod 8, added in order at
 /// the end): a fixed order, and 8 independent chains instead of one 4-cycle chain per element.
@@ -175,18 +143,7 @@ pub fn gelu(v: f32) -> f32 {
 /// element whatever the width or split (no FMA contraction), so the same bits.
 pub fn gelu_inplace(v: &mut [f32]) {
     let wide = crate::cpu::packed::detect();
-    let run = |v: &mut [f32]| {
-        // SAFETY: `wide` is what this CPU has (detected).
-        unsafe {
-            match wide {
-                #[cfg(target_arch = "x86_64")]
-                Some(crate::cpu::packed::Isa::Avx512) => gelu_avx512(v),
-                #[cfg(target_arch = "x86_64")]
-                Some(crate::cpu::packed::Isa::Avx2) => gelu_avx2(v),
-                _ => gelu_each(v),
-            }
-        }
-    };
+    let run = |v: &mut [f32]| gelu_wide(wide, v);
     if v.len() >= 1 << 15 {
         use rayon::prelude::*;
         v.par_chunks_mut(4096).for_each(run);
@@ -202,25 +159,10 @@ fn gelu_each(v: &mut [f32]) {
     }
 }
 
-/// [`gelu_each`] for AVX-512.
-///
-/// # Safety
-/// The CPU has AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn gelu_avx512(v: &mut [f32]) {
-    gelu_each(v)
-}
-
-/// [`gelu_each`] for AVX2.
-///
-/// # Safety
-/// The CPU has AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn gelu_avx2(v: &mut [f32]) {
-    gelu_each(v)
-}
+crate::cpu::wide::widest!(
+    /// [`gelu_each`] at the widest vectors.
+    fn gelu_wide(v: &mut [f32]) => gelu_each
+);
 
 #[inline(always)]
 pub(crate) fn gelu_fast(x: f32) -> f32 {
@@ -395,7 +337,7 @@ mod tests {
                 assert_eq!(bits(&got[i * d..(i + 1) * d]), bits(&want), "d {d} row {i}");
             }
         }
-        eprintln!("layer_norm runs {:?}", wide_norm());
+        eprintln!("layer_norm runs {:?}", crate::cpu::packed::detect());
     }
 
     fn exact(x: f32) -> f64 {

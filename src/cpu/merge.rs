@@ -45,16 +45,7 @@ pub fn softmax_merge(
         }
         crate::cpu::dense::softmax(wr);
         let vb = &v[bi * n * d..(bi + 1) * n * d];
-        // SAFETY: `wide` is what this CPU has (detected).
-        unsafe {
-            match wide {
-                #[cfg(target_arch = "x86_64")]
-                Some(Isa::Avx512) => weighted_sum_avx512(wr, vb, o),
-                #[cfg(target_arch = "x86_64")]
-                Some(Isa::Avx2) => weighted_sum_avx2(wr, vb, o),
-                _ => weighted_sum(wr, vb, o),
-            }
-        }
+        weighted_sum_wide(wide, wr, vb, o);
     };
     if d == 0 {
         w.chunks_exact_mut(n)
@@ -69,9 +60,6 @@ pub fn softmax_merge(
     }
     Ok(w)
 }
-
-#[cfg(target_arch = "x86_64")]
-use crate::cpu::packed::Isa;
 
 /// o = Σ_t p[t]·v[t] over v's rows in token order from 0, a rounding per product and per sum
 /// (no FMA), the channels side by side: the same bits at every vector width.
@@ -89,25 +77,10 @@ fn weighted_sum(p: &[f32], v: &[f32], o: &mut [f32]) {
     }
 }
 
-/// [`weighted_sum`] for AVX-512.
-///
-/// # Safety
-/// The CPU has AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn weighted_sum_avx512(p: &[f32], v: &[f32], o: &mut [f32]) {
-    weighted_sum(p, v, o)
-}
-
-/// [`weighted_sum`] for AVX2.
-///
-/// # Safety
-/// The CPU has AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn weighted_sum_avx2(p: &[f32], v: &[f32], o: &mut [f32]) {
-    weighted_sum(p, v, o)
-}
+crate::cpu::wide::widest!(
+    /// [`weighted_sum`] at the widest vectors.
+    fn weighted_sum_wide(p: &[f32], v: &[f32], o: &mut [f32]) => weighted_sum
+);
 
 #[cfg(test)]
 mod tests {

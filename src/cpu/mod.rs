@@ -12,3 +12,4 @@ pub mod prune;
 pub mod token_cache;
 pub mod tome;
 pub mod topk;
+pub(crate) mod wide;

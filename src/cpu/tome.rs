@@ -132,12 +132,19 @@ pub(crate) fn match_row(
     // About 16 a tokens a task: the tasks' b-token scores stay in L1 and a 786-token merge
     // still splits into 25 tasks.
     const ROWS: usize = 16;
+    let wide = crate::cpu::packed::detect();
     node_max[1..na]
         .par_chunks_mut(ROWS)
         .zip(node_idx[1..na].par_chunks_mut(ROWS))
         .enumerate()
-        .for_each(|(c, (mx, ix))| g.rows(1 + c * ROWS, mx, ix));
+        .for_each(|(c, (mx, ix))| match_rows(wide, &g, 1 + c * ROWS, mx, ix));
 }
+
+crate::cpu::wide::widest!(
+    /// [`MatchRows::rows`] at the widest vectors (the lanes are independent, so every width
+    /// gives the same bits).
+    fn match_rows(g: &MatchRows<'_>, first: usize, maxs: &mut [f32], idxs: &mut [u32]) => MatchRows::rows
+);
 
 /// b tokens scored side by side in [`match_row`].
 const MATCH_LANES: usize = 32;
@@ -152,39 +159,9 @@ struct MatchRows<'a> {
 }
 
 impl MatchRows<'_> {
-    /// a tokens first .. first + maxs.len(): their best b token into maxs / idxs, on the widest
-    /// vectors this CPU has (the lanes are independent, so every width gives the same bits).
-    fn rows(&self, first: usize, maxs: &mut [f32], idxs: &mut [u32]) {
-        // SAFETY: `detect` names only what this CPU has.
-        unsafe {
-            match crate::cpu::packed::detect() {
-                #[cfg(target_arch = "x86_64")]
-                Some(crate::cpu::packed::Isa::Avx512) => self.rows_avx512(first, maxs, idxs),
-                #[cfg(target_arch = "x86_64")]
-                Some(crate::cpu::packed::Isa::Avx2) => self.rows_avx2(first, maxs, idxs),
-                _ => self.rows_body(first, maxs, idxs),
-            }
-        }
-    }
-
-    /// # Safety
-    /// The CPU has AVX-512F.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn rows_avx512(&self, first: usize, maxs: &mut [f32], idxs: &mut [u32]) {
-        self.rows_body(first, maxs, idxs)
-    }
-
-    /// # Safety
-    /// The CPU has AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn rows_avx2(&self, first: usize, maxs: &mut [f32], idxs: &mut [u32]) {
-        self.rows_body(first, maxs, idxs)
-    }
-
+    /// a tokens first .. first + maxs.len(): their best b token into maxs / idxs.
     #[inline(always)]
-    fn rows_body(&self, first: usize, maxs: &mut [f32], idxs: &mut [u32]) {
+    fn rows(&self, first: usize, maxs: &mut [f32], idxs: &mut [u32]) {
         let Self {
             metric,
             hd,
