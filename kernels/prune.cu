@@ -189,3 +189,32 @@ __device__ void evit_fuse(const T* __restrict__ x, u32 n, u32 c, const u32* __re
   }                                                                                               \
   CLCA_HOST_ENTRY(evit_prune_##sfx)
 CLCA_FOR_EACH_FLOAT(PRUNE_ENTRIES)
+
+// The projection's bias factor for each output row [cls, kept..., fused] of an EViT layer whose
+// projection runs on the pruned rows (src/vit/device.rs: proj(Σ s_t a_t) stands for Σ s_t
+// proj(a_t), so the fused row's bias is S·b): 1 for cls and the kept rows, and for the fused row
+// S = Σ_{t ∈ compl} scores[t] in the fused token's order (the CLCA_PRUNE_SEGS runs, each from 0
+// in token order, then the run sums in run order): exactly the fused token of a channel of ones.
+// out [batch, 2 + k]. Grid (≤ batch), one warp a block: lane r sums run r.
+extern "C" __global__ void __launch_bounds__(32) evit_bias_scale_f32(
+    const unsigned* __restrict__ compl_idx, const float* __restrict__ scores, unsigned batch,
+    unsigned n, unsigned k, float* __restrict__ out) {
+  const unsigned lane = threadIdx.x & 31;
+  const unsigned m = n - 1 - k, seg = (m + CLCA_PRUNE_SEGS - 1) / CLCA_PRUNE_SEGS;
+  for (unsigned b = blockIdx.x; b < batch; b += gridDim.x) {
+    float part = 0.0f;
+    if (lane < CLCA_PRUNE_SEGS) {
+      const unsigned lo = min(m, lane * seg), hi = min(m, lo + seg);
+      for (unsigned t = lo; t < hi; ++t) {
+        const unsigned i = compl_idx[(long long)b * m + t];
+        if (i < n - 1) part += scores[(long long)b * (n - 1) + i];
+      }
+    }
+    float s = 0.0f;
+    for (unsigned r = 0; r < CLCA_PRUNE_SEGS; ++r) s += __shfl_sync(0xffffffffu, part, r);
+    float* o = out + (long long)b * (2 + k);
+    for (unsigned j = lane; j <= k; j += 32) o[j] = 1.0f;
+    if (lane == 0) o[k + 1] = s;
+  }
+}
+CLCA_HOST_ENTRY(evit_bias_scale_f32)

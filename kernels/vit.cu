@@ -209,19 +209,23 @@ __device__ void residual_all(float* __restrict__ x, const T* __restrict__ y, lon
 // earlier run's profile (docs/gpu-runs/2026-11-27-h200.md, runs 7 and 8). Its sums
 // run thread-strided over 256 threads, layernorm_'s lane-strided over 32, so the fused and the
 // unfused paths round differently (both well inside the tests' tolerances).
+// `bscale` [rows] (or null: 1) scales row r's bias: an EViT layer's fused row, projected after
+// the pruning, carries S·b (see evit_bias_scale_f32).
 template <class T>
 __device__ void residual_ln_rows(float* __restrict__ x, const T* __restrict__ y, unsigned rows,
                                  unsigned d, const float* __restrict__ gamma,
-                                 const float* __restrict__ bias, const float* __restrict__ g,
-                                 const float* __restrict__ b, float eps, T* __restrict__ out) {
+                                 const float* __restrict__ bias, const float* __restrict__ bscale,
+                                 const float* __restrict__ g, const float* __restrict__ b,
+                                 float eps, T* __restrict__ out) {
   __shared__ float red[32];
   for (unsigned r = blockIdx.x; r < rows; r += gridDim.x) {
     float* xr = x + (i64)r * d;
     const T* yr = y + (i64)r * d;
+    const float bs = bscale ? bscale[r] : 1.0f;
     float s = 0.0f;
     for (unsigned c = threadIdx.x; c < d; c += blockDim.x) {
       float v = to_f32(yr[c]);
-      if (bias) v = to_f32(from_f32<T>(v + bias[c]));
+      if (bias) v = to_f32(from_f32<T>(v + (bscale ? bias[c] * bs : bias[c])));
       const float nx = xr[c] + (gamma ? gamma[c] * v : v);
       xr[c] = nx;  // read back in ln_finish by this thread only
       s += nx;
@@ -317,8 +321,9 @@ __device__ void bgemm_nt_tile(const T* __restrict__ x, unsigned m, unsigned k, i
   extern "C" __global__ void residual_ln_##sfx(                                                   \
       float* __restrict__ x, const T* __restrict__ y, unsigned rows, unsigned d,                  \
       const float* __restrict__ gamma, const float* __restrict__ bias,                            \
-      const float* __restrict__ g, const float* __restrict__ b, float eps, T* __restrict__ out) { \
-    clca::residual_ln_rows<T>(x, y, rows, d, gamma, bias, g, b, eps, out);                        \
+      const float* __restrict__ bscale, const float* __restrict__ g, const float* __restrict__ b, \
+      float eps, T* __restrict__ out) {                                                           \
+    clca::residual_ln_rows<T>(x, y, rows, d, gamma, bias, bscale, g, b, eps, out);                \
   }                                                                                               \
   CLCA_HOST_ENTRY(residual_ln_##sfx)                                                              \
   /* qkv [B, n, 3, H, hd] -> q (times scale), k [B, H, n, hd] and vt [B, H, hd, n]: the     \

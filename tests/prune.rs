@@ -2,7 +2,7 @@
 //! Top-K / EViT pruning and the fused prune path against the CPU reference and an f64 oracle.
 mod common;
 use clca::ops::attn_score::{ScoreSource, Selection};
-use clca::ops::prune::{evit_prune, prune, topk_prune, PruneMode};
+use clca::ops::prune::{evit_bias_scale, evit_prune, prune, topk_prune, PruneMode};
 use clca::{bf16, cpu, f16, Device, Element};
 use common::*;
 use proptest::prelude::*;
@@ -47,6 +47,40 @@ fn run<D: Device, T: Element>(dev: &D, b: usize, n: usize, c: usize, k: usize, s
     let mut out = sentinel(dev, b * (2 + k) * c, T::from_f32(f32::NAN));
     evit_prune(dev, &xb, b, n, c, &ib, k, &cb, &sb, &mut out).expect("kernel");
     assert_close("evit", &down(dev, &out), &oracle, atol, rtol);
+
+    // The projection's bias factor of the fused row: S = Σ scores over the dropped tokens,
+    // summed exactly as the fused token of a channel of ones; 1 for cls and the kept rows.
+    let want_s = cpu::prune::evit_bias_scale(&compl, &scores, b, n, k).expect("ref");
+    let ones =
+        cpu::prune::evit_prune(&vec![1f32; b * n], b, n, 1, &idx, k, &compl, &scores).expect("ref");
+    for bi in 0..b {
+        let row = &want_s[bi * (2 + k)..(bi + 1) * (2 + k)];
+        assert!(
+            row[..=k].iter().all(|&v| v == 1.0),
+            "bias scale of [cls, kept]"
+        );
+        assert_eq!(
+            row[k + 1].to_bits(),
+            ones[bi * (2 + k) + 1 + k].to_bits(),
+            "S"
+        );
+        let s64: f64 = (0..m)
+            .map(|j| scores[bi * (n - 1) + compl[bi * m + j] as usize] as f64)
+            .sum();
+        assert!(
+            (row[k + 1] as f64 - s64).abs() <= 1e-6 * s64.max(1e-30),
+            "S vs f64"
+        );
+    }
+    let mut out = sentinel(dev, b * (2 + k), f32::NAN);
+    evit_bias_scale(dev, &cb, &sb, b, n, k, &mut out).expect("kernel");
+    let got = down(dev, &out);
+    assert!(
+        got.iter()
+            .zip(&want_s)
+            .all(|(x, y)| x.to_bits() == y.to_bits()),
+        "bias scale: kernel {got:?} vs reference {want_s:?}"
+    );
 }
 
 proptest! {
@@ -129,4 +163,17 @@ fn bad_arguments_are_errors() {
     let idx = up(&dev, &[0u32; 2]);
     let e = topk_prune(&dev, &x, 2, 5, 4, &idx, 1, &mut out).expect_err("out too short");
     assert!(matches!(e, clca::Error::Shape { arg: "out", .. }), "{e}");
+    // The EViT bias factor: k = n, a short compl, a short out.
+    let (cb, sb) = (up(&dev, &[0u32; 2 * 2]), up(&dev, &[0.5f32; 2 * 4]));
+    let mut out = dev.zeros::<f32>(2 * 4).expect("zeros");
+    let e = evit_bias_scale(&dev, &cb, &sb, 2, 5, 5, &mut out).expect_err("k = n");
+    assert!(e.to_string().contains("`k`"), "{e}");
+    let e = evit_bias_scale(&dev, &cb, &sb, 2, 5, 1, &mut out).expect_err("compl short");
+    assert!(matches!(e, clca::Error::Shape { arg: "compl", .. }), "{e}");
+    let mut short = dev.zeros::<f32>(2 * 4 - 1).expect("zeros");
+    evit_bias_scale(&dev, &cb, &sb, 2, 5, 2, &mut out).expect("the right sizes");
+    let e = evit_bias_scale(&dev, &cb, &sb, 2, 5, 2, &mut short).expect_err("out short");
+    assert!(matches!(e, clca::Error::Shape { arg: "out", .. }), "{e}");
+    let e = cpu::prune::evit_bias_scale(&[7, 0], &[0.5; 4], 1, 5, 2).expect_err("index");
+    assert!(e.to_string().contains("out of range"), "{e}");
 }

@@ -127,3 +127,100 @@ fn pruned_attention_matches_the_authors_order() {
         }
     }
 }
+
+/// The device forward (host shim always, GPU when present) selects before the projection in
+/// Top-K and EViT blocks (`DeviceWorkspace::set_prune_first`, on by default) and projects only
+/// [cls, kept (, fused)]. Against the authors' order on the same device (`false`):
+/// - the same selections, every block;
+/// - the first reduction block's input and scores bit for bit (nothing before it changed);
+/// - every traced tensor and the logits within rounding (the fused pass rounds ln2's sums in
+///   another order; EViT's fused token is reassociated): 1e-5 of the largest value in f32,
+///   2e-2 in bf16, where the selections are compared only where f32's and bf16's agree.
+fn device_prune_first_case<D: clca::Device>(dev: &D) {
+    use clca::vit::device::DeviceVit;
+    fn run<D: clca::Device, T: clca::Element>(
+        dev: &D,
+        m: &Vit,
+        batch: usize,
+        first: bool,
+    ) -> (Vec<f32>, Trace) {
+        let img = random_images(batch, 3, m.cfg.img_size, 11);
+        let img = dev.upload(&img).expect("upload");
+        let dv = DeviceVit::<D, T>::new(dev, m).expect("upload model");
+        let mut ws = dv.workspace(dev, batch).expect("workspace");
+        ws.set_prune_first(first);
+        let mut t = Trace::default();
+        dv.forward(dev, &mut ws, &img, Some(&mut t))
+            .expect("forward");
+        (dv.logits(dev, &ws).expect("logits"), t)
+    }
+    let close = |a: &[f32], b: &[f32], rel: f32| {
+        let scale = a.iter().fold(1f32, |s, v| s.max(v.abs()));
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+            <= rel * scale
+    };
+    let shapes = [
+        (64, 96, 3, 0.5, false),
+        (32, 96, 3, 0.01, false),
+        (32, 96, 3, 0.97, false),
+        (48, 128, 2, 0.25, true),
+    ];
+    for prefix in ["topk_", "evit_"] {
+        for &(img, d, heads, kr, ls) in &shapes {
+            for batch in [1, 3] {
+                let m = model(prefix, img, d, heads, kr, ls);
+                let what = format!(
+                    "{prefix} {img} px d {d} kr {kr} ls {ls} B{batch} on {}",
+                    dev.name()
+                );
+                let first = m.cfg.reduction_loc[0];
+                let (want, tw) = run::<D, f32>(dev, &m, batch, false);
+                let (got, tg) = run::<D, f32>(dev, &m, batch, true);
+                assert_eq!(tw.tensors.len(), tg.tensors.len(), "{what}");
+                for ((name, sa, a), (nb, sb, b)) in tw.tensors.iter().zip(&tg.tensors) {
+                    assert_eq!((name, sa), (nb, sb), "{what}");
+                    match (a, b) {
+                        (TraceData::I64(a), TraceData::I64(b)) => {
+                            assert_eq!(a, b, "{what}: {name}")
+                        }
+                        (TraceData::F32(a), TraceData::F32(b)) => {
+                            if *name == format!("cls_attn.{first}")
+                                || *name == format!("block_in.{first}")
+                            {
+                                assert!(
+                                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                                    "{what}: {name} not bit for bit"
+                                );
+                            }
+                            assert!(close(a, b, 1e-5), "{what}: {name}");
+                        }
+                        _ => panic!("{what}: {name}: types differ"),
+                    }
+                }
+                assert!(
+                    close(&want, &got, 1e-5),
+                    "{what}: logits {want:?} vs {got:?}"
+                );
+                if batch == 3 && kr == 0.25 {
+                    let (want16, t16w) = run::<D, clca::bf16>(dev, &m, batch, false);
+                    let (got16, t16g) = run::<D, clca::bf16>(dev, &m, batch, true);
+                    let sel = format!("keep_idx.{first}");
+                    let ids = |t: &Trace| match t.get(&sel) {
+                        Some((_, TraceData::I64(v))) => v.clone(),
+                        _ => panic!("{what}: bf16 {sel} missing"),
+                    };
+                    assert_eq!(ids(&t16w), ids(&t16g), "{what}: bf16 {sel}");
+                    assert!(close(&want16, &got16, 2e-2), "{what}: bf16 logits");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn device_prune_first_matches_the_authors_order() {
+    on_devices!(device_prune_first_case);
+}

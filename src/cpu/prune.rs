@@ -53,6 +53,44 @@ pub fn evit_prune<T: Element>(
     Ok(out)
 }
 
+/// The projection's bias factor per output row of an EViT layer that projects after pruning
+/// (contract in [`crate::ops::prune::evit_bias_scale`]): [batch, 2 + k], 1 for [cls, kept] and
+/// S = Σ_{t ∈ compl} scores[t] for the fused row, in the fused token's order.
+pub fn evit_bias_scale(
+    compl: &[u32],
+    scores: &[f32],
+    batch: usize,
+    n: usize,
+    k: usize,
+) -> Result<Vec<f32>> {
+    crate::ops::prune::check_bias_scale(compl.len(), scores.len(), batch, n, k)?;
+    crate::ops::prune::check_indices("compl", compl, n - 1)?;
+    let mut out = vec![1f32; batch * (2 + k)];
+    for (bi, row) in out.chunks_exact_mut(2 + k).enumerate() {
+        row[k + 1] = weight_sum(
+            &compl[bi * (n - 1 - k)..(bi + 1) * (n - 1 - k)],
+            &scores[bi * (n - 1)..(bi + 1) * (n - 1)],
+        );
+    }
+    Ok(out)
+}
+
+/// Σ scores[t] over the dropped tokens `compl` of one sample, in the fused token's order
+/// ([`PRUNE_SEGS`] runs of ⌈m / runs⌉, each summed from 0, the run sums in run order): the
+/// fused token of a channel of ones.
+pub(crate) fn weight_sum(compl: &[u32], scores: &[f32]) -> f32 {
+    let m = compl.len();
+    let seg = m.div_ceil(PRUNE_SEGS);
+    let mut acc = 0f32;
+    for s in 0..PRUNE_SEGS {
+        let (lo, hi) = ((s * seg).min(m), ((s + 1) * seg).min(m));
+        acc += compl[lo..hi]
+            .iter()
+            .fold(0f32, |a, &t| a + scores[t as usize]);
+    }
+    acc
+}
+
 /// [cls, kept (, fused)] per sample from compact x [b, n, c] into compact `out`; `fuse` =
 /// (compl, scores) for EViT. Shapes and indices are the caller's to check.
 #[allow(clippy::too_many_arguments)]

@@ -244,6 +244,89 @@ pub fn evit_prune<D: Device, T: Element>(
     unsafe { dev.launch(&l) }
 }
 
+/// The launch of `evit_bias_scale_f32` (kernels/prune.cu): `out` [batch, 2 + k] = 1 for cls
+/// and the kept rows, S = Σ_{t ∈ compl} scores[t] for the fused row, summed in the fused
+/// token's order. Shapes are the caller's to check.
+pub(crate) fn bias_scale_launch(
+    compl: u64,
+    scores: u64,
+    batch: usize,
+    n: usize,
+    k: usize,
+    out: u64,
+) -> Result<Launch> {
+    let by = error::to_u32("batch", batch)?;
+    Launch::new(
+        "prune",
+        "evit_bias_scale",
+        crate::DType::F32,
+        [by.clamp(1, crate::kernels::ROW_GRID_CAP), 1, 1],
+        [32, 1, 1],
+        vec![
+            Arg::Ptr(compl),
+            Arg::Ptr(scores),
+            Arg::U32(by),
+            Arg::U32(error::to_u32("n", n)?),
+            Arg::U32(error::to_u32("k", k)?),
+            Arg::Ptr(out),
+        ],
+    )
+}
+
+/// The projection's bias factor per output row of an EViT layer that projects after pruning:
+/// `out` [batch, 2 + k] = 1 for [cls, kept], and S = Σ_{t ∈ compl} scores[t] for the fused
+/// row (Σ s_t·(W a_t + b) = W (Σ s_t a_t) + S·b), summed exactly as the fused token of a
+/// channel of ones ([`crate::cpu::prune::PRUNE_SEGS`] runs). Reference:
+/// [`crate::cpu::prune::evit_bias_scale`].
+pub fn evit_bias_scale<D: Device>(
+    dev: &D,
+    compl: &D::Buf<u32>,
+    scores: &D::Buf<f32>,
+    batch: usize,
+    n: usize,
+    k: usize,
+    out: &mut D::Buf<f32>,
+) -> Result<()> {
+    check_bias_scale(compl.len(), scores.len(), batch, n, k)?;
+    check_buf("out", out, error::mul("batch*(2+k)", &[batch, 2 + k])?)?;
+    if batch == 0 {
+        return Ok(());
+    }
+    let l = bias_scale_launch(compl.addr(), scores.addr(), batch, n, k, out.addr_mut())?;
+    // SAFETY: compl [batch, n−1−k], scores [batch, n−1], out [batch, 2+k] checked; an index
+    // ≥ n−1 is left out of the sum by the kernel, so no access leaves scores.
+    unsafe { dev.launch(&l) }
+}
+
+/// The shapes of [`evit_bias_scale`]: k ≤ n − 1, compl [batch, n−1−k], scores [batch, n−1].
+pub(crate) fn check_bias_scale(
+    compl_len: usize,
+    scores_len: usize,
+    batch: usize,
+    n: usize,
+    k: usize,
+) -> Result<()> {
+    if n < 1 || k > n - 1 {
+        return Err(Error::InvalidArgument {
+            arg: "k",
+            value: k.to_string(),
+            why: format!("k must be <= n-1 = {}", n.saturating_sub(1)),
+        });
+    }
+    error::to_u32("n", n)?;
+    error::to_u32("batch", batch)?;
+    error::check_len(
+        "compl",
+        compl_len,
+        error::mul("batch*(n-1-k)", &[batch, n - 1 - k])?,
+    )?;
+    error::check_len(
+        "scores",
+        scores_len,
+        error::mul("batch*(n-1)", &[batch, n - 1])?,
+    )
+}
+
 /// The fused pruning layer: scores → top-k (one launch) → gather (+ fuse) (one launch).
 /// `sel` is the preallocated selection workspace ([`Selection::new`]); `out` is
 /// [batch, mode.out_tokens(k), c].

@@ -118,6 +118,12 @@ pub struct DeviceWorkspace<D: Device, T: Element> {
     scores: D::Buf<f32>,
     idx: D::Buf<u32>,
     compl: D::Buf<u32>,
+    /// EViT only (one element otherwise): the projection's bias factor per pruned row
+    /// [batch, k + 2] ([`crate::ops::prune::evit_bias_scale`]).
+    bias_scale: D::Buf<f32>,
+    /// Top-K / EViT blocks select before the projection (`prune_then_project`); see
+    /// [`DeviceWorkspace::set_prune_first`].
+    prune_first: bool,
     cache: D::Buf<f32>,
     taps: D::Buf<T>,
     hidden: D::Buf<T>,
@@ -413,6 +419,14 @@ impl<D: Device, T: Element> DeviceWorkspace<D, T> {
         self.profile = p;
     }
 
+    /// Whether Top-K and EViT blocks select before the attention's projection and project
+    /// only [cls, kept (, fused)] (on by default: the same cls and kept rows, the fused row
+    /// within rounding; see `DeviceVit::prune_then_project`), or project every token and
+    /// select after the residual, in the authors' order (`false`, for comparisons).
+    pub fn set_prune_first(&mut self, on: bool) {
+        self.prune_first = on;
+    }
+
     /// The profile so far, leaving profiling off.
     pub fn take_profile(&mut self) -> Option<super::profile::Profile> {
         self.profile.take()
@@ -481,6 +495,12 @@ impl<D: Device, T: Element> DeviceWorkspace<D, T> {
             scores: dev.zeros(mul("scores", &[batch, l])?)?,
             idx: dev.zeros(mul("idx", &[batch, l])?)?,
             compl: dev.zeros(mul("compl", &[batch, l])?)?,
+            bias_scale: dev.zeros(if c.reduction == Reduction::EVit {
+                mul("bias scale", &[batch, l])?
+            } else {
+                1
+            })?,
+            prune_first: true,
             cache: dev.zeros(mul("cache", &[batch, model.plan.cache_cap.max(1), d])?)?,
             taps: dev.zeros(mul("taps", &[batch, d, model.plan.taps.max(1)])?)?,
             hidden: dev.zeros(mul("hidden", &[batch, hidden])?)?,
@@ -757,7 +777,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         let dt = T::DTYPE;
         let p = c.num_patches();
         let kp = ch * ps * ps;
-        let (hh, hm) = (c.num_heads, c.mlp_hidden);
+        let hm = c.mlp_hidden;
         let u = |what, v| to_u32(what, v);
         let bu = u("batch", b)?;
         let cap = m.plan.cache_cap.max(1);
@@ -897,127 +917,78 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     n = self.ats_sample(dev, ws, i, n, k, trace.as_deref_mut())?;
                     ws.mark(dev, Some(i), "reduction")?;
                 }
-                let rows = b * n;
-                dev.gemm_nt(
-                    dt,
-                    ws.attn.addr(),
-                    rows,
-                    d,
-                    w.proj_w.addr(),
-                    d,
-                    ws.h.addr_mut(),
-                )?;
-                ws.mark(dev, Some(i), "proj")?;
-                // With no reduction between them, the residual add (with the projection's
-                // bias) and the second LayerNorm are one pass, its output in `ws.attn` (free
-                // once the projection has read it).
-                let fuse_ln2 = bp.merge.is_none() && bp.keep.is_none();
-                if fuse_ln2 {
-                    self.residual_ln(
-                        dev,
-                        ws.x.addr_mut(),
-                        ws.h.addr(),
-                        rows,
-                        d,
-                        w.ls1.as_ref(),
-                        &w.proj_b,
-                        &w.n2,
-                        ws.attn.addr_mut(),
-                    )?;
+                // Top-K and EViT: select first and project only the surviving rows
+                // (`prune_then_project`), which also leaves ln2's output in ws.h. `ln2_ready`:
+                // where ln2's output already is, if a fused pass wrote it.
+                let early = bp.keep.filter(|_| ws.prune_first);
+                let ln2_ready = if let Some(k) = early {
+                    n = self.prune_then_project(dev, ws, i, n, k, trace.as_deref_mut())?;
+                    Some(ws.h.addr())
                 } else {
-                    self.residual(
-                        dev,
-                        ws.x.addr_mut(),
-                        ws.h.addr(),
+                    let rows = b * n;
+                    dev.gemm_nt(
+                        dt,
+                        ws.attn.addr(),
                         rows,
                         d,
-                        w.ls1.as_ref(),
-                        Some(&w.proj_b),
-                    )?;
-                }
-                ws.mark(dev, Some(i), "residual")?;
-
-                if let Some(r) = bp.merge {
-                    self.merge(dev, ws, n, r, have_sizes)?;
-                    if let Some(t) = trace.as_deref_mut() {
-                        let na = crate::ops::tome::split(n).0;
-                        let unm = dev.download(&ws.tome.unm)?;
-                        let ni = dev.download(&ws.tome.node_idx)?;
-                        t.push_merge(i, b, n, r, &unm[..b * (na - r)], &ni[..b * na]);
-                    }
-                    std::mem::swap(&mut ws.x, &mut ws.x2);
-                    std::mem::swap(&mut ws.sizes, &mut ws.sizes2);
-                    have_sizes = true;
-                    n -= r;
-                    ws.mark(dev, Some(i), "reduction")?;
-                }
-                if let Some(k) = bp.keep {
-                    let ku = u("k", k)?;
-                    go(
-                        dev,
-                        "attn_score",
-                        "select_from_cls_rows",
-                        DType::F32,
-                        [bu.min(crate::kernels::ROW_GRID_CAP), 1, 1],
-                        [crate::ops::topk::TOPK_THREADS, 1, 1],
-                        0,
-                        vec![
-                            Arg::Ptr(ws.cls_probs.addr()),
-                            Arg::U32(bu),
-                            Arg::U32(u("heads", hh)?),
-                            Arg::U32(u("n", n)?),
-                            Arg::U32(ku),
-                            Arg::Ptr(ws.scores.addr_mut()),
-                            Arg::Ptr(ws.idx.addr_mut()),
-                            Arg::Ptr(ws.compl.addr_mut()),
-                        ],
-                    )?;
-                    let evit = c.reduction == Reduction::EVit;
-                    let mode = if evit {
-                        crate::ops::prune::PruneMode::EVit
-                    } else {
-                        crate::ops::prune::PruneMode::TopK
-                    };
-                    let l = crate::ops::prune::gather_launch(
-                        DType::F32,
-                        mode,
-                        ws.x.addr(),
-                        b,
-                        n,
+                        w.proj_w.addr(),
                         d,
-                        ws.idx.addr(),
-                        k,
-                        ws.compl.addr(),
-                        ws.scores.addr(),
-                        ws.x2.addr_mut(),
+                        ws.h.addr_mut(),
                     )?;
-                    dev.launch(&l)?;
-                    if let Some(t) = trace.as_deref_mut() {
-                        let sc = dev.download(&ws.scores)?;
-                        let idx = dev.download(&ws.idx)?;
-                        let cp = if evit {
-                            Some(dev.download(&ws.compl)?)
-                        } else {
-                            None
-                        };
-                        let m = b * (n - 1 - k);
-                        t.push_selection(
-                            i,
-                            b,
-                            n,
-                            k,
-                            &sc[..b * (n - 1)],
-                            &idx[..b * k],
-                            cp.as_ref().map(|c| &c[..m]),
-                        );
+                    ws.mark(dev, Some(i), "proj")?;
+                    // With no reduction between them, the residual add (with the projection's
+                    // bias) and the second LayerNorm are one pass, its output in `ws.attn` (free
+                    // once the projection has read it).
+                    let fuse_ln2 = bp.merge.is_none() && bp.keep.is_none();
+                    if fuse_ln2 {
+                        self.residual_ln(
+                            dev,
+                            ws.x.addr_mut(),
+                            ws.h.addr(),
+                            rows,
+                            d,
+                            w.ls1.as_ref(),
+                            &w.proj_b,
+                            0,
+                            &w.n2,
+                            ws.attn.addr_mut(),
+                        )?;
+                    } else {
+                        self.residual(
+                            dev,
+                            ws.x.addr_mut(),
+                            ws.h.addr(),
+                            rows,
+                            d,
+                            w.ls1.as_ref(),
+                            Some(&w.proj_b),
+                        )?;
                     }
-                    std::mem::swap(&mut ws.x, &mut ws.x2);
-                    n = mode.out_tokens(k);
-                    ws.mark(dev, Some(i), "reduction")?;
-                }
+                    ws.mark(dev, Some(i), "residual")?;
+
+                    if let Some(r) = bp.merge {
+                        self.merge(dev, ws, n, r, have_sizes)?;
+                        if let Some(t) = trace.as_deref_mut() {
+                            let na = crate::ops::tome::split(n).0;
+                            let unm = dev.download(&ws.tome.unm)?;
+                            let ni = dev.download(&ws.tome.node_idx)?;
+                            t.push_merge(i, b, n, r, &unm[..b * (na - r)], &ni[..b * na]);
+                        }
+                        std::mem::swap(&mut ws.x, &mut ws.x2);
+                        std::mem::swap(&mut ws.sizes, &mut ws.sizes2);
+                        have_sizes = true;
+                        n -= r;
+                        ws.mark(dev, Some(i), "reduction")?;
+                    }
+                    if let Some(k) = bp.keep {
+                        n = self.select_and_prune(dev, ws, i, n, k, trace.as_deref_mut())?;
+                        ws.mark(dev, Some(i), "reduction")?;
+                    }
+                    fuse_ln2.then(|| ws.attn.addr())
+                };
                 let rows = b * n;
-                let ln2_out = if fuse_ln2 {
-                    ws.attn.addr()
+                let ln2_out = if let Some(a) = ln2_ready {
+                    a
                 } else {
                     self.layernorm::<T>(
                         dev,
@@ -1241,6 +1212,216 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             .iter()
             .map(|x| x.to_f32())
             .collect())
+    }
+
+    /// Top-K / EViT selection of block `i` (k of the n − 1 non-cls tokens) from the cls rows the
+    /// attention left in `ws.cls_probs`: scores, idx and compl (traced when asked). Returns the
+    /// layer's mode.
+    ///
+    /// # Safety
+    /// As `forward`: every workspace buffer holds the plan's longest sequence; k < n.
+    unsafe fn select(
+        &self,
+        dev: &D,
+        ws: &mut DeviceWorkspace<D, T>,
+        i: usize,
+        n: usize,
+        k: usize,
+        trace: Option<&mut Trace>,
+    ) -> Result<crate::ops::prune::PruneMode> {
+        let c = &self.model.cfg;
+        let b = ws.batch;
+        let bu = to_u32("batch", b)?;
+        // SAFETY: cls_probs [b, H, n], scores [b, n − 1], idx [b, k], compl [b, n − 1 − k], all
+        // inside their max_len-sized buffers.
+        unsafe {
+            go(
+                dev,
+                "attn_score",
+                "select_from_cls_rows",
+                DType::F32,
+                [bu.min(crate::kernels::ROW_GRID_CAP), 1, 1],
+                [crate::ops::topk::TOPK_THREADS, 1, 1],
+                0,
+                vec![
+                    Arg::Ptr(ws.cls_probs.addr()),
+                    Arg::U32(bu),
+                    Arg::U32(to_u32("heads", c.num_heads)?),
+                    Arg::U32(to_u32("n", n)?),
+                    Arg::U32(to_u32("k", k)?),
+                    Arg::Ptr(ws.scores.addr_mut()),
+                    Arg::Ptr(ws.idx.addr_mut()),
+                    Arg::Ptr(ws.compl.addr_mut()),
+                ],
+            )?;
+        }
+        let evit = c.reduction == Reduction::EVit;
+        if let Some(t) = trace {
+            let sc = dev.download(&ws.scores)?;
+            let idx = dev.download(&ws.idx)?;
+            let cp = if evit {
+                Some(dev.download(&ws.compl)?)
+            } else {
+                None
+            };
+            let m = b * (n - 1 - k);
+            t.push_selection(
+                i,
+                b,
+                n,
+                k,
+                &sc[..b * (n - 1)],
+                &idx[..b * k],
+                cp.as_ref().map(|c| &c[..m]),
+            );
+        }
+        Ok(if evit {
+            crate::ops::prune::PruneMode::EVit
+        } else {
+            crate::ops::prune::PruneMode::TopK
+        })
+    }
+
+    /// [cls, kept (, fused)] of `src` [b, n, d] (`dtype`) into `dst`, with the selection in
+    /// ws.idx, ws.compl, ws.scores.
+    ///
+    /// # Safety
+    /// As `forward`; src holds b·n·d and dst b·out·d elements of `dtype`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gather(
+        &self,
+        dev: &D,
+        ws: &DeviceWorkspace<D, T>,
+        mode: crate::ops::prune::PruneMode,
+        dtype: DType,
+        src: u64,
+        n: usize,
+        k: usize,
+        dst: u64,
+    ) -> Result<()> {
+        let l = crate::ops::prune::gather_launch(
+            dtype,
+            mode,
+            src,
+            ws.batch,
+            n,
+            self.model.cfg.embed_dim,
+            ws.idx.addr(),
+            k,
+            ws.compl.addr(),
+            ws.scores.addr(),
+            dst,
+        )?;
+        // SAFETY: forwarded; the indices come from the selection kernel (< n − 1).
+        unsafe { dev.launch(&l) }
+    }
+
+    /// The authors' order (after proj and the residual): select, then [cls, kept (, fused)] of
+    /// the stream ws.x. Returns the tokens left.
+    ///
+    /// # Safety
+    /// As `forward`; k < n.
+    unsafe fn select_and_prune(
+        &self,
+        dev: &D,
+        ws: &mut DeviceWorkspace<D, T>,
+        i: usize,
+        n: usize,
+        k: usize,
+        trace: Option<&mut Trace>,
+    ) -> Result<usize> {
+        // SAFETY: forwarded; x and x2 hold [b, max_len, d] f32.
+        unsafe {
+            let mode = self.select(dev, ws, i, n, k, trace)?;
+            self.gather(dev, ws, mode, DType::F32, ws.x.addr(), n, k, ws.x2.addr())?;
+            std::mem::swap(&mut ws.x, &mut ws.x2);
+            Ok(mode.out_tokens(k))
+        }
+    }
+
+    /// A Top-K or EViT block's attention output ws.attn [b, n, d] → proj → residual in the
+    /// order that projects only the surviving rows (as the CPU's `pruned_attention`): select,
+    /// gather [cls, kept (, fused)] of the attention output and of the stream, project those
+    /// k + 1 (+ 1) rows, then the residual with the second LayerNorm in one pass, its output in
+    /// ws.h. A dropped token enters EViT's fused token only through Σ s_t·x_t, and the residual
+    /// branch is affine in the attention output:
+    ///
+    ///   Σ s_t·(x_t + ls⊙(W a_t + b)) = Σ s_t·x_t + ls⊙(W (Σ s_t·a_t) + S·b),   S = Σ s_t,
+    ///
+    /// so the fused row's bias is scaled by S (`evit_bias_scale`). cls and the kept rows get
+    /// the same operations as in the authors' order; the fused row differs by rounding (in the
+    /// 16-bit types Σ s_t·a_t is rounded to T before the projection). At 448 px, kr 0.1 this
+    /// projects 81 rows instead of 786 and runs one residual + LayerNorm pass over them
+    /// instead of a residual over 786 and a LayerNorm over 81. Returns the tokens left.
+    ///
+    /// # Safety
+    /// As `forward`; k < n.
+    unsafe fn prune_then_project(
+        &self,
+        dev: &D,
+        ws: &mut DeviceWorkspace<D, T>,
+        i: usize,
+        n: usize,
+        k: usize,
+        trace: Option<&mut Trace>,
+    ) -> Result<usize> {
+        let (b, d) = (ws.batch, self.model.cfg.embed_dim);
+        let w = &self.blocks[i];
+        // SAFETY (all launches): attn, h [b, max_len, d] of T; x, x2 [b, max_len, d] f32;
+        // bias_scale [b, max_len] f32 on EViT models; out = k + 1 or k + 2 ≤ n ≤ max_len rows.
+        unsafe {
+            let mode = self.select(dev, ws, i, n, k, trace)?;
+            let out = mode.out_tokens(k);
+            self.gather(dev, ws, mode, T::DTYPE, ws.attn.addr(), n, k, ws.h.addr())?;
+            self.gather(dev, ws, mode, DType::F32, ws.x.addr(), n, k, ws.x2.addr())?;
+            std::mem::swap(&mut ws.x, &mut ws.x2);
+            let bscale = if mode == crate::ops::prune::PruneMode::EVit {
+                if ws.bias_scale.len() < mul("bias scale", &[b, out])? {
+                    return Err(Error::Shape {
+                        arg: "workspace",
+                        expected: format!("an EViT bias-scale buffer of {b}×{out}"),
+                        got: format!("{} elements", ws.bias_scale.len()),
+                    });
+                }
+                dev.launch(&crate::ops::prune::bias_scale_launch(
+                    ws.compl.addr(),
+                    ws.scores.addr(),
+                    b,
+                    n,
+                    k,
+                    ws.bias_scale.addr_mut(),
+                )?)?;
+                ws.bias_scale.addr()
+            } else {
+                0
+            };
+            ws.mark(dev, Some(i), "reduction")?;
+            let rows = b * out;
+            dev.gemm_nt(
+                T::DTYPE,
+                ws.h.addr(),
+                rows,
+                d,
+                w.proj_w.addr(),
+                d,
+                ws.attn.addr_mut(),
+            )?;
+            ws.mark(dev, Some(i), "proj")?;
+            self.residual_ln(
+                dev,
+                ws.x.addr_mut(),
+                ws.attn.addr(),
+                rows,
+                d,
+                w.ls1.as_ref(),
+                &w.proj_b,
+                bscale,
+                &w.n2,
+                ws.h.addr_mut(),
+            )?;
+            ws.mark(dev, Some(i), "residual")?;
+            Ok(out)
+        }
     }
 
     /// ToMe's merge of the f32 stream `ws.x` [b, n, d] into `ws.x2` [b, n − r, d] and the sizes
@@ -1570,11 +1751,12 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         }
     }
 
-    /// x += gamma·round_T(y + bias), then out = LayerNorm(x) (`norm`) in T: one pass per row
-    /// (kernels/vit.cu `residual_ln`).
+    /// x += gamma·round_T(y + bias·bscale[row]), then out = LayerNorm(x) (`norm`) in T: one
+    /// pass per row (kernels/vit.cu `residual_ln`). `bscale`: 0 (a factor of 1) or rows f32.
     ///
     /// # Safety
-    /// x and y hold rows·d elements, out rows·d `T` and not overlapping y; the weights d.
+    /// x and y hold rows·d elements, out rows·d `T` and not overlapping y; the weights d;
+    /// bscale (unless 0) rows.
     #[allow(clippy::too_many_arguments)]
     unsafe fn residual_ln(
         &self,
@@ -1585,6 +1767,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         d: usize,
         gamma: Option<&D::Buf<f32>>,
         bias: &D::Buf<f32>,
+        bscale: u64,
         norm: &(D::Buf<f32>, D::Buf<f32>),
         out: u64,
     ) -> Result<()> {
@@ -1596,6 +1779,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             Arg::U32(to_u32("d", d)?),
             Arg::Ptr(gamma.map(|g| g.addr()).unwrap_or(0)),
             Arg::Ptr(bias.addr()),
+            Arg::Ptr(bscale),
             Arg::Ptr(norm.0.addr()),
             Arg::Ptr(norm.1.addr()),
             Arg::F32(self.model.cfg.ln_eps as f32),

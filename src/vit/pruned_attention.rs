@@ -147,12 +147,13 @@ pub(super) fn attend_project_prune(
         Epi::AddTo(bw.ls1.as_deref()),
     );
     if evit {
-        // The fused row got ls⊙(W·Σ s·a + b); its terms carry S·b.
+        // The fused row got ls⊙(W·Σ s·a + b); its terms carry S·b (S summed as the device
+        // path's `evit_bias_scale` sums it).
         for bi in 0..b {
-            let s: f32 = compl[bi * dropped..(bi + 1) * dropped]
-                .iter()
-                .map(|&t| ws.scores[bi * (n - 1) + t as usize])
-                .sum();
+            let s = crate::cpu::prune::weight_sum(
+                &compl[bi * dropped..(bi + 1) * dropped],
+                &ws.scores[bi * (n - 1)..bi * (n - 1) + n - 1],
+            );
             let row = &mut ws.x[(bi * out_n + k + 1) * d..][..d];
             for (j, (o, &bv)) in row.iter_mut().zip(&bw.proj_b).enumerate() {
                 let g = bw.ls1.as_deref().map_or(1.0, |g| g[j]);
