@@ -64,6 +64,30 @@ pub trait Device {
         gemm_nt_kernel(self, dtype, x, m, k, w, n, y)
     }
 
+    /// `y` [m, n] = `x` [m, k] · `w` [n, k]ᵀ + `bias` [n], all in `dtype`, the bias added to
+    /// the f32 sums before y's one rounding (nn.Linear under PyTorch's autocast, which also
+    /// casts the bias; cuBLASLt's bias epilogue). Returns `false`, having queued nothing, where
+    /// the device has no such GEMM: the caller then runs [`Device::gemm_nt`] and a bias pass.
+    /// The default launches our tiled `linear_*` kernel with its bias; the CUDA device uses
+    /// cuBLASLt when it loads and declines when only cuBLAS does.
+    ///
+    /// # Safety
+    /// As [`Device::gemm_nt`]; `bias` holds n elements of `dtype`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_nt_bias(
+        &self,
+        dtype: crate::DType,
+        x: u64,
+        m: usize,
+        k: usize,
+        w: u64,
+        n: usize,
+        bias: u64,
+        y: u64,
+    ) -> Result<bool> {
+        gemm_nt_bias_kernel(self, dtype, x, m, k, w, n, bias, y).map(|()| true)
+    }
+
     /// Batched [`Device::gemm_nt`]: `y_z` [m, n] = `x_z` [m, k] · `w_z` [n, k]ᵀ for z < `batch`,
     /// the matrices `sx`, `sw`, `sy` elements apart; `y` is f32 when `f32_out` (the attention
     /// scores), else `dtype`. The default launches our `bgemm_nt*` kernel; the CUDA device uses
@@ -184,10 +208,30 @@ pub unsafe fn gemm_nt_kernel<D: Device + ?Sized>(
     n: usize,
     y: u64,
 ) -> Result<()> {
+    // SAFETY: forwarded from the caller's contract (no bias).
+    unsafe { gemm_nt_bias_kernel(dev, dtype, x, m, k, w, n, 0, y) }
+}
+
+/// The `linear_*` kernel as [`Device::gemm_nt_bias`] (`bias` 0: none).
+///
+/// # Safety
+/// As [`Device::gemm_nt_bias`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_nt_bias_kernel<D: Device + ?Sized>(
+    dev: &D,
+    dtype: crate::DType,
+    x: u64,
+    m: usize,
+    k: usize,
+    w: u64,
+    n: usize,
+    bias: u64,
+    y: u64,
+) -> Result<()> {
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let l = crate::ops::cla_head::linear_launch(dtype, x, m, k, w, 0, n, y)?;
+    let l = crate::ops::cla_head::linear_launch(dtype, x, m, k, w, bias, n, y)?;
     // SAFETY: forwarded from the caller's contract.
     unsafe { dev.launch(&l) }
 }

@@ -14,6 +14,7 @@ use crate::kernels::{Launch, MODULES};
 use crate::{Error, Result};
 use bytemuck::Pod;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::cublaslt::{result as lt, sys as lt_sys};
 use cudarc::driver::{result, sys, CudaContext, CudaSlice, CudaStream, DevicePtr};
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -104,6 +105,8 @@ pub struct CudaDevice {
     name: String,
     /// cuBLAS, when libcublas loads; otherwise GEMMs use our `linear_*` kernel.
     blas: Option<CudaBlas>,
+    /// cuBLASLt, when it loads as well: the GEMMs with a bias ([`Device::gemm_nt_bias`]).
+    lt: Option<Lt>,
     /// A caller's stream (as an address; 0 is the legacy default stream) inside
     /// [`CudaDevice::with_stream`].
     stream_override: Mutex<Option<usize>>,
@@ -143,13 +146,19 @@ impl CudaDevice {
         } else {
             None
         };
+        // SAFETY: only tries to dlopen libcublasLt.
+        let lt = if blas.is_some() && unsafe { lt_sys::is_culib_present() } {
+            Lt::new().ok()
+        } else {
+            None
+        };
         let name = format!(
             "{} (sm_{major}{minor}{})",
             ctx.name()?,
-            if blas.is_some() {
-                ", cuBLAS"
-            } else {
-                ", no cuBLAS: tiled GEMM kernel"
+            match (&blas, &lt) {
+                (Some(_), Some(_)) => ", cuBLAS + cuBLASLt",
+                (Some(_), None) => ", cuBLAS (no cuBLASLt: bias passes)",
+                _ => ", no cuBLAS: tiled GEMM kernel",
             }
         );
         Ok(CudaDevice {
@@ -159,6 +168,7 @@ impl CudaDevice {
             funcs: Mutex::new(HashMap::new()),
             name,
             blas,
+            lt,
             stream_override: Mutex::new(None),
             arena: Mutex::new(None),
         })
@@ -556,6 +566,42 @@ impl Device for CudaDevice {
         .map_err(|e| Error::Cuda(format!("cuBLAS GemmEx: {e:?}")))
     }
 
+    unsafe fn gemm_nt_bias(
+        &self,
+        dtype: crate::DType,
+        x: u64,
+        m: usize,
+        k: usize,
+        w: u64,
+        n: usize,
+        bias: u64,
+        y: u64,
+    ) -> Result<bool> {
+        if self.blas.is_none() {
+            // SAFETY: forwarded from the caller's contract.
+            return unsafe {
+                crate::device::gemm_nt_bias_kernel(self, dtype, x, m, k, w, n, bias, y)
+            }
+            .map(|()| true);
+        }
+        let Some(l) = &self.lt else {
+            return Ok(false);
+        };
+        if m == 0 || n == 0 {
+            return Ok(true);
+        }
+        // The plans promise cuBLASLt 16-byte aligned operands (what every buffer here is: the
+        // allocations and the workspace's carve-outs are 256-byte aligned); decline others.
+        if [x, w, bias, y].iter().any(|p| p % 16 != 0) {
+            return Ok(false);
+        }
+        self.ctx.bind_to_thread()?;
+        let stream = self.cur_stream()?;
+        // SAFETY: forwarded from the caller's contract: x [m, k], w [n, k], y [m, n] and bias
+        // [n] of `dtype`, 16-byte aligned (checked); the stream is ours or the caller's live one.
+        unsafe { l.matmul_bias(dtype, x, m, k, w, n, bias, y, stream) }
+    }
+
     unsafe fn gemm_nt_batched(
         &self,
         dtype: crate::DType,
@@ -641,6 +687,243 @@ fn blas_type(dtype: crate::DType) -> blas_sys::cudaDataType {
         crate::DType::F32 => blas_sys::cudaDataType::CUDA_R_32F,
         crate::DType::F16 => blas_sys::cudaDataType::CUDA_R_16F,
         crate::DType::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
+    }
+}
+
+/// cuBLASLt for [`Device::gemm_nt_bias`]: one handle and, per (dtype, m, k, n), the
+/// descriptors and the algorithm its heuristic picked (or `None` where it has none: the caller
+/// then runs the GEMM and a bias pass). The handle and descriptors are host objects; the lock
+/// covers the one attribute set per call (the bias pointer) and the call itself.
+///
+/// No workspace: cuBLASLt then only picks algorithms that need none (no split-K), which the
+/// forward's GEMMs (m ≥ 12 rows times n ≥ 768 columns, k ≥ 768) do not need; and a captured
+/// graph holds no pointer to memory it does not own.
+struct Lt {
+    handle: lt_sys::cublasLtHandle_t,
+    plans: Mutex<HashMap<LtShape, Option<LtPlan>>>,
+}
+
+/// (dtype, m, k, n) of a [`Lt`] plan.
+type LtShape = (crate::DType, usize, usize, usize);
+
+// SAFETY: the cuBLASLt handle is thread-safe (it holds no stream; each call names one) and the
+// plans are only touched under their lock.
+unsafe impl Send for Lt {}
+// SAFETY: as for Send.
+unsafe impl Sync for Lt {}
+
+/// The descriptors of one GEMM shape: row-major y [m, n] = x [m, k]·w [n, k]ᵀ + bias is the
+/// column-major D [n, m] = op(A)·B + bias with A = w stored k × n (ld k, transposed), B = x
+/// stored k × m (ld k), D (and C, unread at β = 0) n × m (ld n); the bias epilogue adds a
+/// vector of D's n rows, broadcast along m.
+struct LtPlan {
+    desc: lt_sys::cublasLtMatmulDesc_t,
+    a: lt_sys::cublasLtMatrixLayout_t,
+    b: lt_sys::cublasLtMatrixLayout_t,
+    d: lt_sys::cublasLtMatrixLayout_t,
+    algo: lt_sys::cublasLtMatmulAlgo_t,
+}
+
+impl Lt {
+    fn new() -> Result<Self> {
+        Ok(Lt {
+            handle: lt::create_handle().map_err(|e| Error::Cuda(format!("cublasLtCreate: {e}")))?,
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// See [`Device::gemm_nt_bias`]; `Ok(false)` where cuBLASLt has no algorithm for the shape.
+    ///
+    /// # Safety
+    /// x [m, k], w [n, k], y [m, n] and bias [n] of `dtype` on the current context, 16-byte
+    /// aligned; `stream` live.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn matmul_bias(
+        &self,
+        dtype: crate::DType,
+        x: u64,
+        m: usize,
+        k: usize,
+        w: u64,
+        n: usize,
+        bias: u64,
+        y: u64,
+        stream: sys::CUstream,
+    ) -> Result<bool> {
+        let err = |what: &str, e: lt::CublasError| Error::Cuda(format!("cuBLASLt {what}: {e}"));
+        let mut plans = self
+            .plans
+            .lock()
+            .map_err(|_| Error::Cuda("cuBLASLt plans poisoned".into()))?;
+        let plan = match plans.entry((dtype, m, k, n)) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(LtPlan::new(self.handle, dtype, m, k, n)?)
+            }
+        };
+        let Some(p) = plan else {
+            return Ok(false);
+        };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: the descriptors are live (owned by the plan, under the lock); the bias
+        // attribute is a device pointer passed by address, as cuBLASLt reads it; the operands
+        // are the caller's (see the contract); alpha and beta are f32 (scale type 32F).
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                p.desc,
+                lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                &bias as *const u64 as *const _,
+                std::mem::size_of::<u64>(),
+            )
+            .map_err(|e| err("bias pointer", e))?;
+            lt::matmul(
+                self.handle,
+                p.desc,
+                &alpha as *const f32 as *const _,
+                &beta as *const f32 as *const _,
+                w as *const _,
+                p.a,
+                x as *const _,
+                p.b,
+                y as *const _,
+                p.d,
+                y as *mut _,
+                p.d,
+                &p.algo,
+                std::ptr::null_mut(),
+                0,
+                stream as lt_sys::cudaStream_t,
+            )
+            .map_err(|e| err("matmul", e))?;
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for Lt {
+    fn drop(&mut self) {
+        if let Ok(mut plans) = self.plans.lock() {
+            plans.clear();
+        }
+        // SAFETY: every plan (the only users of the handle) is gone.
+        let _ = unsafe { lt::destroy_handle(self.handle) };
+    }
+}
+
+impl LtPlan {
+    /// The plan of one shape, or `None` where the heuristic finds no algorithm.
+    fn new(
+        handle: lt_sys::cublasLtHandle_t,
+        dtype: crate::DType,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<Option<Self>> {
+        use lt_sys::cublasLtMatmulDescAttributes_t as A;
+        use lt_sys::cublasLtMatmulPreferenceAttributes_t as P;
+        let err = |what: &str, e: lt::CublasError| Error::Cuda(format!("cuBLASLt {what}: {e}"));
+        let ty = match dtype {
+            crate::DType::F32 => lt_sys::cudaDataType::CUDA_R_32F,
+            crate::DType::F16 => lt_sys::cudaDataType::CUDA_R_16F,
+            crate::DType::BF16 => lt_sys::cudaDataType::CUDA_R_16BF,
+        };
+        let i = |v: usize| v as i64;
+        let desc = lt::create_matmul_desc(
+            lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            lt_sys::cudaDataType::CUDA_R_32F,
+        )
+        .map_err(|e| err("matmul desc", e))?;
+        // Owned from here: dropped (destroyed) on every early return.
+        let mut plan = LtPlan {
+            desc,
+            a: std::ptr::null_mut(),
+            b: std::ptr::null_mut(),
+            d: std::ptr::null_mut(),
+            // SAFETY: a plain C struct of integers; overwritten by the heuristic's choice.
+            algo: unsafe { std::mem::zeroed() },
+        };
+        let (trans_a, trans_b) = (1i32, 0i32); // CUBLAS_OP_T, CUBLAS_OP_N
+        let epilogue = lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+        // SAFETY: the descriptor is live; each value is passed by address with its size.
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                desc,
+                A::CUBLASLT_MATMUL_DESC_TRANSA,
+                &trans_a as *const i32 as *const _,
+                4,
+            )
+            .map_err(|e| err("transa", e))?;
+            lt::set_matmul_desc_attribute(
+                desc,
+                A::CUBLASLT_MATMUL_DESC_TRANSB,
+                &trans_b as *const i32 as *const _,
+                4,
+            )
+            .map_err(|e| err("transb", e))?;
+            lt::set_matmul_desc_attribute(
+                desc,
+                A::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                &epilogue as *const _ as *const _,
+                std::mem::size_of_val(&epilogue),
+            )
+            .map_err(|e| err("epilogue", e))?;
+        }
+        plan.a = lt::create_matrix_layout(ty, k as u64, n as u64, i(k))
+            .map_err(|e| err("layout A", e))?;
+        plan.b = lt::create_matrix_layout(ty, k as u64, m as u64, i(k))
+            .map_err(|e| err("layout B", e))?;
+        plan.d = lt::create_matrix_layout(ty, n as u64, m as u64, i(n))
+            .map_err(|e| err("layout D", e))?;
+        let pref = lt::create_matmul_pref().map_err(|e| err("preference", e))?;
+        let (ws, align) = (0usize, 16u32);
+        // SAFETY: the preference and the layouts are live; values passed by address with
+        // their sizes; the preference is destroyed once the heuristic has answered.
+        let found = unsafe {
+            let mut r = lt::set_matmul_pref_attribute(
+                pref,
+                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const usize as *const _,
+                std::mem::size_of::<usize>(),
+            );
+            for at in [
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+            ] {
+                r = r.and_then(|()| {
+                    lt::set_matmul_pref_attribute(pref, at, &align as *const u32 as *const _, 4)
+                });
+            }
+            let found = r.and_then(|()| {
+                lt::get_matmul_algo_heuristic(handle, desc, plan.a, plan.b, plan.d, plan.d, pref)
+            });
+            let _ = lt::destroy_matmul_pref(pref);
+            found
+        };
+        match found {
+            Ok(h) => {
+                plan.algo = h.algo;
+                Ok(Some(plan))
+            }
+            Err(lt::CublasError(lt_sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => Ok(None),
+            Err(e) => Err(err("heuristic", e)),
+        }
+    }
+}
+
+impl Drop for LtPlan {
+    fn drop(&mut self) {
+        // SAFETY: each descriptor was created by this plan (null: never made) and is
+        // destroyed once.
+        unsafe {
+            for l in [self.a, self.b, self.d] {
+                if !l.is_null() {
+                    let _ = lt::destroy_matrix_layout(l);
+                }
+            }
+            let _ = lt::destroy_matmul_desc(self.desc);
+        }
     }
 }
 

@@ -52,10 +52,17 @@ impl AttentionPath {
     }
 }
 
+/// A bias the GEMM adds in its epilogue where the device can ([`Device::gemm_nt_bias`], in
+/// `T`, as PyTorch's autocast casts it), else a pass after it (in f32).
+struct Bias<D: Device, T: Element> {
+    f32: D::Buf<f32>,
+    t: D::Buf<T>,
+}
+
 struct DevBlock<D: Device, T: Element> {
     n1: (D::Buf<f32>, D::Buf<f32>),
     qkv_w: D::Buf<T>,
-    qkv_b: Option<D::Buf<f32>>,
+    qkv_b: Option<Bias<D, T>>,
     proj_w: D::Buf<T>,
     proj_b: D::Buf<f32>,
     n2: (D::Buf<f32>, D::Buf<f32>),
@@ -81,7 +88,7 @@ pub struct DeviceVit<D: Device, T: Element> {
     model: Vit,
     attention: AttentionPath,
     patch_w: D::Buf<T>,
-    patch_b: Option<D::Buf<f32>>,
+    patch_b: Option<Bias<D, T>>,
     cls: D::Buf<f32>,
     clr: D::Buf<f32>,
     pos: D::Buf<f32>,
@@ -655,12 +662,18 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         let w = &model.weights;
         let up32 = |v: &[f32]| dev.upload(v);
         let upt = |v: &[f32]| dev.upload(&cvt::<T>(v));
+        let bias = |v: &[f32]| -> Result<Bias<D, T>> {
+            Ok(Bias {
+                f32: up32(v)?,
+                t: upt(v)?,
+            })
+        };
         let mut blocks = Vec::with_capacity(w.blocks.len());
         for b in &w.blocks {
             blocks.push(DevBlock {
                 n1: (up32(&b.norm1.0)?, up32(&b.norm1.1)?),
                 qkv_w: upt(&b.qkv_w)?,
-                qkv_b: b.qkv_b.as_deref().map(up32).transpose()?,
+                qkv_b: b.qkv_b.as_deref().map(bias).transpose()?,
                 proj_w: upt(&b.proj_w)?,
                 proj_b: up32(&b.proj_b)?,
                 n2: (up32(&b.norm2.0)?, up32(&b.norm2.1)?),
@@ -689,7 +702,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         }
         Ok(DeviceVit {
             patch_w: upt(&w.patch_w)?,
-            patch_b: w.patch_b.as_deref().map(up32).transpose()?,
+            patch_b: w.patch_b.as_deref().map(bias).transpose()?,
             cls: up32(&w.cls_token)?,
             clr: up32(if w.clr.is_empty() { &[0.0] } else { &w.clr })?,
             pos: up32(&w.pos_embed)?,
@@ -805,18 +818,16 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     Arg::Ptr(ws.patches.addr_mut()),
                 ],
             )?;
-            dev.gemm_nt(
-                dt,
+            self.linear(
+                dev,
                 ws.patches.addr(),
                 b * p,
                 kp,
-                self.patch_w.addr(),
+                &self.patch_w,
                 d,
+                self.patch_b.as_ref(),
                 ws.patch_out.addr_mut(),
             )?;
-            if let Some(pb) = &self.patch_b {
-                self.bias_act(dev, ws.patch_out.addr_mut(), b * p, d, pb.addr(), false)?;
-            }
             let n0 = 1 + p + c.num_clr;
             go(
                 dev,
@@ -897,18 +908,16 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     ws.h.addr_mut(),
                 )?;
                 ws.mark(dev, Some(i), "ln1")?;
-                dev.gemm_nt(
-                    dt,
+                self.linear(
+                    dev,
                     ws.h.addr(),
                     rows,
                     d,
-                    w.qkv_w.addr(),
+                    &w.qkv_w,
                     3 * d,
+                    w.qkv_b.as_ref(),
                     ws.qkv.addr_mut(),
                 )?;
-                if let Some(qb) = &w.qkv_b {
-                    self.bias_act(dev, ws.qkv.addr_mut(), rows, 3 * d, qb.addr(), false)?;
-                }
                 ws.mark(dev, Some(i), "qkv")?;
                 let need_cls = bp.keep.is_some() || bp.sample.is_some();
                 self.attention(dev, ws, n, have_sizes, need_cls)?;
@@ -1703,6 +1712,40 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 args,
             )
         }
+    }
+
+    /// y [rows, n] = x [rows, k]·wᵀ (+ bias): the bias in the GEMM's epilogue where the device
+    /// has one ([`Device::gemm_nt_bias`]: added to the f32 sums, then one rounding), else a
+    /// bias pass after it (rounded twice in the 16-bit types; the same bits in f32).
+    ///
+    /// # Safety
+    /// x holds rows·k and y rows·n elements of `T`; w is [n, k], the bias n.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn linear(
+        &self,
+        dev: &D,
+        x: u64,
+        rows: usize,
+        k: usize,
+        w: &D::Buf<T>,
+        n: usize,
+        bias: Option<&Bias<D, T>>,
+        y: u64,
+    ) -> Result<()> {
+        let dt = T::DTYPE;
+        // SAFETY: forwarded from the caller's contract.
+        unsafe {
+            if let Some(b) = bias {
+                if dev.gemm_nt_bias(dt, x, rows, k, w.addr(), n, b.t.addr(), y)? {
+                    return Ok(());
+                }
+            }
+            dev.gemm_nt(dt, x, rows, k, w.addr(), n, y)?;
+            if let Some(b) = bias {
+                self.bias_act(dev, y, rows, n, b.f32.addr(), false)?;
+            }
+        }
+        Ok(())
     }
 
     unsafe fn bias_act(
