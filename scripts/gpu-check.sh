@@ -57,6 +57,7 @@ if has info; then
     note "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1)"
     note "commit: $(head -1 "$bin/COMMIT") ($(($(wc -l <"$bin/COMMIT") - 1)) uncommitted paths when built)"
     note "cuBLAS: $([ -e "$libs/libcublas.so" ] && readlink -f "$libs/libcublas.so" || echo "not found: GEMMs use the tiled kernel")"
+    note "cuBLASLt: $([ -e "$libs/libcublasLt.so" ] && readlink -f "$libs/libcublasLt.so" || echo "not found: biases in separate passes")"
     note "kernel: $(uname -r); cpus: $(nproc)"
 fi
 
