@@ -2,7 +2,9 @@
 //! both query tiles (64 queries a block, the default, and 128) at the 448 px ViT-B/16 shapes
 //! of EViT + CLCA (N = 786 before the first pruning layer, then 87 and 17; 12 heads of 64),
 //! batches 1, 8 and 64, f16 and bf16, with and without the cls row (the pruning layers need
-//! it). Throughput is in FLOPs of the two products (4·N²·HD per head and image), so criterion's
+//! it), and a Top-K layer's attention of only the kept queries (`topk_kr0.1`: the first tile
+//! with the cls row, then cls + the kept; elements are the full layer's FLOPs, so its rate
+//! reads as the equivalent of the whole attention). Throughput is in FLOPs of the two products (4·N²·HD per head and image), so criterion's
 //! elements/s reads as FLOP/s. The CPU forward's attention is timed inside the `vit` bench.
 //!
 //! `cargo bench --features cuda --bench attention` (without a GPU it says so and exits).
@@ -12,7 +14,7 @@ mod common;
 mod gpu {
     use super::common::{cvt, time_device, Rng, BATCHES, H, HD, LAYERS};
     use clca::cuda::CudaDevice;
-    use clca::ops::attention::{flash_launch, FlashTile};
+    use clca::ops::attention::{flash_launch, flash_launch_queries, FlashQueries, FlashTile};
     use clca::{bf16, f16, Buffer, Device, Element};
     use criterion::{BenchmarkId, Criterion, Throughput};
 
@@ -61,6 +63,50 @@ mod gpu {
                             })
                         });
                     }
+                }
+                if l.n > 100 {
+                    // A Top-K layer's attention at kr 0.1: the first tile with the cls row,
+                    // then cls and the 78 kept queries (`FlashQueries`), against `q64_cls`.
+                    let k = (l.n - 1).div_ceil(10);
+                    let idx: Vec<u32> = (0..b).flat_map(|_| (0..k as u32).map(|j| 2 * j)).collect();
+                    let idx = dev.upload(&idx).expect("upload");
+                    let mut kept = dev.zeros::<T>(b * (k + 1) * d).expect("alloc");
+                    let q = |queries, out: u64, cls: u64| {
+                        let (qkv, tile) = (qkv.addr(), FlashTile::Q64);
+                        flash_launch_queries(
+                            T::DTYPE,
+                            tile,
+                            qkv,
+                            b,
+                            l.n,
+                            H,
+                            HD,
+                            0,
+                            queries,
+                            out,
+                            cls,
+                        )
+                        .expect("launch")
+                    };
+                    let first = q(FlashQueries::FirstTile, out.addr_mut(), cls.addr_mut());
+                    let sel = FlashQueries::Selected { idx: idx.addr(), k };
+                    let selected = q(sel, kept.addr_mut(), 0);
+                    g.bench_function(
+                        BenchmarkId::new("topk_kr0.1", format!("B{b}_N{}", l.n)),
+                        |bn| {
+                            bn.iter_custom(|iters| {
+                                time_device(
+                                    iters,
+                                    || dev.synchronize(),
+                                    // SAFETY: as above; idx [b, k] < n − 1, kept [b, k + 1, H·HD].
+                                    || unsafe {
+                                        dev.launch(&first)?;
+                                        dev.launch(&selected)
+                                    },
+                                )
+                            })
+                        },
+                    );
                 }
             }
         }

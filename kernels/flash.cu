@@ -40,6 +40,28 @@ __device__ __forceinline__ void fa_load_tile(const unsigned short* src, u32 n, i
   }
 }
 
+// Query rows r0..r0+63 of the launch (`nq` of them; with `qmap`, row 0 is token 0 and row r > 0
+// token 1 + qmap[r - 1], else row r is token r) into `dst` as fa_load_tile does; rows past nq
+// zero, and so is a mapped token past n (indices are trusted, as the selection writes them, but
+// one out of range reads nothing).
+template <int HD>
+__device__ __forceinline__ void fa_load_q(const unsigned short* src, u32 n, i64 tok, u32 r0,
+                                          u32 nq, const u32* __restrict__ qmap,
+                                          unsigned short* dst) {
+  constexpr int CH = HD / 8;
+  constexpr int LD = HD + FA_PAD;
+  for (int c = threadIdx.x; c < FA_BK * CH; c += blockDim.x) {
+    const int r = c / CH, j = c % CH;
+    const u32 q = r0 + (u32)r;
+    v16 v = {0u, 0u, 0u, 0u};
+    if (q < nq) {
+      const u32 t = (qmap && q > 0) ? 1 + qmap[q - 1] : q;
+      if (t < n) v = ld_v16(src + (i64)t * tok + j * 8);
+    }
+    *reinterpret_cast<v16*>(dst + r * LD + j * 8) = v;
+  }
+}
+
 // MT m-tiles of 16 query rows per warp (4 warps, 64·MT queries per block): each K and V fragment
 // read from shared memory feeds MT mma instructions. Measured on an H200 at B64 × 786 tokens
 // (EViT + CLCA forward, attention summed over blocks): MT = 1 5.64 ms (93 TFLOP/s in the first
@@ -60,10 +82,16 @@ __device__ __forceinline__ void fa_issue_kv(const unsigned short* kb, const unsi
   }
 }
 
-template <class T, int HD, int MT, int STAGES>
+// QMAP: the query-map entries (`q`): nq queries [cls, 1 + qmap...] into compact rows. Without
+// it nq = n and qmap is null at compile time, so the every-query entries compile to the code
+// (and the 128 registers at HD 64) they had before the map existed; the map's two live values
+// cost sm_90 five registers, past the 128 that let four blocks share an SM.
+template <class T, int HD, int MT, int STAGES, bool QMAP>
 __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, float scale,
-                                const float* __restrict__ sizes, T* __restrict__ out_t,
+                                const float* __restrict__ sizes, u32 nq_arg,
+                                const u32* __restrict__ qmap_all, T* __restrict__ out_t,
                                 float* __restrict__ cls_probs) {
+  const u32 nq = QMAP ? nq_arg : n;
   constexpr int KS = HD / 16;  // k steps of q.k^T
   constexpr int NT = HD / 8;   // 8-wide column tiles of O
   constexpr int LD = HD + FA_PAD;
@@ -93,7 +121,8 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
     cp_async_commit();
   }
   CLCA_UNROLL
-  for (int i = 0; i < MT; ++i) fa_load_tile<HD>(qb, n, tok, q0 + 64 * i, qst + 64 * i * LD);
+  const u32* qmap = QMAP ? qmap_all + (i64)b * (nq - 1) : nullptr;
+  for (int i = 0; i < MT; ++i) fa_load_q<HD>(qb, n, tok, q0 + 64 * i, nq, qmap, qst + 64 * i * LD);
   __syncthreads();
   u32 qa[MT][KS][4];
   CLCA_UNROLL
@@ -240,9 +269,11 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
       l[mt][r] += __shfl_xor_sync(0xffffffffu, l[mt][r], 1);
       l[mt][r] += __shfl_xor_sync(0xffffffffu, l[mt][r], 2);
       const u32 q = q0 + warp * 16 * MT + mt * 16 + g + 8 * r;
-      if (q < n) {
+      if (q < nq) {
         const float inv = 1.0f / l[mt][r];
-        u32* orow = reinterpret_cast<u32*>(out + ((i64)b * n + q) * d + (i64)h * HD + 2 * t4);
+        // Compact rows [B, nq, d] with a query map, else the token's own row of [B, n, d].
+        const i64 row = (i64)b * nq + q;
+        u32* orow = reinterpret_cast<u32*>(out + row * d + (i64)h * HD + 2 * t4);
         CLCA_UNROLL
         for (int j = 0; j < NT; ++j)
           orow[j * 4] = pack2<T>(o[mt][j][2 * r] * inv, o[mt][j][2 * r + 1] * inv);
@@ -280,14 +311,29 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
 }  // namespace clca
 
 // grid (ceil(n / (64 MT)), heads, batch), block 128: 64 queries per block (MT = 1), 128 for
-// the `w` entries (MT = 2). qkv [B, n, 3, H, HD], out [B, n, H*HD] (T),
-// sizes [B, n] f32 or null, cls_probs [B, H, n] f32 or null. 16-byte aligned rows: HD % 16 == 0
-// and 16-byte aligned qkv.
+// the `w` entries (MT = 2). qkv [B, n, 3, H, HD], out [B, n, H*HD] (T), sizes [B, n] f32 or
+// null, cls_probs [B, H, n] f32 or null (written by the block of query tile 0: a grid of one
+// tile in x gives the cls row for that tile's cost). 16-byte aligned rows: HD % 16 == 0 and
+// 16-byte aligned qkv.
 #define FLASH_ENTRIES(T, sfx, NAME, HD, MT, STAGES)                                               \
   extern "C" __global__ void __launch_bounds__(clca::FA_THREADS) NAME##_##sfx(                    \
       const T* __restrict__ qkv, unsigned n, unsigned heads, float scale,                         \
       const float* __restrict__ sizes, T* __restrict__ out, float* __restrict__ cls_probs) {      \
-    clca::flash_attention<T, HD, MT, STAGES>(qkv, n, heads, scale, sizes, out, cls_probs);        \
+    clca::flash_attention<T, HD, MT, STAGES, false>(qkv, n, heads, scale, sizes, n, nullptr, out, \
+                                                    cls_probs);                                   \
+  }                                                                                               \
+  CLCA_HOST_ENTRY(NAME##_##sfx)
+// The query-map entries: grid (ceil(nq / 64), heads, batch), block 128; the nq queries cls and
+// 1 + qmap[b, j] (qmap [B, nq - 1], non-cls token indices as the selection writes them) into
+// compact rows out [B, nq, H*HD], each query's arithmetic as in the entries above (the same
+// bits). A Top-K layer attends only the tokens it keeps with these.
+#define FLASH_QMAP_ENTRIES(T, sfx, NAME, HD)                                                      \
+  extern "C" __global__ void __launch_bounds__(clca::FA_THREADS) NAME##_##sfx(                    \
+      const T* __restrict__ qkv, unsigned n, unsigned heads, float scale,                         \
+      const float* __restrict__ sizes, unsigned nq, const unsigned* __restrict__ qmap,           \
+      T* __restrict__ out, float* __restrict__ cls_probs) {                                       \
+    clca::flash_attention<T, HD, 1, (HD < 128 ? 2 : 1), true>(qkv, n, heads, scale, sizes, nq,    \
+                                                              qmap, out, cls_probs);              \
   }                                                                                               \
   CLCA_HOST_ENTRY(NAME##_##sfx)
 // HD 128 stays single-stage: two stages would pass the 48 KiB of static shared memory.
@@ -298,6 +344,7 @@ __device__ void flash_attention(const T* __restrict__ qkv_t, u32 n, u32 heads, f
 #define FLASH_DTYPE(T, sfx)                                                                         \
   FLASH_ENTRIES(T, sfx, attn_flash32, 32, 1, 2) FLASH_ENTRIES(T, sfx, attn_flash64, 64, 1, 2)       \
   FLASH_ENTRIES(T, sfx, attn_flash128, 128, 1, 1) FLASH_ENTRIES(T, sfx, attn_flash32w, 32, 2, 2)    \
-  FLASH_ENTRIES(T, sfx, attn_flash64w, 64, 2, 2)
+  FLASH_ENTRIES(T, sfx, attn_flash64w, 64, 2, 2) FLASH_QMAP_ENTRIES(T, sfx, attn_flash32q, 32)      \
+  FLASH_QMAP_ENTRIES(T, sfx, attn_flash64q, 64) FLASH_QMAP_ENTRIES(T, sfx, attn_flash128q, 128)
 FLASH_DTYPE(clca::f16, f16)
 FLASH_DTYPE(clca::bf16, bf16)

@@ -122,7 +122,7 @@ if has benches; then
     # bench binary and criterion filter: the issue-6 points and bf16 for the rest (f32/f16 when
     # BENCH_ALL=1), to stay inside a short lease.
     if [ -n "${BENCH_ALL:-}" ]; then f=cuda_; fb=cuda_; else f=bf16; fb='cuda_prune_b256|cuda_prune_bf16|cuda_evit_prune_bf16'; fi
-    specs=${BENCH_SPECS:-"attention:cuda_flash_bf16/q(64|128)/B(8|64)_N786 prune:$fb select:cuda_.*$f token_cache:cuda_.*$f tome:cuda_.*$f cla_head:cuda_.*$f methods_ops:cuda_.*$f dpc_ats:cuda_.*$f"}
+    specs=${BENCH_SPECS:-"attention:cuda_flash_bf16/(q(64|128)|q64_cls|topk_kr0.1)/B(8|64)_N786 prune:$fb select:cuda_.*$f token_cache:cuda_.*$f tome:cuda_.*$f cla_head:cuda_.*$f methods_ops:cuda_.*$f dpc_ats:cuda_.*$f"}
     for spec in $specs; do
         b=${spec%%:*} filter=${spec#*:}
         t=$(ls "$bin"/benches/$b-* 2>/dev/null | head -1)

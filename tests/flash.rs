@@ -5,7 +5,7 @@
 //! through models that follow the PTX fragment layouts lane by lane, so these tests check the
 //! kernel's fragment bookkeeping; on a GPU the same tests check it on the real instructions.
 mod common;
-use clca::ops::attention::{flash_launch, FlashTile};
+use clca::ops::attention::{flash_launch, flash_launch_queries, FlashQueries, FlashTile};
 use clca::{bf16, f16, Buffer, Device, Element};
 use common::*;
 use proptest::prelude::*;
@@ -121,6 +121,17 @@ fn run<D: Device, T: Element>(
         1e-6,
         1e-4,
     );
+    // Subsets of the queries: each computed query gives the same bits as in the whole launch.
+    query_subsets(
+        dev,
+        &dq,
+        ds.as_ref().map_or(0, |s| s.addr()),
+        (b, n, h, hd),
+        &down(dev, &dout),
+        &down(dev, &dcls),
+        seed,
+        &what,
+    );
     // The 128-query tile computes each query the same way: the same bits.
     if FlashTile::Q128.head_dims().contains(&hd) {
         let mut wout = sentinel(dev, b * n * d, T::from_f32(f32::NAN));
@@ -143,6 +154,125 @@ fn run<D: Device, T: Element>(
         let r = flash_launch(T::DTYPE, FlashTile::Q128, dq.addr(), b, n, h, hd, 0, 0, 0);
         assert!(matches!(r, Err(clca::Error::Unsupported { .. })), "{what}");
     }
+}
+
+/// `FlashQueries::FirstTile` (as a Top-K layer's cls pass runs it) and
+/// `FlashQueries::Selected` (cls and k random distinct tokens into compact rows)
+/// against the whole launch's `full` output and cls rows, bit for bit, on both tiles; rows not
+/// asked for stay unwritten.
+#[allow(clippy::too_many_arguments)]
+fn query_subsets<D: Device, T: Element>(
+    dev: &D,
+    dq: &D::Buf<T>,
+    sizes: u64,
+    (b, n, h, hd): (usize, usize, usize, usize),
+    full: &[T],
+    full_cls: &[f32],
+    seed: u64,
+    what: &str,
+) {
+    let d = h * hd;
+    let bits = |v: &[T]| -> Vec<u8> { bytemuck::cast_slice(v).to_vec() };
+    let tiles = [FlashTile::Q64, FlashTile::Q128];
+    for tile in tiles.into_iter().filter(|t| t.head_dims().contains(&hd)) {
+        {
+            let rows = n.min(tile.queries());
+            let mut out = sentinel(dev, b * n * d, T::from_f32(f32::NAN));
+            let mut cls = sentinel(dev, b * h * n, f32::NAN);
+            let l = flash_launch_queries(
+                T::DTYPE,
+                tile,
+                dq.addr(),
+                b,
+                n,
+                h,
+                hd,
+                sizes,
+                FlashQueries::FirstTile,
+                out.addr_mut(),
+                cls.addr_mut(),
+            )
+            .expect("launch");
+            // SAFETY: qkv [b, n, 3d], out [b, n, d], cls [b, h, n].
+            unsafe { dev.launch(&l) }.expect("first tile");
+            let (got, got_cls) = (down(dev, &out), down(dev, &cls));
+            let cb = |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
+            assert_eq!(cb(&got_cls), cb(full_cls), "{tile:?} first tile cls {what}");
+            for bi in 0..b {
+                for t in 0..n {
+                    let (g, f) = (
+                        &got[(bi * n + t) * d..][..d],
+                        &full[(bi * n + t) * d..][..d],
+                    );
+                    if t < rows {
+                        assert!(bits(g) == bits(f), "{tile:?} first tile row {t} {what}");
+                    } else {
+                        assert!(
+                            g.iter().all(|v| v.to_f32().is_nan()),
+                            "{tile:?} first tile wrote row {t} {what}"
+                        );
+                    }
+                }
+            }
+        }
+        let mut rng = TRng(seed ^ 0x5e1ec7);
+        for k in [0, (n - 1) / 3, n - 1] {
+            // k distinct non-cls tokens in a random order (as the selection's, by score).
+            let mut idx: Vec<u32> = Vec::with_capacity(b * k);
+            for _ in 0..b {
+                let mut all: Vec<u32> = (0..(n - 1) as u32).collect();
+                for j in (1..all.len()).rev() {
+                    all.swap(j, rng.below(j + 1));
+                }
+                idx.extend_from_slice(&all[..k]);
+            }
+            let di = up(dev, &if idx.is_empty() { vec![0] } else { idx.clone() });
+            let mut out = sentinel(dev, b * (k + 1) * d + d, T::from_f32(f32::NAN));
+            let l = flash_launch_queries(
+                T::DTYPE,
+                tile,
+                dq.addr(),
+                b,
+                n,
+                h,
+                hd,
+                sizes,
+                FlashQueries::Selected { idx: di.addr(), k },
+                out.addr_mut(),
+                0,
+            )
+            .expect("launch");
+            // SAFETY: qkv [b, n, 3d], idx [b, k] (< n − 1), out [b, k + 1, d] (+ a guard row).
+            unsafe { dev.launch(&l) }.expect("selected rows");
+            let got = down(dev, &out);
+            for bi in 0..b {
+                for j in 0..=k {
+                    let t = if j == 0 {
+                        0
+                    } else {
+                        1 + idx[bi * k + j - 1] as usize
+                    };
+                    assert!(
+                        bits(&got[(bi * (k + 1) + j) * d..][..d])
+                            == bits(&full[(bi * n + t) * d..][..d]),
+                        "{tile:?} Selected k {k}: row {j} (token {t}) {what}"
+                    );
+                }
+            }
+            assert!(
+                got[b * (k + 1) * d..].iter().all(|v| v.to_f32().is_nan()),
+                "{tile:?} Selected k {k} wrote past its rows {what}"
+            );
+        }
+    }
+    // An out-of-range request is an error, not a launch: k = n selects more tokens than there
+    // are non-cls ones.
+    let q = FlashQueries::Selected { idx: 0, k: n };
+    let r = flash_launch_queries(T::DTYPE, FlashTile::Q64, dq.addr(), b, n, h, hd, 0, q, 0, 0);
+    assert!(
+        matches!(r, Err(clca::Error::InvalidArgument { .. })),
+        "{q:?} {what}"
+    );
 }
 
 fn cases<D: Device>(dev: &D) {

@@ -60,6 +60,28 @@ impl FlashTile {
     }
 }
 
+/// Which queries a fused-attention launch computes; the keys are always all n tokens, and each
+/// query's arithmetic (so its output and, for cls, its probabilities) is the same bits in every
+/// mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashQueries {
+    /// Every query: `out` [batch, n, heads·hd].
+    All,
+    /// The first query tile only (tokens 0 .. min(n, [`FlashTile::queries`])), written to their
+    /// rows of `out` [batch, n, heads·hd]. With `cls_probs`, the cls row for the cost of one
+    /// tile: what a Top-K selection needs before its attention.
+    FirstTile,
+    /// cls and the non-cls tokens `idx` [batch, k] (token 1 + idx[j], as the selection writes
+    /// them, each < n − 1) into compact rows `out` [batch, 1 + k, heads·hd], in that order, by
+    /// the query-map kernels (64-query tiles whatever the tile asked for: the same bits).
+    Selected {
+        /// Address of idx (u32).
+        idx: u64,
+        /// Selected tokens per image (k ≤ n − 1).
+        k: usize,
+    },
+}
+
 /// The launch of the fused attention (addresses as in the module contract; 0 = none).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_launch(
@@ -74,6 +96,36 @@ pub fn flash_launch(
     out: u64,
     cls_probs: u64,
 ) -> Result<Launch> {
+    flash_launch_queries(
+        dtype,
+        tile,
+        qkv,
+        batch,
+        n,
+        heads,
+        hd,
+        sizes,
+        FlashQueries::All,
+        out,
+        cls_probs,
+    )
+}
+
+/// [`flash_launch`] for the queries `queries` only (see [`FlashQueries`] for `out`'s layout).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_launch_queries(
+    dtype: DType,
+    tile: FlashTile,
+    qkv: u64,
+    batch: usize,
+    n: usize,
+    heads: usize,
+    hd: usize,
+    sizes: u64,
+    queries: FlashQueries,
+    out: u64,
+    cls_probs: u64,
+) -> Result<Launch> {
     tile.check(dtype, hd)?;
     if n == 0 || heads == 0 || batch == 0 {
         return Err(error::invalid(
@@ -83,27 +135,40 @@ pub fn flash_launch(
         ));
     }
     let u = |what, v| error::to_u32(what, v);
+    let mut args = vec![
+        Arg::Ptr(qkv),
+        Arg::U32(u("n", n)?),
+        Arg::U32(u("heads", heads)?),
+        Arg::F32((hd as f64).powf(-0.5) as f32),
+        Arg::Ptr(sizes),
+    ];
+    let wide = if tile == FlashTile::Q128 { "w" } else { "" };
+    let (name, tiles) = match queries {
+        FlashQueries::All => (format!("attn_flash{hd}{wide}"), n.div_ceil(tile.queries())),
+        FlashQueries::FirstTile => (format!("attn_flash{hd}{wide}"), 1),
+        FlashQueries::Selected { idx, k } => {
+            if k >= n {
+                return Err(error::invalid(
+                    "k",
+                    k,
+                    format!("must be at most n − 1 = {}", n - 1),
+                ));
+            }
+            args.extend([Arg::U32(u("queries", k + 1)?), Arg::Ptr(idx)]);
+            (format!("attn_flash{hd}q"), (k + 1).div_ceil(64))
+        }
+    };
+    args.extend([Arg::Ptr(out), Arg::Ptr(cls_probs)]);
     Launch::new(
         "flash",
-        &format!(
-            "attn_flash{hd}{}",
-            if tile == FlashTile::Q128 { "w" } else { "" }
-        ),
+        &name,
         dtype,
         [
-            u("query tiles", n.div_ceil(tile.queries()))?,
+            u("query tiles", tiles)?,
             u("heads", heads)?,
             u("batch", batch)?,
         ],
         [128, 1, 1],
-        vec![
-            Arg::Ptr(qkv),
-            Arg::U32(u("n", n)?),
-            Arg::U32(u("heads", heads)?),
-            Arg::F32((hd as f64).powf(-0.5) as f32),
-            Arg::Ptr(sizes),
-            Arg::Ptr(out),
-            Arg::Ptr(cls_probs),
-        ],
+        args,
     )
 }

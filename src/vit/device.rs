@@ -920,18 +920,35 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 )?;
                 ws.mark(dev, Some(i), "qkv")?;
                 let need_cls = bp.keep.is_some() || bp.sample.is_some();
-                self.attention(dev, ws, n, have_sizes, need_cls)?;
+                // Top-K and EViT: select first and project only the surviving rows
+                // (`prune_then_project`), which also leaves ln2's output in ws.h. Top-K on the
+                // fused path also attends only [cls, kept]: here the first query tile (for
+                // the cls row), there the selected queries. `ln2_ready`: where ln2's output
+                // already is, if a fused pass wrote it.
+                let early = bp.keep.filter(|_| ws.prune_first);
+                let selected_only = early.is_some()
+                    && c.reduction == Reduction::TopK
+                    && ws.attention.flash_tile().is_some();
+                if selected_only {
+                    self.attention_cls_tile(dev, ws, n)?;
+                } else {
+                    self.attention(dev, ws, n, have_sizes, need_cls)?;
+                }
                 ws.mark(dev, Some(i), "attention")?;
                 if let Some(k) = bp.sample {
                     n = self.ats_sample(dev, ws, i, n, k, trace.as_deref_mut())?;
                     ws.mark(dev, Some(i), "reduction")?;
                 }
-                // Top-K and EViT: select first and project only the surviving rows
-                // (`prune_then_project`), which also leaves ln2's output in ws.h. `ln2_ready`:
-                // where ln2's output already is, if a fused pass wrote it.
-                let early = bp.keep.filter(|_| ws.prune_first);
                 let ln2_ready = if let Some(k) = early {
-                    n = self.prune_then_project(dev, ws, i, n, k, trace.as_deref_mut())?;
+                    n = self.prune_then_project(
+                        dev,
+                        ws,
+                        i,
+                        n,
+                        k,
+                        selected_only,
+                        trace.as_deref_mut(),
+                    )?;
                     Some(ws.h.addr())
                 } else {
                     let rows = b * n;
@@ -1223,6 +1240,41 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             .collect())
     }
 
+    /// The fused attention of the first query tile only, with the cls row's probabilities
+    /// (the same bits as the whole attention's): all a Top-K selection needs before it attends
+    /// the selected queries ([`Self::prune_then_project`]). Its outputs land in ws.attn's
+    /// first rows and are not used.
+    ///
+    /// # Safety
+    /// As `forward`; the fused path.
+    unsafe fn attention_cls_tile(
+        &self,
+        dev: &D,
+        ws: &mut DeviceWorkspace<D, T>,
+        n: usize,
+    ) -> Result<()> {
+        let c = &self.model.cfg;
+        let tile = ws.attention.flash_tile().ok_or_else(|| {
+            Error::Plan("the cls tile runs on the fused attention path only".into())
+        })?;
+        let l = crate::ops::attention::flash_launch_queries(
+            T::DTYPE,
+            tile,
+            ws.qkv.addr(),
+            ws.batch,
+            n,
+            c.num_heads,
+            c.head_dim(),
+            0,
+            crate::ops::attention::FlashQueries::FirstTile,
+            ws.attn.addr_mut(),
+            ws.cls_probs.addr_mut(),
+        )?;
+        // SAFETY: qkv [b, n, 3d], attn [b, n, d] (the first tile's rows written), cls_probs
+        // [b, H, n].
+        unsafe { dev.launch(&l) }
+    }
+
     /// Top-K / EViT selection of block `i` (k of the n − 1 non-cls tokens) from the cls rows the
     /// attention left in `ws.cls_probs`: scores, idx and compl (traced when asked). Returns the
     /// layer's mode.
@@ -1363,8 +1415,13 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
     /// projects 81 rows instead of 786 and runs one residual + LayerNorm pass over them
     /// instead of a residual over 786 and a LayerNorm over 81. Returns the tokens left.
     ///
+    /// `selected_only` (Top-K on the fused path, after [`Self::attention_cls_tile`]): the
+    /// attention of [cls, kept] runs here, straight into compact rows, instead of gathering
+    /// them from every query's; a dropped token's output is never used.
+    ///
     /// # Safety
     /// As `forward`; k < n.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn prune_then_project(
         &self,
         dev: &D,
@@ -1372,6 +1429,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         i: usize,
         n: usize,
         k: usize,
+        selected_only: bool,
         trace: Option<&mut Trace>,
     ) -> Result<usize> {
         let (b, d) = (ws.batch, self.model.cfg.embed_dim);
@@ -1381,7 +1439,30 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         unsafe {
             let mode = self.select(dev, ws, i, n, k, trace)?;
             let out = mode.out_tokens(k);
-            self.gather(dev, ws, mode, T::DTYPE, ws.attn.addr(), n, k, ws.h.addr())?;
+            match (selected_only, ws.attention.flash_tile()) {
+                (true, Some(tile)) if mode == crate::ops::prune::PruneMode::TopK => {
+                    ws.mark(dev, Some(i), "reduction")?;
+                    let c = &self.model.cfg;
+                    dev.launch(&crate::ops::attention::flash_launch_queries(
+                        T::DTYPE,
+                        tile,
+                        ws.qkv.addr(),
+                        b,
+                        n,
+                        c.num_heads,
+                        c.head_dim(),
+                        0,
+                        crate::ops::attention::FlashQueries::Selected {
+                            idx: ws.idx.addr(),
+                            k,
+                        },
+                        ws.h.addr_mut(),
+                        0,
+                    )?)?;
+                    ws.mark(dev, Some(i), "attention")?;
+                }
+                _ => self.gather(dev, ws, mode, T::DTYPE, ws.attn.addr(), n, k, ws.h.addr())?,
+            }
             self.gather(dev, ws, mode, DType::F32, ws.x.addr(), n, k, ws.x2.addr())?;
             std::mem::swap(&mut ws.x, &mut ws.x2);
             let bscale = if mode == crate::ops::prune::PruneMode::EVit {
