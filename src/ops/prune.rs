@@ -38,14 +38,8 @@ impl PruneMode {
     }
 }
 
-pub(crate) fn check_topk_prune(
-    x_len: usize,
-    idx_len: usize,
-    batch: usize,
-    n: usize,
-    c: usize,
-    k: usize,
-) -> Result<()> {
+/// k of the n − 1 non-cls tokens (n ≥ 1), with n and batch within the kernels' u32 range.
+fn check_keep(batch: usize, n: usize, k: usize) -> Result<()> {
     if n < 1 || k > n.saturating_sub(1) {
         return Err(Error::InvalidArgument {
             arg: "k",
@@ -54,8 +48,41 @@ pub(crate) fn check_topk_prune(
         });
     }
     error::to_u32("n", n)?;
-    error::to_u32("c", c)?;
     error::to_u32("batch", batch)?;
+    Ok(())
+}
+
+/// The dropped tokens `compl` [batch, n−1−k] and the scores [batch, n−1] (after
+/// [`check_keep`]).
+fn check_dropped(
+    compl_len: usize,
+    scores_len: usize,
+    batch: usize,
+    n: usize,
+    k: usize,
+) -> Result<()> {
+    error::check_len(
+        "compl",
+        compl_len,
+        error::mul("batch*(n-1-k)", &[batch, n - 1 - k])?,
+    )?;
+    error::check_len(
+        "scores",
+        scores_len,
+        error::mul("batch*(n-1)", &[batch, n - 1])?,
+    )
+}
+
+pub(crate) fn check_topk_prune(
+    x_len: usize,
+    idx_len: usize,
+    batch: usize,
+    n: usize,
+    c: usize,
+    k: usize,
+) -> Result<()> {
+    check_keep(batch, n, k)?;
+    error::to_u32("c", c)?;
     error::check_len("x", x_len, error::mul("batch*n*c", &[batch, n, c])?)?;
     error::check_len("idx", idx_len, error::mul("batch*k", &[batch, k])?)
 }
@@ -72,16 +99,7 @@ pub(crate) fn check_evit(
     k: usize,
 ) -> Result<()> {
     check_topk_prune(x_len, idx_len, batch, n, c, k)?;
-    error::check_len(
-        "compl",
-        compl_len,
-        error::mul("batch*(n-1-k)", &[batch, n - 1 - k])?,
-    )?;
-    error::check_len(
-        "scores",
-        scores_len,
-        error::mul("batch*(n-1)", &[batch, n - 1])?,
-    )
+    check_dropped(compl_len, scores_len, batch, n, k)
 }
 
 /// Every index must be < `bound` (host-side data only; device indices come from the kernels).
@@ -306,25 +324,8 @@ pub(crate) fn check_bias_scale(
     n: usize,
     k: usize,
 ) -> Result<()> {
-    if n < 1 || k > n - 1 {
-        return Err(Error::InvalidArgument {
-            arg: "k",
-            value: k.to_string(),
-            why: format!("k must be <= n-1 = {}", n.saturating_sub(1)),
-        });
-    }
-    error::to_u32("n", n)?;
-    error::to_u32("batch", batch)?;
-    error::check_len(
-        "compl",
-        compl_len,
-        error::mul("batch*(n-1-k)", &[batch, n - 1 - k])?,
-    )?;
-    error::check_len(
-        "scores",
-        scores_len,
-        error::mul("batch*(n-1)", &[batch, n - 1])?,
-    )
+    check_keep(batch, n, k)?;
+    check_dropped(compl_len, scores_len, batch, n, k)
 }
 
 /// The fused pruning layer: scores → top-k (one launch) → gather (+ fuse) (one launch).
