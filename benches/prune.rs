@@ -1,4 +1,5 @@
-//! Pruning benches: Top-K prune (gather), EViT prune (gather + fused token) and the whole
+//! Pruning benches: Top-K prune (gather), EViT prune (gather + fused token), EViT's projection
+//! bias factor (`evit_bias_scale`) and the whole
 //! pruning layer: `ops::prune::prune` on the GPU (fused score → top-k launch, then the EViT
 //! gather), scores → top-k → EViT prune in sequence on the CPU.
 //!
@@ -57,6 +58,21 @@ fn cpu_evit(c: &mut Criterion) {
     g.finish();
 }
 
+/// EViT's projection bias factor (1 per kept row, S = Σ dropped scores for the fused row):
+/// what the device forward adds when it projects after pruning. Throughput: the scores read.
+fn cpu_bias_scale(c: &mut Criterion) {
+    let mut rng = Rng::new(14);
+    let mut g = c.benchmark_group("cpu_evit_bias_scale_f32");
+    for (b, l, id) in shapes() {
+        let (scores, _, compl) = selection(&mut rng, b, l);
+        g.throughput(Throughput::Bytes((b * (l.n - 1 - l.k) * 8) as u64));
+        g.bench_function(BenchmarkId::from_parameter(id), |bn| {
+            bn.iter(|| cpu::prune::evit_bias_scale(black_box(&compl), &scores, b, l.n, l.k))
+        });
+    }
+    g.finish();
+}
+
 /// The whole EViT pruning layer on the CPU: scores from probs → top-k → EViT prune.
 fn cpu_layer(c: &mut Criterion) {
     let mut rng = Rng::new(12);
@@ -82,11 +98,12 @@ mod gpu {
     use super::{evit_bytes, selection, topk_bytes};
     use clca::cuda::CudaDevice;
     use clca::ops::attn_score::{select, ScoreSource, Selection};
-    use clca::ops::prune::{evit_prune, prune, topk_prune, PruneMode};
+    use clca::ops::prune::{evit_bias_scale, evit_prune, prune, topk_prune, PruneMode};
     use clca::{bf16, f16, Device, Element};
     use criterion::{BenchmarkId, Criterion, Throughput};
 
     pub fn benches(c: &mut Criterion, dev: &CudaDevice) {
+        bias_scale(c, dev);
         gathers::<f32>(c, dev);
         gathers::<f16>(c, dev);
         gathers::<bf16>(c, dev);
@@ -223,6 +240,31 @@ mod gpu {
         g.finish();
     }
 
+    /// `ops::prune::evit_bias_scale` (one warp per image; a launch's worth at these sizes).
+    fn bias_scale(c: &mut Criterion, dev: &CudaDevice) {
+        let mut rng = Rng::new(14);
+        let mut g = c.benchmark_group("cuda_evit_bias_scale_f32");
+        for (b, l, id) in shapes() {
+            let (scores, _, compl) = selection(&mut rng, b, l);
+            let (scores, compl) = (
+                dev.upload(&scores).expect("upload"),
+                dev.upload(&compl).expect("upload"),
+            );
+            let mut out = dev.zeros::<f32>(b * (2 + l.k)).expect("alloc");
+            g.throughput(Throughput::Bytes((b * (l.n - 1 - l.k) * 8) as u64));
+            g.bench_function(BenchmarkId::from_parameter(id), |bn| {
+                bn.iter_custom(|iters| {
+                    time_device(
+                        iters,
+                        || dev.synchronize(),
+                        || evit_bias_scale(dev, &compl, &scores, b, l.n, l.k, &mut out),
+                    )
+                })
+            });
+        }
+        g.finish();
+    }
+
     /// The fused pruning layer: `ops::prune::prune` (EViT, scores from probs).
     fn layer<T: Element>(c: &mut Criterion, dev: &CudaDevice) {
         let mut rng = Rng::new(12);
@@ -262,6 +304,7 @@ fn main() {
     cpu_topk_prune::<f32>(&mut c);
     cpu_topk_prune::<f16>(&mut c);
     cpu_evit(&mut c);
+    cpu_bias_scale(&mut c);
     cpu_layer(&mut c);
     #[cfg(feature = "cuda")]
     if let Some(dev) = common::cuda() {
