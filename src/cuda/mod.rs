@@ -98,6 +98,10 @@ unsafe impl Send for Module {}
 
 /// A GPU with one stream.
 pub struct CudaDevice {
+    /// cuBLASLt, when it loads as well: the GEMMs with a bias ([`Device::gemm_nt_bias`]).
+    /// First, so that it is dropped (its handle destroyed) while the context is still alive:
+    /// unlike cuBLAS's handle it holds no reference to the context.
+    lt: Option<Lt>,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Module>>,
@@ -105,8 +109,6 @@ pub struct CudaDevice {
     name: String,
     /// cuBLAS, when libcublas loads; otherwise GEMMs use our `linear_*` kernel.
     blas: Option<CudaBlas>,
-    /// cuBLASLt, when it loads as well: the GEMMs with a bias ([`Device::gemm_nt_bias`]).
-    lt: Option<Lt>,
     /// A caller's stream (as an address; 0 is the legacy default stream) inside
     /// [`CudaDevice::with_stream`].
     stream_override: Mutex<Option<usize>>,
