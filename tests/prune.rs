@@ -177,3 +177,42 @@ fn bad_arguments_are_errors() {
     let e = cpu::prune::evit_bias_scale(&[7, 0], &[0.5; 4], 1, 5, 2).expect_err("index");
     assert!(e.to_string().contains("out of range"), "{e}");
 }
+
+/// EViT's projection bias factor at its edges, kernel against reference: no dropped tokens
+/// (k = n − 1: S = 0), one dropped token, and scores holding NaN, +inf and −0 (NaN and inf
+/// carry into S, as into the fused token).
+fn bias_scale_edges<D: Device>(dev: &D) {
+    let n = 6;
+    let rows: [(usize, Vec<f32>); 4] = [
+        (n - 1, vec![0.1, 0.2, 0.3, 0.2, 0.2]),
+        (n - 2, vec![0.5, 0.25, 0.125, 0.0625, 0.0625]),
+        (1, vec![f32::NAN, 0.2, 0.3, 0.2, 0.2]),
+        (2, vec![-0.0, f32::INFINITY, 0.3, 0.2, 0.2]),
+    ];
+    for (k, scores) in rows {
+        let (_, compl) = cpu::topk::topk_select(&scores, 1, n - 1, k).expect("ref topk");
+        let want = cpu::prune::evit_bias_scale(&compl, &scores, 1, n, k).expect("ref");
+        let (cb, sb) = (up(dev, &compl), up(dev, &scores));
+        let mut out = sentinel(dev, 2 + k, f32::NAN);
+        evit_bias_scale(dev, &cb, &sb, 1, n, k, &mut out).expect("kernel");
+        let got = down(dev, &out);
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "k {k} scores {scores:?}: kernel {got:?} vs reference {want:?} on {}",
+                dev.name()
+            );
+        }
+        let dropped: f32 = compl.iter().map(|&t| scores[t as usize]).sum();
+        let s = want[k + 1];
+        assert!(
+            (s.is_nan() && dropped.is_nan()) || s == dropped,
+            "k {k}: S {s} vs {dropped}"
+        );
+    }
+}
+
+#[test]
+fn bias_scale_edges_all_devices() {
+    on_devices!(bias_scale_edges);
+}

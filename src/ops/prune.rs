@@ -294,7 +294,8 @@ pub(crate) fn bias_scale_launch(
 /// The projection's bias factor per output row of an EViT layer that projects after pruning:
 /// `out` [batch, 2 + k] = 1 for [cls, kept], and S = Σ_{t ∈ compl} scores[t] for the fused
 /// row (Σ s_t·(W a_t + b) = W (Σ s_t a_t) + S·b), summed exactly as the fused token of a
-/// channel of ones ([`crate::cpu::prune::PRUNE_SEGS`] runs). Reference:
+/// channel of ones ([`crate::cpu::prune::PRUNE_SEGS`] runs), so NaN and ±inf scores carry into
+/// S as they carry into the fused token; no dropped tokens (k = n − 1) give S = 0. Reference:
 /// [`crate::cpu::prune::evit_bias_scale`].
 pub fn evit_bias_scale<D: Device>(
     dev: &D,
