@@ -212,7 +212,30 @@ fn bias_scale_edges<D: Device>(dev: &D) {
     }
 }
 
+/// A row past 1024 tokens (1500: runs of 175 dropped tokens), batch 3.
+fn bias_scale_long<D: Device>(dev: &D) {
+    let (b, n, k) = (3, 1500, 120);
+    let mut rng = TRng(5);
+    let scores: Vec<f32> = random_probs(&mut rng, b, n - 1)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let (_, compl) = cpu::topk::topk_select(&scores, b, n - 1, k).expect("ref topk");
+    let want = cpu::prune::evit_bias_scale(&compl, &scores, b, n, k).expect("ref");
+    let mut out = sentinel(dev, b * (2 + k), f32::NAN);
+    evit_bias_scale(dev, &up(dev, &compl), &up(dev, &scores), b, n, k, &mut out).expect("kernel");
+    let got = down(dev, &out);
+    assert!(
+        got.iter()
+            .zip(&want)
+            .all(|(g, w)| g.to_bits() == w.to_bits()),
+        "long rows on {}",
+        dev.name()
+    );
+}
+
 #[test]
 fn bias_scale_edges_all_devices() {
+    on_devices!(bias_scale_long);
     on_devices!(bias_scale_edges);
 }
