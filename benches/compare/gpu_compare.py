@@ -82,7 +82,7 @@ def run_clca(clca, args, env=None):
 
 def end_to_end(clca, out, batches, compile_batches, compile_models, models, dtypes=("f32", "bf16"),
                attention_paths=(), profile_batches=(), classes=200, clca_alt=None, alt_rounds=2,
-               cuda_graph=False):
+               cuda_graph=False, env_variants=()):
     cases = [
         ("evit_clca_kr0.1", Flags("evit", (3, 6, 9), (0.1,), clc=True, num_clr=1, ifa_head=True)),
         ("plain", Flags("vit", (3, 6, 9), (1.0,), clc=False, num_clr=0, ifa_head=False)),
@@ -145,6 +145,15 @@ def end_to_end(clca, out, batches, compile_batches, compile_models, models, dtyp
                     j = json.loads(run_clca(clca, fwd + ["--cuda-graph"]))
                     emit(what="e2e", model=name, impl="clca_graph", dtype=dt, batch=b,
                          median_s=j["forward_median_s"], min_s=j["forward_min_s"],
+                         max_s=j["forward_max_s"], macs=j["macs"], backend=j.get("backend"))
+                for var in env_variants:
+                    # The same build with one switch flipped (CLCA_PRUNE_FIRST=0: Top-K / EViT
+                    # in the authors' order; CLCA_BIAS_EPILOGUE=0: biases in their own pass):
+                    # an A/B of a change without a second binary.
+                    key, val = var.split("=", 1)
+                    j = json.loads(run_clca(clca, fwd, env={key: val}))
+                    emit(what="e2e", model=name, impl=f"clca_{key.lower()}_{val}", dtype=dt,
+                         batch=b, median_s=j["forward_median_s"], min_s=j["forward_min_s"],
                          max_s=j["forward_max_s"], macs=j["macs"], backend=j.get("backend"))
                 for path in attention_paths if dt != "f32" else ():
                     # The same forward on another attention path (CLCA_ATTENTION): the GEMM
@@ -253,7 +262,14 @@ def main():
                          "logits checked against the eager forward)")
     ap.add_argument("--profile-batches", default="",
                     help="batches at which clca's 16-bit forward is also run with --profile")
+    ap.add_argument("--env-variants", default="",
+                    help="comma list of ENV=VALUE switches clca's forwards are also timed with, "
+                         "one at a time (impl clca_<env>_<value>), e.g. "
+                         "CLCA_PRUNE_FIRST=0,CLCA_BIAS_EPILOGUE=0")
     a = ap.parse_args()
+    bad = [v for v in a.env_variants.split(",") if v and "=" not in v]
+    if bad:
+        ap.error(f"--env-variants: not ENV=VALUE: {bad}")
     os.makedirs(a.out, exist_ok=True)
     os.makedirs(a.work, exist_ok=True)
     skip = set(a.skip.split(","))
@@ -266,7 +282,8 @@ def main():
                                         [p for p in a.attention_paths.split(",") if p]
                                         + (["gemm"] if a.gemm_attention else []),
                                         [int(b) for b in a.profile_batches.split(",") if b],
-                                        clca_alt=a.clca_alt, cuda_graph=a.cuda_graph))]
+                                        clca_alt=a.clca_alt, cuda_graph=a.cuda_graph,
+                                        env_variants=[v for v in a.env_variants.split(",") if v]))]
     for name, fn in steps:
         if name in skip:
             continue

@@ -102,6 +102,8 @@ pub struct CudaDevice {
     /// First, so that it is dropped (its handle destroyed) while the context is still alive:
     /// unlike cuBLAS's handle it holds no reference to the context.
     lt: Option<Lt>,
+    /// Whether [`Device::gemm_nt_bias`] may use cuBLASLt ([`CudaDevice::set_bias_epilogue`]).
+    lt_on: std::sync::atomic::AtomicBool,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Module>>,
@@ -171,9 +173,17 @@ impl CudaDevice {
             name,
             blas,
             lt,
+            lt_on: std::sync::atomic::AtomicBool::new(true),
             stream_override: Mutex::new(None),
             arena: Mutex::new(None),
         })
+    }
+
+    /// Whether the GEMMs with a bias add it in cuBLASLt's epilogue (`true`, the default, where
+    /// cuBLASLt loads) or run cuBLAS and a bias pass (`false`: the path without cuBLASLt, for
+    /// side-by-side timing on one machine).
+    pub fn set_bias_epilogue(&self, on: bool) {
+        self.lt_on.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The stream work is queued on: the caller's inside [`CudaDevice::with_stream`], else ours.
@@ -586,7 +596,11 @@ impl Device for CudaDevice {
             }
             .map(|()| true);
         }
-        let Some(l) = &self.lt else {
+        let Some(l) = self
+            .lt
+            .as_ref()
+            .filter(|_| self.lt_on.load(std::sync::atomic::Ordering::Relaxed))
+        else {
             return Ok(false);
         };
         if m == 0 || n == 0 {

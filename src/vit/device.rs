@@ -87,6 +87,8 @@ enum DevHead<D: Device, T: Element> {
 pub struct DeviceVit<D: Device, T: Element> {
     model: Vit,
     attention: AttentionPath,
+    /// What new workspaces get for [`DeviceWorkspace::set_prune_first`].
+    prune_first: bool,
     patch_w: D::Buf<T>,
     patch_b: Option<Bias<D, T>>,
     cls: D::Buf<f32>,
@@ -715,6 +717,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             head,
             method: DevMethod::new(dev, &w.method)?,
             attention: AttentionPath::default_for(&model.cfg, T::DTYPE),
+            prune_first: true,
             model: model.clone(),
         })
     }
@@ -747,7 +750,16 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
 
     /// Allocates every activation buffer for `batch` images (once; the forward allocates none).
     pub fn workspace(&self, dev: &D, batch: usize) -> Result<DeviceWorkspace<D, T>> {
-        DeviceWorkspace::new(dev, &self.model, batch, self.attention)
+        let mut ws = DeviceWorkspace::new(dev, &self.model, batch, self.attention)?;
+        ws.prune_first = self.prune_first;
+        Ok(ws)
+    }
+
+    /// [`DeviceWorkspace::set_prune_first`] for the workspaces made from now on, including the
+    /// ones [`Self::workspace_in`], [`Self::forward_raw`] and [`Self::capture_forward`] make
+    /// (on by default; `false` runs the authors' order, for side-by-side timing).
+    pub fn set_prune_first(&mut self, on: bool) {
+        self.prune_first = on;
     }
 
     /// One forward of `images` [batch, 3, S, S] (f32, normalized) into `ws.logits`. With `trace`,

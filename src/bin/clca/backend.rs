@@ -98,6 +98,12 @@ impl<'a> CpuEngine<'a> {
             },
             _ => CpuWorkspace::new(model, batch)?,
         };
+        let mut ws = ws;
+        // CLCA_PRUNE_FIRST=0: Top-K / EViT blocks in the authors' order (every query attended
+        // and projected, then the selection), as on the device forward.
+        if let Some(on) = env_switch("CLCA_PRUNE_FIRST")? {
+            ws.set_pruned_attention(on);
+        }
         Ok(CpuEngine {
             model,
             ws,
@@ -169,10 +175,14 @@ impl<'a, D: Device, T: Element> DevEngine<'a, D, T> {
     }
 }
 
-/// `model` on `dev`, with the attention path CLCA_ATTENTION=gemm|fused|fused-wide asks for (for
-/// side-by-side timing; unset: the default path).
+/// `model` on `dev`, with the attention path CLCA_ATTENTION=gemm|fused|fused-wide asks for and
+/// the Top-K / EViT order CLCA_PRUNE_FIRST=1|0 asks for (for side-by-side timing; unset: the
+/// defaults, the fused path where it exists and selecting before the projection).
 fn device_vit<D: Device, T: Element>(dev: &D, model: &Vit) -> clca::Result<DeviceVit<D, T>> {
     let mut vit = DeviceVit::<D, T>::new(dev, model)?;
+    if let Some(on) = env_switch("CLCA_PRUNE_FIRST")? {
+        vit.set_prune_first(on);
+    }
     match std::env::var("CLCA_ATTENTION").as_deref() {
         Ok("gemm") => vit.set_attention(AttentionPath::Gemm)?,
         Ok("fused") => vit.set_attention(AttentionPath::Fused)?,
@@ -187,6 +197,20 @@ fn device_vit<D: Device, T: Element>(dev: &D, model: &Vit) -> clca::Result<Devic
         _ => {}
     }
     Ok(vit)
+}
+
+/// An on/off environment switch: `1` / `0`, or unset (`None`); anything else is an error.
+pub fn env_switch(name: &'static str) -> clca::Result<Option<bool>> {
+    match std::env::var(name).as_deref() {
+        Ok("1") => Ok(Some(true)),
+        Ok("0") => Ok(Some(false)),
+        Ok("") | Err(_) => Ok(None),
+        Ok(other) => Err(clca::Error::InvalidArgument {
+            arg: name,
+            value: other.into(),
+            why: "must be `1` or `0` (or unset: the default)".into(),
+        }),
+    }
 }
 
 /// "fused attention" or "GEMM attention".
@@ -390,13 +414,18 @@ fn with_graph_engine<R>(
     }
 }
 
-/// Opens GPU 0, or says why not.
+/// Opens GPU 0, or says why not. CLCA_BIAS_EPILOGUE=0 turns cuBLASLt's bias epilogue off
+/// (side-by-side timing).
 #[cfg(feature = "cuda")]
 pub fn open_cuda() -> CliResult<clca::cuda::CudaDevice> {
-    clca::cuda::try_default().map_err(|why| {
+    let dev = clca::cuda::try_default().map_err(|why| {
         CliError::input(format!("cannot use CUDA: {why}"))
             .hint("use --device cpu, or --device shim to run the CUDA sources on the CPU")
-    })
+    })?;
+    if let Some(on) = env_switch("CLCA_BIAS_EPILOGUE")? {
+        dev.set_bias_epilogue(on);
+    }
+    Ok(dev)
 }
 
 /// Why CUDA cannot run in this build.
