@@ -938,6 +938,32 @@ fn attention_path_override() {
     assert_bad_input(&r, "CLCA_ATTENTION");
 }
 
+/// `CLCA_PRUNE_FIRST` switches Top-K / EViT blocks between selecting before the projection
+/// (1, the default) and the authors' order (0), for side-by-side timing: both reproduce the
+/// authors' logits, selections included, on the CPU and on the host shim (EViT and Top-K); an
+/// unknown value is bad input.
+#[test]
+fn prune_first_switch() {
+    for case in ["A_evit_clc_ifa", "C_topk_clc_ifa"] {
+        for v in ["0", "1"] {
+            forward_case_env(case, &["--trace"], &[("CLCA_PRUNE_FIRST", v)]);
+            forward_case_env(
+                case,
+                &["--device", "shim", "--dtype", "f32"],
+                &[("CLCA_PRUNE_FIRST", v)],
+            );
+        }
+    }
+    let Some(g) = golden() else { return };
+    let args = golden_forward_args(
+        &g.join("A_evit_clc_ifa"),
+        &tmp("bad-prune-first.safetensors").to_string_lossy(),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = clca_env(&args, &[("CLCA_PRUNE_FIRST", "yes")]);
+    assert_bad_input(&r, "CLCA_PRUNE_FIRST");
+}
+
 /// `--cuda-graph`: a GPU-only flag. Without a GPU every misuse is a clear error; with one, the
 /// replayed graph gives the authors' logits like the eager forward.
 #[test]
