@@ -129,7 +129,7 @@ fn pruned_attention_matches_the_authors_order() {
 }
 
 /// The device forward (host shim always, GPU when present) selects before the projection in
-/// Top-K and EViT blocks (`DeviceWorkspace::set_prune_first`, on by default) and projects only
+/// Top-K and EViT blocks (`DeviceVit::set_prune_first`, on by default) and projects only
 /// [cls, kept (, fused)]. Against the authors' order on the same device (`false`):
 /// - the same selections, every block;
 /// - the first reduction block's input and scores bit for bit (nothing before it changed);
@@ -146,9 +146,9 @@ fn device_prune_first_case<D: clca::Device>(dev: &D) {
     ) -> (Vec<f32>, Trace) {
         let img = random_images(batch, 3, m.cfg.img_size, 11);
         let img = dev.upload(&img).expect("upload");
-        let dv = DeviceVit::<D, T>::new(dev, m).expect("upload model");
+        let mut dv = DeviceVit::<D, T>::new(dev, m).expect("upload model");
+        dv.set_prune_first(first);
         let mut ws = dv.workspace(dev, batch).expect("workspace");
-        ws.set_prune_first(first);
         let mut t = Trace::default();
         dv.forward(dev, &mut ws, &img, Some(&mut t))
             .expect("forward");

@@ -6,6 +6,13 @@ use crate::{Element, Result};
 /// goes into the run sum of its run, and the run sums are added in order.
 pub const PRUNE_SEGS: usize = 8;
 
+/// The [`PRUNE_SEGS`] runs of m dropped tokens, as positions in their list: ⌈m / runs⌉ each,
+/// the last ones shorter or empty.
+fn runs(m: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let seg = m.div_ceil(PRUNE_SEGS);
+    (0..PRUNE_SEGS).map(move |s| (s * seg).min(m)..((s + 1) * seg).min(m))
+}
+
 /// [cls, x[1 + idx[0]], ..., x[1 + idx[k-1]]] per sample → [batch, 1 + k, c].
 pub fn topk_prune<T: Element>(
     x: &[T],
@@ -79,14 +86,9 @@ pub fn evit_bias_scale(
 /// ([`PRUNE_SEGS`] runs of ⌈m / runs⌉, each summed from 0, the run sums in run order): the
 /// fused token of a channel of ones.
 pub(crate) fn weight_sum(compl: &[u32], scores: &[f32]) -> f32 {
-    let m = compl.len();
-    let seg = m.div_ceil(PRUNE_SEGS);
     let mut acc = 0f32;
-    for s in 0..PRUNE_SEGS {
-        let (lo, hi) = ((s * seg).min(m), ((s + 1) * seg).min(m));
-        acc += compl[lo..hi]
-            .iter()
-            .fold(0f32, |a, &t| a + scores[t as usize]);
+    for run in runs(compl.len()) {
+        acc += compl[run].iter().fold(0f32, |a, &t| a + scores[t as usize]);
     }
     acc
 }
@@ -120,12 +122,10 @@ pub(crate) fn prune_into<T: Element>(
             // dropped tokens, each an f32 sum in ascending t from 0, the run sums added in run
             // order from 0. Token-outer, so the rows are read contiguously.
             let m = n - 1 - k;
-            let seg = m.div_ceil(PRUNE_SEGS);
             acc.iter_mut().for_each(|v| *v = 0.0);
-            for s in 0..PRUNE_SEGS {
-                let (lo, hi) = ((s * seg).min(m), ((s + 1) * seg).min(m));
+            for run in runs(m) {
                 part.iter_mut().for_each(|v| *v = 0.0);
-                for j in lo..hi {
+                for j in run {
                     let t = compl[bi * m + j] as usize;
                     let w = scores[bi * (n - 1) + t];
                     for (a, xv) in part.iter_mut().zip(&xs[(t + 1) * c..(t + 2) * c]) {

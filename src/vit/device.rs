@@ -16,7 +16,7 @@ const EW_THREADS: u32 = 256;
 /// The attention's f32 score buffer holds at most this many bytes (images go in chunks).
 const ATTN_SCORE_BYTES: usize = 256 << 20;
 const EW_GRID_CAP: usize = 1 << 16;
-use crate::ops::attention::FlashTile;
+use crate::ops::attention::{FlashQueries, FlashTile};
 
 /// How the device forward computes attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +87,8 @@ enum DevHead<D: Device, T: Element> {
 pub struct DeviceVit<D: Device, T: Element> {
     model: Vit,
     attention: AttentionPath,
-    /// What new workspaces get for [`DeviceWorkspace::set_prune_first`].
+    /// Top-K / EViT blocks select before the projection (`prune_then_project`); see
+    /// [`Self::set_prune_first`].
     prune_first: bool,
     patch_w: D::Buf<T>,
     patch_b: Option<Bias<D, T>>,
@@ -130,9 +131,6 @@ pub struct DeviceWorkspace<D: Device, T: Element> {
     /// EViT only (one element otherwise): the projection's bias factor per pruned row
     /// [batch, k + 2] ([`crate::ops::prune::evit_bias_scale`]).
     bias_scale: D::Buf<f32>,
-    /// Top-K / EViT blocks select before the projection (`prune_then_project`); see
-    /// [`DeviceWorkspace::set_prune_first`].
-    prune_first: bool,
     cache: D::Buf<f32>,
     taps: D::Buf<T>,
     hidden: D::Buf<T>,
@@ -428,14 +426,6 @@ impl<D: Device, T: Element> DeviceWorkspace<D, T> {
         self.profile = p;
     }
 
-    /// Whether Top-K and EViT blocks select before the attention's projection and project
-    /// only [cls, kept (, fused)] (on by default: the same cls and kept rows, the fused row
-    /// within rounding; see `DeviceVit::prune_then_project`), or project every token and
-    /// select after the residual, in the authors' order (`false`, for comparisons).
-    pub fn set_prune_first(&mut self, on: bool) {
-        self.prune_first = on;
-    }
-
     /// The profile so far, leaving profiling off.
     pub fn take_profile(&mut self) -> Option<super::profile::Profile> {
         self.profile.take()
@@ -509,7 +499,6 @@ impl<D: Device, T: Element> DeviceWorkspace<D, T> {
             } else {
                 1
             })?,
-            prune_first: true,
             cache: dev.zeros(mul("cache", &[batch, model.plan.cache_cap.max(1), d])?)?,
             taps: dev.zeros(mul("taps", &[batch, d, model.plan.taps.max(1)])?)?,
             hidden: dev.zeros(mul("hidden", &[batch, hidden])?)?,
@@ -750,14 +739,14 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
 
     /// Allocates every activation buffer for `batch` images (once; the forward allocates none).
     pub fn workspace(&self, dev: &D, batch: usize) -> Result<DeviceWorkspace<D, T>> {
-        let mut ws = DeviceWorkspace::new(dev, &self.model, batch, self.attention)?;
-        ws.prune_first = self.prune_first;
-        Ok(ws)
+        DeviceWorkspace::new(dev, &self.model, batch, self.attention)
     }
 
-    /// [`DeviceWorkspace::set_prune_first`] for the workspaces made from now on, including the
-    /// ones [`Self::workspace_in`], [`Self::forward_raw`] and [`Self::capture_forward`] make
-    /// (on by default; `false` runs the authors' order, for side-by-side timing).
+    /// Whether Top-K and EViT blocks select before the attention's projection and project
+    /// only [cls, kept (, fused)] (on by default: the same cls and kept rows, the fused row
+    /// within rounding; see `prune_then_project`), or project every token and select after
+    /// the residual, in the authors' order (`false`, for side-by-side timing). Forwards read
+    /// it as they run (captured graphs: when captured); the workspace does not depend on it.
     pub fn set_prune_first(&mut self, on: bool) {
         self.prune_first = on;
     }
@@ -937,12 +926,24 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                 // fused path also attends only [cls, kept]: here the first query tile (for
                 // the cls row), there the selected queries. `ln2_ready`: where ln2's output
                 // already is, if a fused pass wrote it.
-                let early = bp.keep.filter(|_| ws.prune_first);
-                let selected_only = early.is_some()
-                    && c.reduction == Reduction::TopK
-                    && ws.attention.flash_tile().is_some();
-                if selected_only {
-                    self.attention_cls_tile(dev, ws, n)?;
+                let early = bp.keep.filter(|_| self.prune_first);
+                let selected = ws
+                    .attention
+                    .flash_tile()
+                    .filter(|_| early.is_some() && c.reduction == Reduction::TopK);
+                if let Some(tile) = selected {
+                    // The cls row (the same bits as the whole attention's) costs one query
+                    // tile; its outputs land in ws.attn's first rows, unused.
+                    let scratch = ws.attn.addr_mut();
+                    self.flash(
+                        dev,
+                        ws,
+                        tile,
+                        n,
+                        FlashQueries::FirstTile,
+                        scratch,
+                        (true, false),
+                    )?;
                 } else {
                     self.attention(dev, ws, n, have_sizes, need_cls)?;
                 }
@@ -952,15 +953,8 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
                     ws.mark(dev, Some(i), "reduction")?;
                 }
                 let ln2_ready = if let Some(k) = early {
-                    n = self.prune_then_project(
-                        dev,
-                        ws,
-                        i,
-                        n,
-                        k,
-                        selected_only,
-                        trace.as_deref_mut(),
-                    )?;
+                    n =
+                        self.prune_then_project(dev, ws, i, n, k, selected, trace.as_deref_mut())?;
                     Some(ws.h.addr())
                 } else {
                     let rows = b * n;
@@ -1252,23 +1246,27 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             .collect())
     }
 
-    /// The fused attention of the first query tile only, with the cls row's probabilities
-    /// (the same bits as the whole attention's): all a Top-K selection needs before it attends
-    /// the selected queries ([`Self::prune_then_project`]). Its outputs land in ws.attn's
-    /// first rows and are not used.
+    /// The fused attention (`tile`) of `queries` over the n tokens of ws.qkv into `out` (see
+    /// [`FlashQueries`] for its layout), with the cls row's probabilities into ws.cls_probs
+    /// when `cls` (one more pass over K in one warp per (image, head): only for the layers
+    /// whose selection reads it), and ToMe's log-size bias from ws.sizes when `sizes`.
     ///
     /// # Safety
-    /// As `forward`; the fused path.
-    unsafe fn attention_cls_tile(
+    /// As `forward`; qkv [B, n, 3D], out sized for `queries`, cls_probs [B, H, n], sizes
+    /// [B, n]: sized for max_len ≥ n; the buffers are 256-byte aligned and hd % 16 == 0, so
+    /// every 16-byte row load is aligned.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn flash(
         &self,
         dev: &D,
         ws: &mut DeviceWorkspace<D, T>,
+        tile: FlashTile,
         n: usize,
+        queries: FlashQueries,
+        out: u64,
+        (cls, sizes): (bool, bool),
     ) -> Result<()> {
         let c = &self.model.cfg;
-        let tile = ws.attention.flash_tile().ok_or_else(|| {
-            Error::Plan("the cls tile runs on the fused attention path only".into())
-        })?;
         let l = crate::ops::attention::flash_launch_queries(
             T::DTYPE,
             tile,
@@ -1277,13 +1275,12 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
             n,
             c.num_heads,
             c.head_dim(),
-            0,
-            crate::ops::attention::FlashQueries::FirstTile,
-            ws.attn.addr_mut(),
-            ws.cls_probs.addr_mut(),
+            if sizes { ws.sizes.addr() } else { 0 },
+            queries,
+            out,
+            if cls { ws.cls_probs.addr_mut() } else { 0 },
         )?;
-        // SAFETY: qkv [b, n, 3d], attn [b, n, d] (the first tile's rows written), cls_probs
-        // [b, H, n].
+        // SAFETY: forwarded from the caller's contract.
         unsafe { dev.launch(&l) }
     }
 
@@ -1403,13 +1400,32 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         k: usize,
         trace: Option<&mut Trace>,
     ) -> Result<usize> {
-        // SAFETY: forwarded; x and x2 hold [b, max_len, d] f32.
+        // SAFETY: forwarded.
         unsafe {
             let mode = self.select(dev, ws, i, n, k, trace)?;
-            self.gather(dev, ws, mode, DType::F32, ws.x.addr(), n, k, ws.x2.addr())?;
-            std::mem::swap(&mut ws.x, &mut ws.x2);
+            self.prune_stream(dev, ws, mode, n, k)?;
             Ok(mode.out_tokens(k))
         }
+    }
+
+    /// [cls, kept (, fused)] of the stream ws.x [b, n, d] (f32), left in ws.x (through ws.x2),
+    /// with the selection in ws.idx, ws.compl, ws.scores.
+    ///
+    /// # Safety
+    /// As `forward`; x and x2 hold [b, max_len, d] f32; k < n.
+    unsafe fn prune_stream(
+        &self,
+        dev: &D,
+        ws: &mut DeviceWorkspace<D, T>,
+        mode: crate::ops::prune::PruneMode,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let x2 = ws.x2.addr_mut();
+        // SAFETY: forwarded.
+        unsafe { self.gather(dev, ws, mode, DType::F32, ws.x.addr(), n, k, x2)? };
+        std::mem::swap(&mut ws.x, &mut ws.x2);
+        Ok(())
     }
 
     /// A Top-K or EViT block's attention output ws.attn [b, n, d] → proj → residual in the
@@ -1427,8 +1443,8 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
     /// projects 81 rows instead of 786 and runs one residual + LayerNorm pass over them
     /// instead of a residual over 786 and a LayerNorm over 81. Returns the tokens left.
     ///
-    /// `selected_only` (Top-K on the fused path, after [`Self::attention_cls_tile`]): the
-    /// attention of [cls, kept] runs here, straight into compact rows, instead of gathering
+    /// `selected` (Top-K on the fused path, after the cls row's first tile): the attention of
+    /// [cls, kept] runs here with that tile, straight into compact rows, instead of gathering
     /// them from every query's; a dropped token's output is never used.
     ///
     /// # Safety
@@ -1441,7 +1457,7 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         i: usize,
         n: usize,
         k: usize,
-        selected_only: bool,
+        selected: Option<FlashTile>,
         trace: Option<&mut Trace>,
     ) -> Result<usize> {
         let (b, d) = (ws.batch, self.model.cfg.embed_dim);
@@ -1451,32 +1467,20 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         unsafe {
             let mode = self.select(dev, ws, i, n, k, trace)?;
             let out = mode.out_tokens(k);
-            match (selected_only, ws.attention.flash_tile()) {
-                (true, Some(tile)) if mode == crate::ops::prune::PruneMode::TopK => {
-                    ws.mark(dev, Some(i), "reduction")?;
-                    let c = &self.model.cfg;
-                    dev.launch(&crate::ops::attention::flash_launch_queries(
-                        T::DTYPE,
-                        tile,
-                        ws.qkv.addr(),
-                        b,
-                        n,
-                        c.num_heads,
-                        c.head_dim(),
-                        0,
-                        crate::ops::attention::FlashQueries::Selected {
-                            idx: ws.idx.addr(),
-                            k,
-                        },
-                        ws.h.addr_mut(),
-                        0,
-                    )?)?;
-                    ws.mark(dev, Some(i), "attention")?;
-                }
-                _ => self.gather(dev, ws, mode, T::DTYPE, ws.attn.addr(), n, k, ws.h.addr())?,
+            if let Some(tile) = selected {
+                ws.mark(dev, Some(i), "reduction")?;
+                let kept = FlashQueries::Selected {
+                    idx: ws.idx.addr(),
+                    k,
+                };
+                let h = ws.h.addr_mut();
+                self.flash(dev, ws, tile, n, kept, h, (false, false))?;
+                ws.mark(dev, Some(i), "attention")?;
+            } else {
+                let h = ws.h.addr_mut();
+                self.gather(dev, ws, mode, T::DTYPE, ws.attn.addr(), n, k, h)?;
             }
-            self.gather(dev, ws, mode, DType::F32, ws.x.addr(), n, k, ws.x2.addr())?;
-            std::mem::swap(&mut ws.x, &mut ws.x2);
+            self.prune_stream(dev, ws, mode, n, k)?;
             let bscale = if mode == crate::ops::prune::PruneMode::EVit {
                 if ws.bias_scale.len() < mul("bias scale", &[b, out])? {
                     return Err(Error::Shape {
@@ -1618,24 +1622,19 @@ impl<D: Device, T: Element> DeviceVit<D, T> {
         let dt = T::DTYPE;
         let u = |what, v| to_u32(what, v);
         if let Some(tile) = ws.attention.flash_tile() {
-            // SAFETY: qkv [B, n, 3D], attn [B, n, D], cls_probs [B, H, n], sizes [B, n] (when
-            // used): sized for max_len ≥ n; the buffers are 256-byte aligned and hd % 16 == 0,
-            // so every 16-byte row load is aligned.
-            let l = crate::ops::attention::flash_launch(
-                dt,
-                tile,
-                ws.qkv.addr(),
-                b,
-                n,
-                hh,
-                hd,
-                if have_sizes { ws.sizes.addr() } else { 0 },
-                ws.attn.addr_mut(),
-                // The cls row costs one more pass over K in one warp per (image, head): only
-                // for the layers whose selection reads it.
-                if need_cls { ws.cls_probs.addr_mut() } else { 0 },
-            )?;
-            return unsafe { dev.launch(&l) };
+            let out = ws.attn.addr_mut();
+            // SAFETY: attn [B, n, D]; the rest as `flash` asks.
+            return unsafe {
+                self.flash(
+                    dev,
+                    ws,
+                    tile,
+                    n,
+                    FlashQueries::All,
+                    out,
+                    (need_cls, have_sizes),
+                )
+            };
         }
         let es = dt.size() as u64;
         let part = (b * n * d) as u64 * es;

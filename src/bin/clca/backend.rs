@@ -84,7 +84,7 @@ impl<'a> CpuEngine<'a> {
     pub fn new(model: &'a Vit, batch: usize) -> clca::Result<Self> {
         // CLCA_CPU_ISA=avx512|avx2|portable overrides the CPU path (for side-by-side timing,
         // e.g. the AVX2 path on a CPU that also has AVX-512).
-        let ws = match std::env::var("CLCA_CPU_ISA").as_deref() {
+        let mut ws = match std::env::var("CLCA_CPU_ISA").as_deref() {
             Ok("portable") => CpuWorkspace::new_portable(model, batch)?,
             Ok(s) if !s.is_empty() => match clca::cpu::packed::Isa::parse(s) {
                 Some(isa) => CpuWorkspace::new_packed(model, batch, isa)?,
@@ -98,7 +98,6 @@ impl<'a> CpuEngine<'a> {
             },
             _ => CpuWorkspace::new(model, batch)?,
         };
-        let mut ws = ws;
         // CLCA_PRUNE_FIRST=0: Top-K / EViT blocks in the authors' order (every query attended
         // and projected, then the selection), as on the device forward.
         if let Some(on) = env_switch("CLCA_PRUNE_FIRST")? {
@@ -200,7 +199,7 @@ fn device_vit<D: Device, T: Element>(dev: &D, model: &Vit) -> clca::Result<Devic
 }
 
 /// An on/off environment switch: `1` / `0`, or unset (`None`); anything else is an error.
-pub fn env_switch(name: &'static str) -> clca::Result<Option<bool>> {
+fn env_switch(name: &'static str) -> clca::Result<Option<bool>> {
     match std::env::var(name).as_deref() {
         Ok("1") => Ok(Some(true)),
         Ok("0") => Ok(Some(false)),
